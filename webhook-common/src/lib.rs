@@ -1,0 +1,24 @@
+//! What both services share, and what a third party can lift into its own service:
+//!
+//! - [`event`]: the event contracts (`order.paid`, `order.payment_failed`) in a Standard
+//!   Webhooks style envelope, with validation and a lossless path for unknown types;
+//! - [`money`]: exact money (integer minor units plus an ISO 4217 currency);
+//! - [`signing`]: Standard Webhooks v1 signing and verification (HMAC-SHA256, `whsec_` secrets,
+//!   key rotation, timestamp tolerance, constant-time comparison);
+//! - [`extract`] (feature `axum`): an axum extractor that verifies and parses a webhook;
+//! - [`client`] (feature `reqwest`): build a signed webhook request with reqwest;
+//! - [`error_body`]: the JSON error body every HTTP error of this project uses.
+
+pub mod error_body;
+pub mod event;
+pub mod money;
+pub mod signing;
+
+#[cfg(feature = "reqwest")]
+pub mod client;
+#[cfg(feature = "axum")]
+pub mod extract;
+
+pub use event::{Event, EventPayload, EventType, OrderPaid, OrderPaymentFailed};
+pub use money::{Currency, Money};
+pub use signing::{Secret, SignedHeaders, Verifier, VerifyError};
