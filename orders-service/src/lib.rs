@@ -1,1 +1,129 @@
-//! orders-service
+//! orders-service: the sender side of the reliable-webhooks demo.
+//!
+//! - [`api`]: the HTTP routes (orders, health) and JSON errors for unknown routes/methods;
+//! - [`store`]: all SQL (SQLite by default), behind methods on domain types;
+//! - [`dispatcher`]: the background loop that delivers signed webhooks with retries;
+//! - [`config`]: settings from flags and environment; [`error`]: the HTTP error type;
+//! - [`domain`]: the types the others share.
+//!
+//! An order, its event and one delivery per subscribed endpoint are written in one
+//! transaction (transactional outbox), so a committed order's event is never lost; the
+//! dispatcher then delivers it at least once until the receiver acknowledges it or the
+//! delivery is given up with every attempt recorded.
+
+pub mod api;
+pub mod config;
+pub mod dispatcher;
+pub mod domain;
+pub mod error;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use webhook_common::EventType;
+
+pub use config::Config;
+use dispatcher::{Dispatcher, DispatcherSettings};
+use store::Store;
+
+/// The key under which the subscription from `NOTIFICATION_WEBHOOK_URL` is stored.
+pub const CONFIG_ENDPOINT_KEY: &str = "config:NOTIFICATION_WEBHOOK_URL";
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Poked after an order's outbox write commits, so delivery starts at once.
+    pub dispatch_wake: Arc<Notify>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The router with every route and the JSON fallbacks. Does no I/O.
+pub fn build_app(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .merge(api::health::router())
+        .merge(api::orders::router())
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Opens the database, migrates, ensures the configured subscription, starts the dispatcher
+/// and serves on `listener` until `shutdown` is cancelled; then stops accepting, lets
+/// attempts in flight finish within `SHUTDOWN_GRACE` and returns.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let store = Store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    ensure_configured_subscription(&config, &store).await?;
+
+    let dispatcher = Dispatcher::new(store.clone(), DispatcherSettings::from_config(&config))?;
+    let state = AppState {
+        store: store.clone(),
+        dispatch_wake: dispatcher.waker(),
+        max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+    };
+    let app = build_app(state);
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(dispatcher.run(shutdown.clone()));
+    tasks.close();
+
+    let addr = listener
+        .local_addr()
+        .context("reading the listener's address")?;
+    tracing::info!("listening on http://{addr}");
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace = config.shutdown_grace;
+    let served = tokio::select! {
+        r = serve => r.context("serving HTTP"),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("HTTP connections still open after the grace period; closing them");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    tasks.wait().await;
+    store.close().await;
+    tracing::info!("stopped");
+    served
+}
+
+async fn ensure_configured_subscription(config: &Config, store: &Store) -> anyhow::Result<()> {
+    let Some(url) = &config.notification_webhook_url else {
+        tracing::info!(
+            "NOTIFICATION_WEBHOOK_URL is not set: no subscription comes from configuration"
+        );
+        return Ok(());
+    };
+    let secret = config.webhook_secret()?;
+    let types: Vec<&str> = EventType::ALL.iter().map(EventType::as_str).collect();
+    let ensured = store
+        .ensure_config_endpoint(CONFIG_ENDPOINT_KEY, url, secret.as_ref(), &types)
+        .await
+        .context("ensuring the subscription from NOTIFICATION_WEBHOOK_URL")?;
+    if ensured.secret_generated {
+        tracing::info!(
+            endpoint_id = %ensured.id,
+            "WEBHOOK_SECRET is not set: generated and stored a signing secret for NOTIFICATION_WEBHOOK_URL"
+        );
+    }
+    tracing::info!(endpoint_id = %ensured.id, url = %url, "subscription from configuration ensured");
+    Ok(())
+}

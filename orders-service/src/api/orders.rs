@@ -1,0 +1,442 @@
+//! Orders: `POST /orders`, `GET /orders/{id}`, `GET /orders?cursor=&limit=`.
+//!
+//! Creating an order simulates its payment and writes the order, its event and its
+//! deliveries in one transaction (the outbox); the answer never waits for a webhook.
+//! `"simulate_payment": "declined"` in the body makes the payment fail, which yields an
+//! order with status `payment_failed` and an `order.payment_failed` event.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+use validator::ValidateEmail as _;
+use webhook_common::money::InvalidAmount;
+use webhook_common::signing::new_message_id;
+use webhook_common::{Currency, Event, EventPayload, Money, OrderPaid, OrderPaymentFailed};
+
+use crate::domain::{NewEvent, Order, OrderStatus};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Most items in one order.
+pub const MAX_QUANTITY: u64 = 1000;
+/// Highest price of one item, in major units.
+pub const MAX_PRICE_MAJOR: i64 = 1_000_000;
+/// Longest product name, in characters.
+pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+/// Default and largest page size of `GET /orders`.
+pub const DEFAULT_PAGE: u32 = 20;
+/// Largest page size of `GET /orders`.
+pub const MAX_PAGE: u32 = 100;
+/// The reason given for a simulated declined payment.
+pub const DECLINED_REASON: &str = "card declined (simulated)";
+
+const KNOWN_FIELDS: [&str; 6] = [
+    "product_name",
+    "quantity",
+    "price_per_item",
+    "customer_email",
+    "currency",
+    "simulate_payment",
+];
+
+/// The order routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orders", post(create_order).get(list_orders))
+        .route("/orders/{id}", get(get_order))
+}
+
+/// An order as the API shows it. Money is exact decimal text plus integer minor units.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderResponse {
+    /// UUID of the order.
+    pub id: Uuid,
+    /// `paid` or `payment_failed`.
+    pub status: String,
+    /// What was bought.
+    pub product_name: String,
+    /// How many.
+    pub quantity: u32,
+    /// Price of one item, e.g. `"12.50"`.
+    pub price_per_item: String,
+    /// Total, e.g. `"25.00"`.
+    pub total: String,
+    /// Total in minor units (cents).
+    pub total_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The buyer's email.
+    pub customer_email: String,
+    /// Why the payment failed, if it did.
+    pub failure_reason: Option<String>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&Order> for OrderResponse {
+    fn from(o: &Order) -> Self {
+        let created =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(o.created_at) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        OrderResponse {
+            id: o.id,
+            status: o.status.as_str().to_owned(),
+            product_name: o.product_name.clone(),
+            quantity: o.quantity,
+            price_per_item: o.unit_price.to_decimal_string(),
+            total: o.total.to_decimal_string(),
+            total_minor: o.total.minor_units,
+            currency: o.total.currency.to_string(),
+            customer_email: o.customer_email.clone(),
+            failure_reason: o.failure_reason.clone(),
+            created_at: created
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A page of orders: `{"items": [...], "next_cursor": "..." | null}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderPage {
+    /// Orders, newest first.
+    pub items: Vec<OrderResponse>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What a valid `POST /orders` body asks for.
+struct NewOrder {
+    product_name: String,
+    quantity: u32,
+    unit_price: Money,
+    customer_email: String,
+    declined: bool,
+}
+
+type Fields = BTreeMap<String, Vec<String>>;
+
+fn complain(fields: &mut Fields, field: &str, message: impl Into<String>) {
+    fields
+        .entry(field.to_owned())
+        .or_default()
+        .push(message.into());
+}
+
+fn take_string(body: &Map<String, Value>, field: &str, fields: &mut Fields) -> Option<String> {
+    match body.get(field) {
+        None | Some(Value::Null) => {
+            complain(fields, field, "is required");
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            complain(fields, field, "must be a string");
+            None
+        }
+    }
+}
+
+/// Checks every field and reports all problems at once.
+fn parse_new_order(body: Value) -> Result<NewOrder, ApiError> {
+    let Value::Object(body) = body else {
+        return Err(ApiError::BadBody {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "the request body must be a JSON object".into(),
+        });
+    };
+    let mut fields = Fields::new();
+    for key in body.keys() {
+        if !KNOWN_FIELDS.contains(&key.as_str()) {
+            complain(
+                &mut fields,
+                key,
+                format!(
+                    "is not a known field; known fields are {}",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            );
+        }
+    }
+
+    let product_name = take_string(&body, "product_name", &mut fields).filter(|name| {
+        let chars = name.chars().count();
+        let ok = chars > 0 && chars <= MAX_PRODUCT_NAME_CHARS && name.trim() == name && !name.chars().any(char::is_control);
+        if !ok {
+            complain(
+                &mut fields,
+                "product_name",
+                format!("must be 1 to {MAX_PRODUCT_NAME_CHARS} characters without leading or trailing spaces or control characters"),
+            );
+        }
+        ok
+    });
+
+    let quantity = match body.get("quantity") {
+        None | Some(Value::Null) => {
+            complain(&mut fields, "quantity", "is required");
+            None
+        }
+        Some(Value::Number(n)) => match n.as_u64().filter(|q| (1..=MAX_QUANTITY).contains(q)) {
+            Some(q) => u32::try_from(q).ok(),
+            None => {
+                complain(
+                    &mut fields,
+                    "quantity",
+                    format!("must be a whole number from 1 to {MAX_QUANTITY}"),
+                );
+                None
+            }
+        },
+        Some(_) => {
+            complain(&mut fields, "quantity", "must be a number");
+            None
+        }
+    };
+
+    let currency = match body.get("currency") {
+        None | Some(Value::Null) => Some(Currency::EUR),
+        Some(Value::String(s)) => match s.parse::<Currency>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                complain(&mut fields, "currency", e.to_string());
+                None
+            }
+        },
+        Some(_) => {
+            complain(&mut fields, "currency", "must be a string such as \"EUR\"");
+            None
+        }
+    };
+
+    let price_text = match body.get("price_per_item") {
+        None | Some(Value::Null) => {
+            complain(&mut fields, "price_per_item", "is required");
+            None
+        }
+        // serde_json prints a parsed number in its shortest exact form ("12.5"), so its text
+        // is parsed as a decimal and never goes through floating-point arithmetic.
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            complain(
+                &mut fields,
+                "price_per_item",
+                "must be a number or a decimal string such as \"12.50\"",
+            );
+            None
+        }
+    };
+    let unit_price = match (price_text, currency) {
+        (Some(text), Some(currency)) => match Money::parse_major(&text, currency) {
+            Ok(price) => {
+                let max =
+                    MAX_PRICE_MAJOR.saturating_mul(10_i64.pow(currency.minor_unit_exponent()));
+                if price.minor_units <= 0 || price.minor_units > max {
+                    complain(
+                        &mut fields,
+                        "price_per_item",
+                        format!("must be more than 0 and at most {MAX_PRICE_MAJOR}"),
+                    );
+                    None
+                } else {
+                    Some(price)
+                }
+            }
+            Err(InvalidAmount::TooLarge) => {
+                complain(
+                    &mut fields,
+                    "price_per_item",
+                    format!("must be more than 0 and at most {MAX_PRICE_MAJOR}"),
+                );
+                None
+            }
+            Err(e) => {
+                complain(&mut fields, "price_per_item", e.to_string());
+                None
+            }
+        },
+        _ => None,
+    };
+
+    let customer_email = take_string(&body, "customer_email", &mut fields).filter(|email| {
+        let ok = email.len() <= 254 && email.validate_email();
+        if !ok {
+            complain(
+                &mut fields,
+                "customer_email",
+                "must be a valid email address of at most 254 characters",
+            );
+        }
+        ok
+    });
+
+    let declined = match body.get("simulate_payment") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "approved" => false,
+        Some(Value::String(s)) if s == "declined" => true,
+        Some(_) => {
+            complain(
+                &mut fields,
+                "simulate_payment",
+                "must be \"approved\" or \"declined\"",
+            );
+            false
+        }
+    };
+
+    match (product_name, quantity, unit_price, customer_email) {
+        (Some(product_name), Some(quantity), Some(unit_price), Some(customer_email))
+            if fields.is_empty() =>
+        {
+            Ok(NewOrder {
+                product_name,
+                quantity,
+                unit_price,
+                customer_email,
+                declined,
+            })
+        }
+        _ => Err(ApiError::Validation(fields)),
+    }
+}
+
+/// `POST /orders`.
+#[tracing::instrument(skip_all, fields(order_id))]
+async fn create_order(
+    State(state): State<AppState>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body?;
+    let new = parse_new_order(body)?;
+    let order = place_order(&state, new).await?;
+    tracing::Span::current().record("order_id", tracing::field::display(order.id));
+    tracing::info!(status = order.status.as_str(), total = %order.total, "order created");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/orders/{}", order.id))],
+        Json(OrderResponse::from(&order)),
+    ))
+}
+
+/// Simulates the payment, writes order + event + deliveries atomically, wakes the dispatcher.
+async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError> {
+    let total = new
+        .unit_price
+        .checked_mul(i64::from(new.quantity))
+        .ok_or_else(|| ApiError::field("price_per_item", "price × quantity is too large"))?;
+    let id = Uuid::now_v7();
+    let payload = if new.declined {
+        EventPayload::OrderPaymentFailed(OrderPaymentFailed {
+            order_id: id,
+            customer_email: new.customer_email.clone(),
+            product_name: new.product_name.clone(),
+            amount: total.minor_units,
+            currency: total.currency,
+            reason: DECLINED_REASON.to_owned(),
+        })
+    } else {
+        EventPayload::OrderPaid(OrderPaid {
+            order_id: id,
+            customer_email: new.customer_email.clone(),
+            product_name: new.product_name.clone(),
+            quantity: new.quantity,
+            amount: total.minor_units,
+            currency: total.currency,
+        })
+    };
+    let event = Event::now(payload);
+    let created_at =
+        i64::try_from(event.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let order = Order {
+        id,
+        product_name: new.product_name,
+        quantity: new.quantity,
+        unit_price: new.unit_price,
+        total,
+        customer_email: new.customer_email,
+        status: if new.declined {
+            OrderStatus::PaymentFailed
+        } else {
+            OrderStatus::Paid
+        },
+        failure_reason: new.declined.then(|| DECLINED_REASON.to_owned()),
+        created_at,
+    };
+    let outbox = NewEvent {
+        id: Uuid::now_v7(),
+        msg_id: new_message_id(),
+        event_type: event.type_name().to_owned(),
+        order_id: Some(id),
+        payload: event.to_json_bytes(),
+        created_at,
+    };
+    let created = state.store.create_order_with_event(&order, &outbox).await?;
+    if created.deliveries > 0 {
+        state.dispatch_wake.notify_one();
+    }
+    Ok(order)
+}
+
+/// `GET /orders/{id}`.
+async fn get_order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderResponse>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no order with id {id:?}"));
+    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let order = state.store.order(uuid).await?.ok_or_else(not_found)?;
+    Ok(Json(OrderResponse::from(&order)))
+}
+
+/// Query of `GET /orders`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+}
+
+/// `GET /orders?cursor=&limit=`: newest first.
+async fn list_orders(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let Query(params) = query?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("must be from 1 to {MAX_PAGE}"),
+        ));
+    }
+    let before = params
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::BadQuery("cursor is not one this API issued".into()))
+        })
+        .transpose()?;
+    let mut orders = state.store.list_orders(before, limit + 1).await?;
+    let next_cursor = if orders.len() > limit as usize {
+        orders.truncate(limit as usize);
+        orders.last().map(|o| o.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        items: orders.iter().map(OrderResponse::from).collect(),
+        next_cursor,
+    }))
+}

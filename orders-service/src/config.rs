@@ -1,0 +1,377 @@
+//! Settings from flags and environment variables, validated once at startup.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use webhook_common::Secret;
+
+/// The default retry schedule: the delay before each retry after the first attempt. The
+/// first retries come within seconds; in all it spans about three days (70 h 42 min 35 s)
+/// over 12 attempts.
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,30s,2m,10m,30m,1h,3h,6h,12h,24h,24h";
+
+/// Every setting of the service. Each has a `--flag` and an environment variable of the same
+/// name in upper snake case; the defaults suit the local demo.
+#[derive(Clone, clap::Parser)]
+#[command(
+    name = "orders-service",
+    version,
+    about = "Orders API with reliable signed webhooks"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
+    pub listen_addr: SocketAddr,
+
+    /// SQLite database URL; the file and its directory are created if missing.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/orders.db")]
+    pub database_url: String,
+
+    /// Bearer token for the management routes. Required.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: SecretString,
+
+    /// Where order events are sent; ensured as a subscription to all order events at startup.
+    /// Unset: no subscription comes from configuration.
+    #[arg(long, env = "NOTIFICATION_WEBHOOK_URL")]
+    pub notification_webhook_url: Option<String>,
+
+    /// `whsec_...` secret for that subscription. Unset: one is generated and stored once.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
+
+    /// Delays before each retry, comma-separated (`500ms`, `5s`, `2m`, `1h`, `1d`). The number
+    /// of attempts is one more than the number of delays.
+    #[arg(long, env = "RETRY_SCHEDULE", default_value = DEFAULT_RETRY_SCHEDULE, value_parser = parse_schedule)]
+    pub retry_schedule: RetrySchedule,
+
+    /// Random spread applied to each retry delay, in percent (0 to 100).
+    #[arg(long, env = "RETRY_JITTER_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub retry_jitter_percent: u8,
+
+    /// Longest `Retry-After` that is honoured; longer values are cut to this.
+    #[arg(long, env = "RETRY_AFTER_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub retry_after_max: Duration,
+
+    /// Timeout of one delivery attempt (connect, send, response headers and body prefix).
+    #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// How many deliveries are attempted at once.
+    #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub dispatch_concurrency: u32,
+
+    /// How many due deliveries are claimed from the database at a time.
+    #[arg(long, env = "DISPATCH_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub dispatch_batch_size: u32,
+
+    /// Longest wait between sweeps for due retries and expired leases.
+    #[arg(long, env = "DISPATCH_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub dispatch_sweep_interval: Duration,
+
+    /// How long a claimed delivery belongs to its worker; after that (a crash) it is retried.
+    /// Must exceed `WEBHOOK_TIMEOUT`.
+    #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub dispatch_lease: Duration,
+
+    /// How long shutdown waits for in-flight attempts before releasing their leases.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+}
+
+/// Why the configuration was refused; each message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting has a value that cannot work.
+    #[error("{setting}: {message}")]
+    Invalid {
+        /// The environment variable name of the setting.
+        setting: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot: relations between settings and the shape of URLs and secrets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let token = self.admin_token.expose_secret();
+        if token.trim().len() < 16 {
+            return Err(invalid(
+                "ADMIN_TOKEN",
+                "must be at least 16 characters (generate one with `openssl rand -hex 32`)",
+            ));
+        }
+        if self.database_url.trim().is_empty() {
+            return Err(invalid("DATABASE_URL", "must not be empty"));
+        }
+        if let Some(url) = &self.notification_webhook_url {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| invalid("NOTIFICATION_WEBHOOK_URL", format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "NOTIFICATION_WEBHOOK_URL",
+                    "must be an http or https URL",
+                ));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(invalid(
+                    "NOTIFICATION_WEBHOOK_URL",
+                    "must not carry credentials; webhooks are authenticated by their signature",
+                ));
+            }
+        }
+        if let Some(secret) = &self.webhook_secret {
+            Secret::parse(secret.expose_secret())
+                .map_err(|e| invalid("WEBHOOK_SECRET", e.to_string()))?;
+        }
+        if self.webhook_timeout.is_zero() {
+            return Err(invalid("WEBHOOK_TIMEOUT", "must be greater than zero"));
+        }
+        if self.dispatch_lease <= self.webhook_timeout {
+            return Err(invalid(
+                "DISPATCH_LEASE",
+                format!(
+                    "must be longer than WEBHOOK_TIMEOUT ({:?}), or attempts still running would be claimed twice",
+                    self.webhook_timeout
+                ),
+            ));
+        }
+        if self.dispatch_sweep_interval.is_zero() {
+            return Err(invalid(
+                "DISPATCH_SWEEP_INTERVAL",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configured webhook secret, parsed. `None` when unset.
+    pub fn webhook_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        self.webhook_secret
+            .as_ref()
+            .map(|s| {
+                Secret::parse(s.expose_secret())
+                    .map_err(|e| invalid("WEBHOOK_SECRET", e.to_string()))
+            })
+            .transpose()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &self.database_url)
+            .field("admin_token", &"<redacted>")
+            .field("notification_webhook_url", &self.notification_webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("retry_schedule", &self.retry_schedule)
+            .field("retry_jitter_percent", &self.retry_jitter_percent)
+            .field("retry_after_max", &self.retry_after_max)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .field("dispatch_concurrency", &self.dispatch_concurrency)
+            .field("dispatch_batch_size", &self.dispatch_batch_size)
+            .field("dispatch_sweep_interval", &self.dispatch_sweep_interval)
+            .field("dispatch_lease", &self.dispatch_lease)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// The delays before each retry; an event gets `delays.len() + 1` attempts in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// Delay before retry `i + 1` (after attempt `i + 1` failed).
+    pub delays: Vec<Duration>,
+}
+
+impl RetrySchedule {
+    /// How many attempts an event gets in all.
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.delays.len()).unwrap_or(u32::MAX - 1) + 1
+    }
+
+    /// The delay after the `attempts`-th failed attempt, or `None` once the schedule is used up.
+    pub fn delay_after(&self, attempts: u32) -> Option<Duration> {
+        let index = usize::try_from(attempts).ok()?.checked_sub(1)?;
+        self.delays.get(index).copied()
+    }
+
+    /// The sum of all delays.
+    pub fn total(&self) -> Duration {
+        self.delays.iter().sum()
+    }
+}
+
+/// Parses a comma-separated list of durations; an empty list means "never retry".
+pub fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
+    let text = text.trim();
+    if text.is_empty() || text == "none" {
+        return Ok(RetrySchedule { delays: Vec::new() });
+    }
+    let delays = text
+        .split(',')
+        .map(|part| parse_duration(part.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.len() > 100 {
+        return Err("at most 100 retries".into());
+    }
+    Ok(RetrySchedule { delays })
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` or `1d` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; use ms, s, m, h or d (e.g. 5s)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number followed by a unit (e.g. 5s)"))?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use ms, s, m, h or d"
+            ))
+        }
+    };
+    let millis = n
+        .checked_mul(millis_per_unit)
+        .filter(|m| *m <= 30 * 86_400_000)
+        .ok_or_else(|| format!("{text:?} is longer than 30 days"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    #[test]
+    fn default_schedule_spans_about_three_days_and_starts_within_seconds() {
+        let s = parse_schedule(DEFAULT_RETRY_SCHEDULE).unwrap();
+        assert_eq!(s.delays[0], Duration::from_secs(5));
+        let hours = s.total().as_secs() / 3600;
+        assert!((66..=78).contains(&hours), "{hours} h");
+        assert_eq!(s.max_attempts(), 12);
+        assert_eq!(s.delay_after(1), Some(Duration::from_secs(5)));
+        assert_eq!(s.delay_after(12), None);
+        assert_eq!(s.delay_after(0), None);
+    }
+
+    #[test]
+    fn durations_need_a_known_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        for bad in ["", "5", "s", "5x", "1.5s", "-1s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn missing_admin_token_names_the_setting() {
+        let err = match Config::try_parse_from(["orders-service"]) {
+            Ok(_) => panic!("parsed without ADMIN_TOKEN"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("--admin-token"), "{err}");
+    }
+
+    #[test]
+    fn bad_settings_fail_validation_naming_the_setting() {
+        let cases: [(&[&str], &str); 5] = [
+            (&["--admin-token", "short"], "ADMIN_TOKEN"),
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--notification-webhook-url",
+                    "ftp://x",
+                ],
+                "NOTIFICATION_WEBHOOK_URL",
+            ),
+            (
+                &["--admin-token", TOKEN, "--webhook-secret", "nope"],
+                "WEBHOOK_SECRET",
+            ),
+            (
+                &["--admin-token", TOKEN, "--webhook-timeout", "90s"],
+                "DISPATCH_LEASE",
+            ),
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--notification-webhook-url",
+                    "http://u:p@x/",
+                ],
+                "NOTIFICATION_WEBHOOK_URL",
+            ),
+        ];
+        for (args, setting) in cases {
+            let config = Config::try_parse_from(
+                std::iter::once("orders-service").chain(args.iter().copied()),
+            )
+            .unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with(setting), "{args:?}: {err}");
+        }
+        let err = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            TOKEN,
+            "--retry-schedule",
+            "5s,soon",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("--retry-schedule"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let secret = Secret::generate().expose_whsec();
+        let config = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            TOKEN,
+            "--webhook-secret",
+            &secret,
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains(TOKEN) && !shown.contains(&secret),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The background dispatcher: claims due deliveries from the database in batches and
+//! attempts them with bounded concurrency until each is delivered or given up.
+//!
+//! It wakes as soon as an order's transaction commits (a [`Notify`]), when a retry or an
+//! expired lease falls due, when a worker slot frees up, and at least every sweep interval.
+//! Memory is bounded by the concurrency: at most that many deliveries are claimed and held.
+
+mod attempt;
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+pub use attempt::RESPONSE_PREFIX_BYTES;
+use retry::RetryPolicy;
+
+use crate::config::Config;
+use crate::domain::AttemptOutcome;
+use crate::store::{now_ms, Store};
+
+/// How long to wait after a failing claim before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_millis(500);
+/// How long released tasks get to give their leases back after the grace period.
+const RELEASE_BOUND: Duration = Duration::from_secs(5);
+
+/// The dispatcher's knobs, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    /// Attempts in flight at once.
+    pub concurrency: u32,
+    /// Most deliveries claimed by one query.
+    pub batch_size: u32,
+    /// Longest idle wait between sweeps.
+    pub sweep_interval: Duration,
+    /// How long a claim lasts.
+    pub lease: Duration,
+    /// How long shutdown waits for attempts in flight.
+    pub shutdown_grace: Duration,
+    /// Timeout of one attempt.
+    pub timeout: Duration,
+    /// Retry spacing.
+    pub retry: RetryPolicy,
+}
+
+impl DispatcherSettings {
+    /// The settings in `config`.
+    pub fn from_config(config: &Config) -> Self {
+        DispatcherSettings {
+            concurrency: config.dispatch_concurrency,
+            batch_size: config.dispatch_batch_size,
+            sweep_interval: config.dispatch_sweep_interval,
+            lease: config.dispatch_lease,
+            shutdown_grace: config.shutdown_grace,
+            timeout: config.webhook_timeout,
+            retry: RetryPolicy {
+                schedule: config.retry_schedule.clone(),
+                jitter_percent: config.retry_jitter_percent,
+                retry_after_max: config.retry_after_max,
+            },
+        }
+    }
+}
+
+/// Delivers webhooks. Cheap to clone; clones share the wake-up signal and worker slots.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    client: reqwest::Client,
+    settings: DispatcherSettings,
+    /// Poked after an outbox write commits; `notify_one` keeps a permit if the loop is busy,
+    /// so a wake-up between a claim and the next wait is not lost.
+    wake: Arc<Notify>,
+    /// One permit per attempt in flight; the loop claims no more rows than it holds permits.
+    slots: Arc<Semaphore>,
+    /// Poked when an attempt finishes, so a loop waiting for a free slot claims again.
+    slot_freed: Notify,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `store`, with its own pooled HTTP client.
+    pub fn new(store: Store, settings: DispatcherSettings) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("orders-service/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(settings.concurrency as usize)
+            .build()?;
+        let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
+        Ok(Dispatcher {
+            inner: Arc::new(Inner {
+                store,
+                client,
+                settings,
+                wake: Arc::new(Notify::new()),
+                slots,
+                slot_freed: Notify::new(),
+            }),
+        })
+    }
+
+    /// The signal to poke (`notify_one`) after new deliveries commit.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.inner.wake.clone()
+    }
+
+    /// Claims one batch of due deliveries (at most the concurrency), attempts them all and
+    /// returns how many were claimed. For tests and tools that drive the dispatcher by hand.
+    pub async fn run_once(&self) -> anyhow::Result<usize> {
+        let limit = self
+            .inner
+            .settings
+            .batch_size
+            .min(self.inner.settings.concurrency);
+        let claimed = self.claim(limit).await?;
+        let count = claimed.len();
+        let mut set = JoinSet::new();
+        let never = CancellationToken::new();
+        for (id, token) in claimed {
+            let inner = self.inner.clone();
+            let never = never.clone();
+            set.spawn(async move { inner.process(id, token, never).await });
+        }
+        while set.join_next().await.is_some() {}
+        Ok(count)
+    }
+
+    /// Runs [`Dispatcher::run_once`] until nothing is due; returns how many were claimed.
+    pub async fn drain(&self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.run_once().await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
+    async fn claim(&self, limit: u32) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+        let lease_ms = i64::try_from(self.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+        self.inner.store.claim_due(limit, lease_ms).await
+    }
+
+    /// The background loop: runs until `shutdown` is cancelled, then lets attempts in flight
+    /// finish within the grace period and gives back the leases of those that do not.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        tracing::info!(
+            concurrency = inner.settings.concurrency,
+            batch_size = inner.settings.batch_size,
+            "dispatcher started"
+        );
+        while !shutdown.is_cancelled() {
+            let free = inner.slots.available_permits();
+            let limit = u32::try_from(free)
+                .unwrap_or(u32::MAX)
+                .min(inner.settings.batch_size);
+            let mut wait = inner.settings.sweep_interval;
+            if limit > 0 {
+                match self.claim(limit).await {
+                    Ok(claimed) => {
+                        let full = claimed.len() == limit as usize;
+                        for (id, token) in claimed {
+                            let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+                                // Only this loop takes permits, so this cannot happen; hand
+                                // the row back rather than exceed the bound.
+                                let _ = inner.store.release(id, token).await;
+                                continue;
+                            };
+                            let worker = inner.clone();
+                            let stop = hard_stop.clone();
+                            tracker.spawn(async move {
+                                worker.process_with_slot(id, token, stop, permit).await
+                            });
+                        }
+                        if full {
+                            // There may be more due right now.
+                            continue;
+                        }
+                        wait = self.time_until_next_due().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "claiming deliveries failed; will retry"
+                        );
+                        wait = ERROR_BACKOFF;
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = inner.wake.notified() => {}
+                () = inner.slot_freed.notified(), if free == 0 || limit == 0 => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracker.close();
+        tracing::info!(in_flight = tracker.len(), "dispatcher stopping");
+        if tokio::time::timeout(inner.settings.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = tracker.len(),
+                "attempts still running after the grace period; releasing their leases"
+            );
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(RELEASE_BOUND, tracker.wait()).await;
+        }
+        tracing::info!("dispatcher stopped");
+    }
+
+    async fn time_until_next_due(&self) -> Duration {
+        let sweep = self.inner.settings.sweep_interval;
+        match self.inner.store.next_due_at().await {
+            Ok(Some(at)) => {
+                let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+                // A floor keeps a row that is due but not claimable (e.g. lost to another
+                // replica a moment ago) from turning this into a busy loop.
+                Duration::from_millis(ms.max(2)).min(sweep)
+            }
+            Ok(None) => sweep,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "reading the next due time failed");
+                ERROR_BACKOFF.min(sweep)
+            }
+        }
+    }
+}
+
+impl Inner {
+    async fn process_with_slot(
+        self: Arc<Self>,
+        id: Uuid,
+        token: Uuid,
+        hard_stop: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) {
+        self.process(id, token, hard_stop).await;
+        drop(permit);
+        self.slot_freed.notify_one();
+    }
+
+    async fn process(&self, id: Uuid, token: Uuid, hard_stop: CancellationToken) {
+        let span =
+            tracing::info_span!("delivery", delivery_id = %id, attempt = tracing::field::Empty);
+        self.process_inner(id, token, hard_stop)
+            .instrument(span)
+            .await;
+    }
+
+    async fn process_inner(&self, id: Uuid, token: Uuid, hard_stop: CancellationToken) {
+        let job = match self.store.load_job(id, token).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "loading the delivery failed; releasing it"
+                );
+                let _ = self.store.release(id, token).await;
+                return;
+            }
+        };
+        tracing::Span::current().record("attempt", job.attempts + 1);
+        let report = tokio::select! {
+            report = attempt::attempt(&self.client, &job, &self.settings.retry) => report,
+            () = hard_stop.cancelled() => {
+                if let Err(e) = self.store.release(id, token).await {
+                    tracing::warn!(error = format!("{e:#}"), "releasing the lease failed; it will expire");
+                }
+                return;
+            }
+        };
+        match self
+            .store
+            .finish_attempt(
+                &job,
+                &report.attempt,
+                &report.outcome,
+                report.error.as_deref(),
+            )
+            .await
+        {
+            Ok(true) => match &report.outcome {
+                AttemptOutcome::Delivered => tracing::info!(
+                    status = report.attempt.status_code,
+                    duration_ms = report.attempt.duration_ms,
+                    "webhook delivered"
+                ),
+                AttemptOutcome::Retry { at } => tracing::info!(
+                    error = report.error.as_deref(),
+                    retry_in_ms = at - now_ms(),
+                    "webhook attempt failed; will retry"
+                ),
+                AttemptOutcome::Failed => {
+                    tracing::warn!(
+                        error = report.error.as_deref(),
+                        "webhook delivery failed for good"
+                    )
+                }
+                AttemptOutcome::EndpointGone => tracing::warn!(
+                    endpoint_id = %job.endpoint_id,
+                    "endpoint answered 410 Gone; endpoint disabled"
+                ),
+            },
+            Ok(false) => {
+                tracing::warn!("lease lost before the attempt was recorded; another worker owns it")
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "recording the attempt failed; the delivery is retried when its lease expires"
+            ),
+        }
+    }
+}

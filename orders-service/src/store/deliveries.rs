@@ -1,0 +1,277 @@
+//! Deliveries: claiming due work under a lease, recording attempts and outcomes.
+
+use uuid::Uuid;
+use webhook_common::Secret;
+
+use super::{now_ms, parse_uuid, Store};
+use crate::domain::{Attempt, AttemptOutcome, Delivery, DeliveryJob};
+
+/// Longest stored `last_error` text.
+const MAX_ERROR_CHARS: usize = 500;
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    attempts: i64,
+    msg_id: String,
+    payload: Vec<u8>,
+    endpoint_id: String,
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_expires_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: String,
+    event_id: String,
+    endpoint_id: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_status: Option<i64>,
+    last_error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    attempt: i64,
+    started_at: i64,
+    duration_ms: i64,
+    status_code: Option<i64>,
+    error_kind: Option<String>,
+    response_body: Option<String>,
+    outcome: String,
+}
+
+/// Due work, shared by the claim and the next-due query: pending and due, or in flight with
+/// an expired lease (its worker died), and only for enabled endpoints.
+const DUE: &str = "((d.status = 'pending' AND d.next_attempt_at <= $1) \
+     OR (d.status = 'in_flight' AND d.lease_expires_at <= $1)) \
+     AND d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)";
+
+impl Store {
+    /// Claims up to `limit` due deliveries for `lease_ms`, returning their ids and the claim
+    /// token that every later update must present. A delivery claimed by another worker (or
+    /// replica) in the meantime is simply not returned: the outer condition is re-checked by
+    /// the UPDATE itself.
+    pub async fn claim_due(&self, limit: u32, lease_ms: i64) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+        let now = now_ms();
+        let token = Uuid::new_v4();
+        let sql = format!(
+            "UPDATE deliveries SET status = 'in_flight', lease_expires_at = $2, claim_token = $3, \
+             updated_at = $1 \
+             WHERE id IN (SELECT d.id FROM deliveries d WHERE {DUE} \
+                          ORDER BY d.next_attempt_at LIMIT $4) \
+             AND ((status = 'pending' AND next_attempt_at <= $1) \
+                  OR (status = 'in_flight' AND lease_expires_at <= $1)) \
+             RETURNING id"
+        );
+        let ids: Vec<(String,)> = sqlx::query_as(&sql)
+            .bind(now)
+            .bind(now.saturating_add(lease_ms))
+            .bind(token.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        ids.into_iter()
+            .map(|(id,)| Ok((parse_uuid(&id)?, token)))
+            .collect()
+    }
+
+    /// Loads what an attempt of a claimed delivery needs; `None` if the claim was lost.
+    pub async fn load_job(
+        &self,
+        delivery_id: Uuid,
+        claim_token: Uuid,
+    ) -> anyhow::Result<Option<DeliveryJob>> {
+        let row: Option<JobRow> = sqlx::query_as(
+            "SELECT d.attempts, e.msg_id, e.payload, d.endpoint_id, p.url, p.secret, \
+                    p.previous_secret, p.previous_secret_expires_at \
+             FROM deliveries d JOIN events e ON e.id = d.event_id \
+                               JOIN endpoints p ON p.id = d.endpoint_id \
+             WHERE d.id = $1 AND d.claim_token = $2 AND d.status = 'in_flight'",
+        )
+        .bind(delivery_id.to_string())
+        .bind(claim_token.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut secrets = vec![Secret::parse(&row.secret)?];
+        if let (Some(previous), Some(expires)) =
+            (row.previous_secret, row.previous_secret_expires_at)
+        {
+            if expires > now_ms() {
+                secrets.push(Secret::parse(&previous)?);
+            }
+        }
+        Ok(Some(DeliveryJob {
+            delivery_id,
+            claim_token,
+            attempts: u32::try_from(row.attempts)?,
+            msg_id: row.msg_id,
+            payload: row.payload.into(),
+            endpoint_id: parse_uuid(&row.endpoint_id)?,
+            url: row.url,
+            secrets,
+        }))
+    }
+
+    /// Records one attempt and its outcome in one transaction. Returns `false`, recording
+    /// nothing, if this worker no longer owns the delivery (its lease expired and another
+    /// worker claimed it).
+    pub async fn finish_attempt(
+        &self,
+        job: &DeliveryJob,
+        attempt: &Attempt,
+        outcome: &AttemptOutcome,
+        error: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let error: Option<String> = error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect());
+        let (status, next_at, delivered_at) = match outcome {
+            AttemptOutcome::Delivered => ("delivered", now, Some(now)),
+            AttemptOutcome::Retry { at } => ("pending", *at, None),
+            AttemptOutcome::Failed | AttemptOutcome::EndpointGone => ("failed", now, None),
+        };
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+             delivered_at = $3, last_status = $4, last_error = $5, lease_expires_at = NULL, \
+             claim_token = NULL, updated_at = $6 \
+             WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'",
+        )
+        .bind(status)
+        .bind(next_at)
+        .bind(delivered_at)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&error)
+        .bind(now)
+        .bind(job.delivery_id.to_string())
+        .bind(job.claim_token.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
+             status_code, error_kind, response_body, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(job.delivery_id.to_string())
+        .bind(i64::from(attempt.attempt))
+        .bind(attempt.started_at)
+        .bind(attempt.duration_ms)
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&attempt.error_kind)
+        .bind(&attempt.response_body)
+        .bind(outcome.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if *outcome == AttemptOutcome::EndpointGone {
+            sqlx::query(
+                "UPDATE endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3",
+            )
+            .bind("the endpoint answered 410 Gone")
+            .bind(now)
+            .bind(job.endpoint_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short).
+    pub async fn release(&self, delivery_id: Uuid, claim_token: Uuid) -> anyhow::Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
+             lease_expires_at = NULL, claim_token = NULL, updated_at = $1 \
+             WHERE id = $2 AND claim_token = $3 AND status = 'in_flight'",
+        )
+        .bind(now)
+        .bind(delivery_id.to_string())
+        .bind(claim_token.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When the earliest not-yet-due work falls due (a retry or an expiring lease), in unix
+    /// milliseconds; `None` when there is none.
+    pub async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
+        let (at,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(CASE WHEN d.status = 'pending' THEN d.next_attempt_at \
+                             ELSE d.lease_expires_at END) \
+             FROM deliveries d WHERE d.status IN ('pending', 'in_flight') \
+             AND d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(at)
+    }
+
+    /// The deliveries of an order's events, oldest first.
+    pub async fn deliveries_for_order(&self, order_id: Uuid) -> anyhow::Result<Vec<Delivery>> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(
+            "SELECT d.id, d.event_id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at, \
+                    d.last_status, d.last_error \
+             FROM deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE e.order_id = $1 ORDER BY d.created_at, d.id",
+        )
+        .bind(order_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Delivery {
+                    id: parse_uuid(&r.id)?,
+                    event_id: parse_uuid(&r.event_id)?,
+                    endpoint_id: parse_uuid(&r.endpoint_id)?,
+                    status: r.status.parse()?,
+                    attempts: u32::try_from(r.attempts)?,
+                    next_attempt_at: r.next_attempt_at,
+                    last_status: r.last_status.map(u16::try_from).transpose()?,
+                    last_error: r.last_error,
+                })
+            })
+            .collect()
+    }
+
+    /// The recorded attempts of a delivery, in order.
+    pub async fn attempts(&self, delivery_id: Uuid) -> anyhow::Result<Vec<Attempt>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT attempt, started_at, duration_ms, status_code, error_kind, response_body, outcome \
+             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt, id",
+        )
+        .bind(delivery_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Attempt {
+                    attempt: u32::try_from(r.attempt)?,
+                    started_at: r.started_at,
+                    duration_ms: r.duration_ms,
+                    status_code: r.status_code.map(u16::try_from).transpose()?,
+                    error_kind: r.error_kind,
+                    response_body: r.response_body,
+                    outcome: r.outcome,
+                })
+            })
+            .collect()
+    }
+
+    /// How many deliveries are in each status, as `(status, count)`.
+    pub async fn delivery_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM deliveries GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,86 @@
+//! All SQL of the service, behind methods that take and return domain types.
+//!
+//! SQLite is the default backend. The SQL stays portable to PostgreSQL where that is cheap:
+//! `$n` placeholders, unix-millisecond INTEGER timestamps, TEXT UUIDs, and work claimed with
+//! a conditional `UPDATE ... RETURNING` guarded by status and lease columns, so several
+//! replicas can share one database.
+
+mod deliveries;
+mod endpoints;
+mod orders;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use endpoints::EnsuredEndpoint;
+pub use orders::CreatedOrder;
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if missing) the database at `url` with WAL, a busy timeout and
+    /// foreign keys on.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("DATABASE_URL {url:?} is not a valid SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let filename = options.get_filename().to_path_buf();
+        if let Some(parent) = filename.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !is_memory(&filename) {
+                tokio::fs::create_dir_all(parent).await.with_context(|| {
+                    format!(
+                        "creating the directory {} for DATABASE_URL",
+                        parent.display()
+                    )
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening the database {}", filename.display()))?;
+        Ok(Store { pool })
+    }
+
+    /// Applies the embedded migrations.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::migrate!()
+            .run(&self.pool)
+            .await
+            .context("running database migrations")
+    }
+
+    /// Waits for open connections to finish and closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn is_memory(path: &Path) -> bool {
+    path.as_os_str() == ":memory:"
+}
+
+fn parse_uuid(text: &str) -> anyhow::Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(text).with_context(|| format!("bad UUID {text:?} in the database"))
+}
