@@ -1,1 +1,171 @@
-//! notification-service
+//! notification-service: receives signed order webhooks, records each delivery once, and
+//! sends the customer an email — never twice, and never losing one it accepted.
+//!
+//! Modules, by capability:
+//! - [`api`]: HTTP routes (`/webhooks/orders` intake, `/notifications` read API, `/healthz`);
+//! - [`guard`]: client-IP allow-list and the rate limit on rejected requests;
+//! - [`store`]: all SQL (dedup records, per-order state, the email job queue);
+//! - [`email`]: the text of the emails;
+//! - [`mailer`]: sending them (simulated, SMTP, or a recording test double);
+//! - [`worker`]: the email worker and the dedup-record cleanup;
+//! - [`config`] and [`error`]: settings and the error type.
+
+pub mod api;
+pub mod config;
+pub mod email;
+pub mod error;
+pub mod guard;
+pub mod mailer;
+pub mod store;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::FromRef;
+use axum::{middleware, Router};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use webhook_common::extract::WebhookIntake;
+
+pub use config::{Config, Settings};
+pub use mailer::{Mailer, RecordingMailer};
+pub use store::Store;
+pub use worker::EmailWorker;
+
+/// How often the rate limiter forgets idle client addresses.
+const GUARD_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Webhook verification settings, for the `VerifiedWebhook` extractor.
+    pub intake: WebhookIntake,
+    /// The read API's bearer token.
+    pub admin_token: SecretString,
+    /// Allow-list and rejection rate limit of the intake.
+    pub guard: Arc<IntakeGuard>,
+    /// Wakes the email worker when a job is committed.
+    pub wake: Arc<Notify>,
+}
+
+use guard::IntakeGuard;
+
+impl AppState {
+    /// State for `settings` over `store`; `wake` must be the one the worker waits on.
+    pub fn new(settings: &Settings, store: Store, wake: Arc<Notify>) -> Self {
+        AppState {
+            store,
+            intake: WebhookIntake::new(settings.verifier.clone())
+                .with_max_body_bytes(settings.max_body_bytes),
+            admin_token: settings.admin_token.clone(),
+            guard: Arc::new(IntakeGuard::new(
+                settings.rate_limit,
+                settings.allowed_networks.clone(),
+            )),
+            wake,
+        }
+    }
+}
+
+impl FromRef<AppState> for WebhookIntake {
+    fn from_ref(state: &AppState) -> Self {
+        state.intake.clone()
+    }
+}
+
+/// The whole HTTP application. Pure: no I/O. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so the intake sees client IPs.
+pub fn build_app(state: AppState) -> Router {
+    Router::new()
+        .merge(api::health::router())
+        .merge(api::webhooks::router(state.guard.clone()))
+        .merge(api::notifications::router())
+        .fallback(error::not_found)
+        // Inner to outer: a panic becomes a 500, every error becomes our JSON body, and
+        // everything is traced.
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Runs the service on `listener` until `shutdown` is cancelled: validates `config`, opens
+/// and migrates the database, starts the email worker and the cleanup job, serves HTTP,
+/// then drains (bounded by `SHUTDOWN_GRACE_SECS`) and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = config.validate().context("invalid configuration")?;
+    let store = Store::connect(&settings.database_url).await?;
+    store
+        .migrate()
+        .await
+        .context("running the database migrations")?;
+
+    let wake = Arc::new(Notify::new());
+    let state = AppState::new(&settings, store.clone(), wake.clone());
+    let mailer = mailer::from_settings(&settings.mailer, settings.mail_from.clone());
+    tracing::info!(mailer = ?settings.mailer, "mailer configured");
+    let worker = EmailWorker::new(store.clone(), mailer, settings.worker.clone(), wake);
+
+    let background = TaskTracker::new();
+    background.spawn(worker.run(shutdown.clone()));
+    background.spawn(worker::run_cleanup(
+        store.clone(),
+        settings.dedup_retention,
+        settings.cleanup_interval,
+        shutdown.clone(),
+    ));
+    background.spawn(
+        state
+            .guard
+            .clone()
+            .run_housekeeping(GUARD_HOUSEKEEPING_EVERY, shutdown.clone()),
+    );
+    background.close();
+
+    let grace = settings.worker.shutdown_grace;
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address")?;
+    let server = axum::serve(
+        listener,
+        build_app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tracing::info!("listening on http://{addr}");
+
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        result = server => result.context("serving HTTP"),
+        () = drain_deadline => {
+            tracing::warn!("open HTTP connections did not finish within the grace period; closing them");
+            Ok(())
+        }
+    };
+    // The worker saw the same token; give it its grace period plus a margin to release jobs.
+    if tokio::time::timeout(grace + Duration::from_secs(5), background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    served
+}

@@ -1,0 +1,140 @@
+//! `GET /notifications` and `GET /notifications/{id}` (admin): the emails and their state.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::api::AdminAuth;
+use crate::error::ApiError;
+use crate::store::{Cursor, Notification, NotificationStatus};
+use crate::AppState;
+
+/// Page size when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// Largest page.
+pub const MAX_LIMIT: u32 = 200;
+
+/// The notification routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/notifications", get(list))
+        .route("/notifications/{id}", get(show))
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// A notification as the API shows it.
+#[derive(Serialize)]
+struct Item {
+    id: Uuid,
+    webhook_id: String,
+    event_type: String,
+    order_id: Uuid,
+    to: String,
+    subject: String,
+    status: NotificationStatus,
+    attempts: u32,
+    last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    sent_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+}
+
+impl Item {
+    fn new(n: Notification, with_body: bool) -> Self {
+        Item {
+            id: n.id,
+            webhook_id: n.webhook_id,
+            event_type: n.event_type,
+            order_id: n.order_id,
+            to: n.to,
+            subject: n.subject,
+            status: n.status,
+            attempts: n.attempts,
+            last_error: n.last_error,
+            created_at: n.created_at,
+            sent_at: n.sent_at,
+            body: with_body.then_some(n.body),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Page {
+    items: Vec<Item>,
+    next_cursor: Option<String>,
+}
+
+/// Parses a `limit` query parameter: 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
+pub fn parse_limit(text: Option<&str>) -> Result<u32, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "limit must be a whole number from 1 to {MAX_LIMIT}"
+        ))),
+    }
+}
+
+async fn list(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = parse_limit(params.limit.as_deref())?;
+    let cursor = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
+            ApiError::BadRequest("cursor is not one this API returned as next_cursor".into())
+        })?),
+    };
+    let rows = state
+        .store
+        .list_notifications(cursor.as_ref(), limit)
+        .await?;
+    let next_cursor = if rows.len() == limit as usize {
+        rows.last().map(|n| {
+            Cursor {
+                created_at_ms: crate::store::to_ms(n.created_at),
+                id: n.id,
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: rows.into_iter().map(|n| Item::new(n, false)).collect(),
+        next_cursor,
+    }))
+}
+
+async fn show(
+    _: AdminAuth,
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Item>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let id = Uuid::try_parse(&id)
+        .map_err(|_| ApiError::BadRequest("notification id must be a UUID".into()))?;
+    let notification = state
+        .store
+        .get_notification(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no notification {id}")))?;
+    Ok(Json(Item::new(notification, true)))
+}

@@ -1,0 +1,638 @@
+//! Settings: parsed once from flags and environment, validated at startup into [`Settings`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use webhook_common::Verifier;
+
+/// Every setting of the service. Each one is a `--flag` and an environment variable of the
+/// same name in upper case; defaults suit the local demo. Secrets have no default: a missing
+/// one fails startup (see [`Config::validate`]).
+#[derive(Clone, clap::Parser)]
+#[command(name = "notification-service", version, about)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8001")]
+    pub listen_addr: SocketAddr,
+
+    /// SQLite database URL; the file and its directory are created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/notifications.db"
+    )]
+    pub database_url: String,
+
+    /// Bearer token for the read API (`Authorization: Bearer <ADMIN_TOKEN>`); at least 16 characters.
+    #[arg(long, env = "ADMIN_TOKEN", value_parser = secret_arg, hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+
+    /// One or more space-separated `whsec_` secrets; a webhook signed by any of them is
+    /// accepted (list old and new during a rotation).
+    #[arg(long, env = "WEBHOOK_SECRET", value_parser = secret_arg, hide_env_values = true)]
+    pub webhook_secret: Option<SecretString>,
+
+    /// How far `webhook-timestamp` may be from our clock, in seconds, either way.
+    #[arg(long, env = "WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
+    pub webhook_tolerance_secs: u64,
+
+    /// Largest webhook body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = webhook_common::extract::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Rejected requests allowed per second per client IP, sustained.
+    #[arg(long, env = "REJECT_RATE_PER_SEC", default_value_t = 1)]
+    pub reject_rate_per_sec: u32,
+
+    /// Rejected requests a client IP may make in a burst before it gets 429.
+    #[arg(long, env = "REJECT_BURST", default_value_t = 60)]
+    pub reject_burst: u32,
+
+    /// Optional allow-list of client networks (CIDRs, comma or space separated); others get 403.
+    /// Empty allows every address.
+    #[arg(long, env = "ALLOWED_CIDRS", default_value = "")]
+    pub allowed_cidrs: String,
+
+    /// How long deduplication records are kept, in seconds (must outlast the sender's retries).
+    #[arg(long, env = "DEDUP_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub dedup_retention_secs: u64,
+
+    /// How often expired deduplication records are deleted, in seconds.
+    #[arg(long, env = "CLEANUP_INTERVAL_SECS", default_value_t = 3600)]
+    pub cleanup_interval_secs: u64,
+
+    /// `smtp://[user:pass@]host:port` to send real email (e.g. Mailpit); unset logs emails instead.
+    #[arg(long, env = "SMTP_URL", value_parser = secret_arg, hide_env_values = true)]
+    pub smtp_url: Option<SecretString>,
+
+    /// Sender address of the emails.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "Shop <notifications@shop.example>"
+    )]
+    pub mail_from: String,
+
+    /// Timeout of one SMTP send, in seconds.
+    #[arg(long, env = "SMTP_TIMEOUT_SECS", default_value_t = 10)]
+    pub smtp_timeout_secs: u64,
+
+    /// Artificial delay of each simulated send, in milliseconds (for demos and crash tests).
+    #[arg(long, env = "MAILER_DELAY_MS", default_value_t = 0)]
+    pub mailer_delay_ms: u64,
+
+    /// Emails sent at the same time, at most.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
+    pub worker_concurrency: usize,
+
+    /// Jobs claimed from the database per round trip, at most.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 16)]
+    pub worker_batch_size: usize,
+
+    /// How long a claimed job stays reserved before another worker may take it, in seconds.
+    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 60)]
+    pub worker_lease_secs: u64,
+
+    /// Send attempts before a notification is marked failed.
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
+    pub worker_max_attempts: u32,
+
+    /// First retry delay in milliseconds; doubles on each attempt, with jitter.
+    #[arg(long, env = "WORKER_RETRY_BASE_MS", default_value_t = 2000)]
+    pub worker_retry_base_ms: u64,
+
+    /// Longest retry delay, in seconds.
+    #[arg(long, env = "WORKER_RETRY_MAX_SECS", default_value_t = 600)]
+    pub worker_retry_max_secs: u64,
+
+    /// How often an idle worker looks for due jobs, in milliseconds (new jobs wake it at once).
+    #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
+    pub worker_poll_ms: u64,
+
+    /// On shutdown, how long in-flight sends may finish before they are released, in seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+fn secret_arg(text: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(text))
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &Option<SecretString>| if s.is_some() { "<redacted>" } else { "<unset>" };
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &self.database_url)
+            .field("admin_token", &redact(&self.admin_token))
+            .field("webhook_secret", &redact(&self.webhook_secret))
+            .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("reject_rate_per_sec", &self.reject_rate_per_sec)
+            .field("reject_burst", &self.reject_burst)
+            .field("allowed_cidrs", &self.allowed_cidrs)
+            .field("dedup_retention_secs", &self.dedup_retention_secs)
+            .field("cleanup_interval_secs", &self.cleanup_interval_secs)
+            .field("smtp_url", &redact(&self.smtp_url))
+            .field("mail_from", &self.mail_from)
+            .field("smtp_timeout_secs", &self.smtp_timeout_secs)
+            .field("mailer_delay_ms", &self.mailer_delay_ms)
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("worker_batch_size", &self.worker_batch_size)
+            .field("worker_lease_secs", &self.worker_lease_secs)
+            .field("worker_max_attempts", &self.worker_max_attempts)
+            .field("worker_retry_base_ms", &self.worker_retry_base_ms)
+            .field("worker_retry_max_secs", &self.worker_retry_max_secs)
+            .field("worker_poll_ms", &self.worker_poll_ms)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .finish()
+    }
+}
+
+/// A setting that is missing or malformed; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The environment variable name, e.g. `WEBHOOK_SECRET`.
+    pub setting: &'static str,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Where emails go.
+#[derive(Clone)]
+pub enum MailerSettings {
+    /// Log each email and count it as sent.
+    Simulated {
+        /// Artificial delay per send.
+        delay: Duration,
+    },
+    /// Send over plain SMTP.
+    Smtp {
+        /// Server host name or address.
+        host: String,
+        /// Server port.
+        port: u16,
+        /// Optional `(user, password)`.
+        credentials: Option<(String, SecretString)>,
+        /// Per-send timeout.
+        timeout: Duration,
+    },
+}
+
+impl fmt::Debug for MailerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MailerSettings::Simulated { delay } => {
+                f.debug_struct("Simulated").field("delay", delay).finish()
+            }
+            MailerSettings::Smtp {
+                host,
+                port,
+                timeout,
+                ..
+            } => f
+                .debug_struct("Smtp")
+                .field("host", host)
+                .field("port", port)
+                .field("timeout", timeout)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Knobs of the email worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Sends in flight at most.
+    pub concurrency: usize,
+    /// Jobs claimed per query at most.
+    pub batch_size: usize,
+    /// Claim duration.
+    pub lease: Duration,
+    /// Attempts before `failed`.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Retry delay cap.
+    pub retry_max: Duration,
+    /// Idle poll interval.
+    pub poll_interval: Duration,
+    /// How long in-flight sends may finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            concurrency: 4,
+            batch_size: 16,
+            lease: Duration::from_secs(60),
+            max_attempts: 8,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits on rejected requests per client IP.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitSettings {
+    /// Sustained rejections per second.
+    pub per_second: NonZeroU32,
+    /// Burst of rejections.
+    pub burst: NonZeroU32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_second: NonZeroU32::MIN,
+            burst: NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+/// The validated configuration the service runs with.
+#[derive(Clone)]
+pub struct Settings {
+    /// Where to serve (informational; `run` gets a bound listener).
+    pub listen_addr: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Read API token.
+    pub admin_token: SecretString,
+    /// Webhook secrets and tolerance.
+    pub verifier: Verifier,
+    /// Webhook body bound.
+    pub max_body_bytes: usize,
+    /// Rejection rate limit.
+    pub rate_limit: RateLimitSettings,
+    /// Allowed client networks; empty allows all.
+    pub allowed_networks: Vec<IpNet>,
+    /// Dedup record retention.
+    pub dedup_retention: Duration,
+    /// Cleanup period.
+    pub cleanup_interval: Duration,
+    /// Mail transport.
+    pub mailer: MailerSettings,
+    /// `From:` of the emails.
+    pub mail_from: lettre::message::Mailbox,
+    /// Worker knobs.
+    pub worker: WorkerSettings,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &self.database_url)
+            .field("admin_token", &"<redacted>")
+            .field("verifier", &self.verifier)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("rate_limit", &self.rate_limit)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("dedup_retention", &self.dedup_retention)
+            .field("mailer", &self.mailer)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest accepted admin token, so a guessable one cannot be configured by mistake.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// Checks every setting and resolves it; the error names the first bad setting.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let admin_token = self.admin_token.clone().ok_or_else(|| {
+            bad(
+                "ADMIN_TOKEN",
+                "is required (the bearer token of the read API)",
+            )
+        })?;
+        let token = admin_token.expose_secret();
+        if token.chars().count() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+            return Err(bad(
+                "ADMIN_TOKEN",
+                format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"),
+            ));
+        }
+
+        let secrets = self.webhook_secret.as_ref().ok_or_else(|| {
+            bad(
+                "WEBHOOK_SECRET",
+                "is required: one or more space-separated whsec_ secrets",
+            )
+        })?;
+        let verifier = Verifier::from_secrets_str(secrets.expose_secret())
+            .map_err(|e| bad("WEBHOOK_SECRET", e.to_string()))?;
+        if self.webhook_tolerance_secs == 0 {
+            return Err(bad("WEBHOOK_TOLERANCE_SECS", "must be at least 1"));
+        }
+        let verifier = verifier.with_tolerance(Duration::from_secs(self.webhook_tolerance_secs));
+
+        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(bad("MAX_BODY_BYTES", "must be between 1024 and 16777216"));
+        }
+        let rate_limit = RateLimitSettings {
+            per_second: NonZeroU32::new(self.reject_rate_per_sec)
+                .ok_or_else(|| bad("REJECT_RATE_PER_SEC", "must be at least 1"))?,
+            burst: NonZeroU32::new(self.reject_burst)
+                .ok_or_else(|| bad("REJECT_BURST", "must be at least 1"))?,
+        };
+        let allowed_networks = parse_cidrs(&self.allowed_cidrs)?;
+
+        if self.dedup_retention_secs < 60 {
+            return Err(bad(
+                "DEDUP_RETENTION_SECS",
+                "must be at least 60 (and longer than the sender's retry window)",
+            ));
+        }
+        if self.cleanup_interval_secs == 0 {
+            return Err(bad("CLEANUP_INTERVAL_SECS", "must be at least 1"));
+        }
+
+        let smtp_timeout = Duration::from_secs(self.smtp_timeout_secs);
+        if self.smtp_timeout_secs == 0 {
+            return Err(bad("SMTP_TIMEOUT_SECS", "must be at least 1"));
+        }
+        let mailer = match &self.smtp_url {
+            None => MailerSettings::Simulated {
+                delay: Duration::from_millis(self.mailer_delay_ms),
+            },
+            Some(url) => parse_smtp_url(url.expose_secret(), smtp_timeout)?,
+        };
+        let mail_from = self
+            .mail_from
+            .parse()
+            .map_err(|e| bad("MAIL_FROM", format!("is not a valid mailbox: {e}")))?;
+
+        if !(1..=256).contains(&self.worker_concurrency) {
+            return Err(bad("WORKER_CONCURRENCY", "must be between 1 and 256"));
+        }
+        if !(1..=1000).contains(&self.worker_batch_size) {
+            return Err(bad("WORKER_BATCH_SIZE", "must be between 1 and 1000"));
+        }
+        if !(1..=100).contains(&self.worker_max_attempts) {
+            return Err(bad("WORKER_MAX_ATTEMPTS", "must be between 1 and 100"));
+        }
+        if self.worker_retry_base_ms == 0 {
+            return Err(bad("WORKER_RETRY_BASE_MS", "must be at least 1"));
+        }
+        if self.worker_retry_max_secs.saturating_mul(1000) < self.worker_retry_base_ms {
+            return Err(bad(
+                "WORKER_RETRY_MAX_SECS",
+                "must not be shorter than WORKER_RETRY_BASE_MS",
+            ));
+        }
+        if self.worker_poll_ms == 0 {
+            return Err(bad("WORKER_POLL_MS", "must be at least 1"));
+        }
+        // A lease shorter than one send would let a second worker take a job that is still
+        // being sent, and the customer would get it twice.
+        let longest_send = match &mailer {
+            MailerSettings::Simulated { delay } => *delay,
+            MailerSettings::Smtp { timeout, .. } => *timeout,
+        };
+        let lease = Duration::from_secs(self.worker_lease_secs);
+        if lease <= longest_send || self.worker_lease_secs == 0 {
+            return Err(bad(
+                "WORKER_LEASE_SECS",
+                format!(
+                    "must be longer than one send ({} ms: SMTP_TIMEOUT_SECS or MAILER_DELAY_MS)",
+                    longest_send.as_millis()
+                ),
+            ));
+        }
+
+        Ok(Settings {
+            listen_addr: self.listen_addr,
+            database_url: self.database_url.clone(),
+            admin_token,
+            verifier,
+            max_body_bytes: self.max_body_bytes,
+            rate_limit,
+            allowed_networks,
+            dedup_retention: Duration::from_secs(self.dedup_retention_secs),
+            cleanup_interval: Duration::from_secs(self.cleanup_interval_secs),
+            mailer,
+            mail_from,
+            worker: WorkerSettings {
+                concurrency: self.worker_concurrency,
+                batch_size: self.worker_batch_size,
+                lease,
+                max_attempts: self.worker_max_attempts,
+                retry_base: Duration::from_millis(self.worker_retry_base_ms),
+                retry_max: Duration::from_secs(self.worker_retry_max_secs),
+                poll_interval: Duration::from_millis(self.worker_poll_ms),
+                shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            },
+        })
+    }
+}
+
+fn parse_cidrs(text: &str) -> Result<Vec<IpNet>, ConfigError> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            // A bare address means just that host.
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        "ALLOWED_CIDRS",
+                        format!("{s:?} is not a CIDR such as 10.0.0.0/8 or an IP address"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn parse_smtp_url(text: &str, timeout: Duration) -> Result<MailerSettings, ConfigError> {
+    // Never echo the URL: it may carry a password.
+    let url = reqwest::Url::parse(text).map_err(|e| {
+        bad(
+            "SMTP_URL",
+            format!("is not a URL ({e}); expected smtp://host:port"),
+        )
+    })?;
+    match url.scheme() {
+        "smtp" => {}
+        "smtps" => {
+            return Err(bad(
+                "SMTP_URL",
+                "smtps:// (TLS) is not supported by this build; use smtp://host:port (e.g. Mailpit on port 1025)",
+            ))
+        }
+        other => {
+            return Err(bad(
+                "SMTP_URL",
+                format!("scheme {other:?} is not supported; expected smtp://host:port"),
+            ))
+        }
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("SMTP_URL", "has no host; expected smtp://host:port"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port().unwrap_or(25);
+    let credentials = if url.username().is_empty() {
+        None
+    } else {
+        Some((
+            url.username().to_owned(),
+            SecretString::from(url.password().unwrap_or("")),
+        ))
+    };
+    Ok(MailerSettings::Smtp {
+        host,
+        port,
+        credentials,
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn parse(extra: &[&str]) -> Result<Settings, ConfigError> {
+        let mut args = vec![
+            "notification-service",
+            "--admin-token",
+            "0123456789abcdef",
+            "--webhook-secret",
+            SECRET,
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).unwrap().validate()
+    }
+
+    fn setting_of(result: Result<Settings, ConfigError>) -> &'static str {
+        result.unwrap_err().setting
+    }
+
+    #[test]
+    fn defaults_with_both_secrets_are_valid() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.listen_addr.port(), 8001);
+        assert_eq!(s.rate_limit.burst.get(), 60);
+        assert!(matches!(s.mailer, MailerSettings::Simulated { .. }));
+        assert_eq!(s.dedup_retention, Duration::from_secs(7 * 24 * 3600));
+    }
+
+    #[test]
+    fn missing_or_malformed_secrets_name_their_setting() {
+        let none = Config::try_parse_from(["x"]).unwrap();
+        assert_eq!(setting_of(none.validate()), "ADMIN_TOKEN");
+        let no_secret = Config::try_parse_from(["x", "--admin-token", "0123456789abcdef"]).unwrap();
+        assert_eq!(setting_of(no_secret.validate()), "WEBHOOK_SECRET");
+        let c = Config::try_parse_from([
+            "x",
+            "--admin-token",
+            "0123456789abcdef",
+            "--webhook-secret",
+            "hunter2",
+        ])
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.setting, "WEBHOOK_SECRET");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let short =
+            Config::try_parse_from(["x", "--admin-token", "short", "--webhook-secret", SECRET]);
+        assert_eq!(setting_of(short.unwrap().validate()), "ADMIN_TOKEN");
+    }
+
+    #[test]
+    fn smtp_urls_are_checked_and_smtps_is_refused() {
+        let s = parse(&["--smtp-url", "smtp://user:pw@mailpit:1025"]).unwrap();
+        match s.mailer {
+            MailerSettings::Smtp {
+                host,
+                port,
+                credentials,
+                ..
+            } => {
+                assert_eq!((host.as_str(), port), ("mailpit", 1025));
+                assert_eq!(credentials.unwrap().0, "user");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            setting_of(parse(&["--smtp-url", "smtps://mail:465"])),
+            "SMTP_URL"
+        );
+        assert_eq!(
+            setting_of(parse(&["--smtp-url", "mailpit:1025"])),
+            "SMTP_URL"
+        );
+        let err = parse(&["--smtp-url", "http://user:topsecret@x"]).unwrap_err();
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn cidrs_and_numeric_knobs_are_validated() {
+        let s = parse(&["--allowed-cidrs", "10.0.0.0/8, 127.0.0.1 ::1"]).unwrap();
+        assert_eq!(s.allowed_networks.len(), 3);
+        assert_eq!(
+            setting_of(parse(&["--allowed-cidrs", "10.0.0.0/99"])),
+            "ALLOWED_CIDRS"
+        );
+        assert_eq!(setting_of(parse(&["--reject-burst", "0"])), "REJECT_BURST");
+        assert_eq!(
+            setting_of(parse(&["--worker-concurrency", "0"])),
+            "WORKER_CONCURRENCY"
+        );
+        assert_eq!(
+            setting_of(parse(&["--max-body-bytes", "10"])),
+            "MAX_BODY_BYTES"
+        );
+        assert_eq!(
+            setting_of(parse(&[
+                "--mailer-delay-ms",
+                "5000",
+                "--worker-lease-secs",
+                "5"
+            ])),
+            "WORKER_LEASE_SECS"
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = Config::try_parse_from([
+            "x",
+            "--admin-token",
+            "0123456789abcdef",
+            "--webhook-secret",
+            SECRET,
+            "--smtp-url",
+            "smtp://u:pw@h:1",
+        ])
+        .unwrap();
+        let text = format!("{c:?} {:?}", c.validate().unwrap());
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(!text.contains("MfKQ9r8"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+    }
+}
