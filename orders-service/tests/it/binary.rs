@@ -1,0 +1,178 @@
+//! The real binary: `kill -9` with a backlog, restart, and nothing is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use orders_service::store::Store;
+use webhook_common::Secret;
+
+use crate::support::{bind_port, free_port, json_of, order_body, Receiver, Reply, ADMIN_TOKEN};
+
+/// Longest wait for the backlog to drain after the restart.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A child process that is killed when dropped, whatever happens to the test.
+struct Service {
+    child: tokio::process::Child,
+    base: String,
+}
+
+impl Service {
+    async fn start(dir: &Path, webhook_url: &str, secret: &Secret, run: u32) -> Service {
+        let port = free_port().await;
+        let log = std::fs::File::create(dir.join(format!("service-{run}.log"))).unwrap();
+        // Generous retries in milliseconds: the receiver stays down for a while.
+        let mut schedule = vec!["100ms", "200ms", "400ms", "800ms"];
+        schedule.extend(["1s"; 90]);
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orders-service"))
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.join("orders.db").display()),
+            )
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("NOTIFICATION_WEBHOOK_URL", webhook_url)
+            .env("WEBHOOK_SECRET", secret.expose_whsec())
+            .env("RETRY_SCHEDULE", schedule.join(","))
+            .env("WEBHOOK_TIMEOUT", "1s")
+            .env("DISPATCH_LEASE", "2s")
+            .env("DISPATCH_SWEEP_INTERVAL", "100ms")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the orders-service binary");
+        let mut service = Service {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        service.wait_healthy().await;
+        service
+    }
+
+    async fn wait_healthy(&mut self) {
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("orders-service exited early with {status}");
+            }
+            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < crate::support::DEADLINE,
+                "orders-service never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    async fn kill_9(mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn kill_9_with_200_undelivered_orders_then_restart_delivers_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver_port = free_port().await;
+    let url = format!("http://127.0.0.1:{receiver_port}/webhook");
+    let secret = Secret::generate();
+
+    // 200 orders while the receiver is down.
+    let first = Service::start(dir.path(), &url, &secret, 1).await;
+    let http = reqwest::Client::new();
+    let mut order_ids = HashSet::new();
+    for _ in 0..200 {
+        let r = http
+            .post(format!("{}/orders", first.base))
+            .header("content-type", "application/json")
+            .body(order_body().to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        order_ids.insert(json_of(r).await["id"].as_str().unwrap().to_owned());
+    }
+    first.kill_9().await;
+
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("orders.db").display()
+    ))
+    .await
+    .unwrap();
+    let counts = store.delivery_counts().await.unwrap();
+    eprintln!("delivery states at kill -9: {counts:?}");
+    let events: HashMap<String, String> = store
+        .event_msg_ids_by_order()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(order, msg)| (msg, order.to_string()))
+        .collect();
+    let stored_orders: HashSet<String> = events.values().cloned().collect();
+    assert_eq!(
+        stored_orders, order_ids,
+        "every acknowledged order has its event"
+    );
+
+    // Restart, then bring the receiver up.
+    let second = Service::start(dir.path(), &url, &secret, 2).await;
+    let mut receiver = Receiver::start_on(
+        bind_port(receiver_port).await,
+        secret,
+        Vec::new(),
+        Reply::status(200),
+    );
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let start = Instant::now();
+    while !events.keys().all(|id| seen.contains_key(id)) {
+        assert!(
+            start.elapsed() < DRAIN_DEADLINE,
+            "only {} of {} events arrived",
+            seen.len(),
+            events.len()
+        );
+        if let Some(got) = receiver.next_within(Duration::from_secs(1)).await {
+            assert!(got.verified, "a webhook failed verification");
+            *seen.entry(got.id).or_default() += 1;
+        }
+    }
+    // Every delivery is recorded as delivered too (the last 200 OK may still be in transit).
+    let start = Instant::now();
+    loop {
+        let counts = store.delivery_counts().await.unwrap();
+        if counts == [("delivered".to_owned(), 200)] {
+            break;
+        }
+        assert!(
+            start.elapsed() < DRAIN_DEADLINE,
+            "deliveries not all recorded: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while let Some(got) = receiver.try_next() {
+        *seen.entry(got.id).or_default() += 1;
+    }
+    let unknown: Vec<_> = seen.keys().filter(|id| !events.contains_key(*id)).collect();
+    assert!(
+        unknown.is_empty(),
+        "webhooks for events that do not exist: {unknown:?}"
+    );
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "kill -9 test: {} events, all delivered; {duplicates} duplicate deliveries (allowed by at-least-once)",
+        events.len()
+    );
+    second.kill_9().await;
+    store.close().await;
+}

@@ -1,0 +1,258 @@
+//! Restarts, crashed workers, graceful shutdown and the configured subscription across
+//! restarts, in process.
+
+use std::sync::Arc;
+
+use clap::Parser as _;
+use orders_service::dispatcher::{Dispatcher, DispatcherSettings};
+use orders_service::domain::{DeliveryStatus, NewEvent, Order, OrderStatus};
+use orders_service::store::{now_ms, Store};
+use orders_service::Config;
+use uuid::Uuid;
+use webhook_common::{Currency, Money, Secret};
+
+use crate::support::{
+    bind_port, eventually, free_port, AppOptions, Receiver, Reply, TestApp, ADMIN_TOKEN,
+};
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_restart_and_are_delivered() {
+    let port = free_port().await;
+    let secret = Secret::generate();
+    let options = |dir| AppOptions {
+        webhook_url: Some(format!("http://127.0.0.1:{port}/webhook")),
+        secret: Some(secret.clone()),
+        schedule: ["200ms"; 50].join(","),
+        dir,
+        ..AppOptions::default()
+    };
+    let first = TestApp::spawn(options(None)).await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        orders.push(first.create_order().await);
+    }
+    for order in &orders {
+        eventually("each delivery has failed once", || async {
+            let d = first.deliveries(*order).await.into_iter().next()?;
+            (d.attempts >= 1).then_some(())
+        })
+        .await;
+    }
+    let dir = first.dir.clone();
+    first.stop().await;
+
+    let second = TestApp::spawn(options(Some(dir))).await;
+    let mut receiver = Receiver::start_on(
+        bind_port(port).await,
+        secret,
+        Vec::new(),
+        Reply::status(200),
+    );
+    for order in &orders {
+        second
+            .wait_for_delivery(*order, DeliveryStatus::Delivered)
+            .await;
+    }
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < orders.len() {
+        let got = receiver.next().await;
+        assert!(got.verified);
+        ids.insert(got.id);
+    }
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_gives_back_the_lease_of_an_attempt_still_in_flight() {
+    // A receiver that accepts connections and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = TestApp::spawn(AppOptions {
+        webhook_url: Some(format!("http://127.0.0.1:{port}/webhook")),
+        secret: Some(Secret::generate()),
+        extra: vec![
+            "--webhook-timeout".into(),
+            "20s".into(),
+            "--dispatch-lease".into(),
+            "30s".into(),
+            "--shutdown-grace".into(),
+            "100ms".into(),
+        ],
+        ..AppOptions::default()
+    })
+    .await;
+    let order = app.create_order().await;
+    app.wait_for_delivery(order, DeliveryStatus::InFlight).await;
+    let dir = app.dir.clone();
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("orders.db").display()
+    ))
+    .await
+    .unwrap();
+    app.stop().await;
+
+    let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
+    assert_eq!(
+        delivery.status,
+        DeliveryStatus::Pending,
+        "lease not released"
+    );
+    assert_eq!(
+        delivery.attempts, 0,
+        "an interrupted attempt is not counted"
+    );
+    assert!(store.attempts(delivery.id).await.unwrap().is_empty());
+    holder.abort();
+}
+
+fn settings(lease_ms: u64) -> DispatcherSettings {
+    let config = Config::try_parse_from([
+        "orders-service",
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--retry-schedule",
+        "10ms",
+        "--webhook-timeout",
+        "1s",
+        "--dispatch-lease",
+        &format!("{lease_ms}ms"),
+    ])
+    .unwrap();
+    DispatcherSettings::from_config(&config)
+}
+
+/// Writes an order with its event and deliveries straight through the store.
+async fn write_order(store: &Store) -> Uuid {
+    let id = Uuid::now_v7();
+    let total = Money::new(1000, Currency::EUR);
+    let order = Order {
+        id,
+        product_name: "Lamp".into(),
+        quantity: 1,
+        unit_price: total,
+        total,
+        customer_email: "ada@example.com".into(),
+        status: OrderStatus::Paid,
+        failure_reason: None,
+        created_at: now_ms(),
+    };
+    let event = NewEvent {
+        id: Uuid::now_v7(),
+        msg_id: webhook_common::signing::new_message_id(),
+        event_type: "order.paid".into(),
+        order_id: Some(id),
+        payload: br#"{"type":"order.paid"}"#.to_vec(),
+        created_at: now_ms(),
+    };
+    let created = store.create_order_with_event(&order, &event).await.unwrap();
+    assert_eq!(created.deliveries, 1);
+    id
+}
+
+#[tokio::test]
+async fn a_delivery_left_in_flight_by_a_crashed_worker_is_retried_after_its_lease_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("o.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut receiver = Receiver::start(Vec::new()).await;
+    store
+        .ensure_config_endpoint(
+            "test",
+            &receiver.url,
+            Some(&receiver.secret),
+            &["order.paid"],
+        )
+        .await
+        .unwrap();
+    let order = write_order(&store).await;
+
+    // A worker claims the delivery and dies without finishing it.
+    let crashed = store.claim_due(10, 300).await.unwrap();
+    assert_eq!(crashed.len(), 1);
+
+    let dispatcher = Dispatcher::new(store.clone(), settings(300)).unwrap();
+    assert_eq!(
+        dispatcher.run_once().await.unwrap(),
+        0,
+        "a live lease must not be taken over"
+    );
+    eventually("the expired lease is claimed again", || async {
+        (dispatcher.run_once().await.unwrap() == 1).then_some(())
+    })
+    .await;
+    assert!(receiver.next().await.verified);
+    let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
+    assert_eq!(delivery.status, DeliveryStatus::Delivered);
+
+    // The crashed worker's late report is refused: its claim is no longer valid.
+    let (id, token) = crashed[0];
+    store.release(id, token).await.unwrap();
+    let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
+    assert_eq!(delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(dispatcher.drain().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_configured_subscription_is_ensured_once_and_follows_a_changed_url() {
+    let mut a = Receiver::start(Vec::new()).await;
+    let first = TestApp::spawn(AppOptions::to(&a)).await;
+    let order = first.create_order().await;
+    assert!(a.next().await.verified);
+    let endpoint = first
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await
+        .endpoint_id;
+    let dir = first.dir.clone();
+    first.stop().await;
+
+    // Same settings again: the same endpoint, not a second one.
+    let again = TestApp::spawn(AppOptions {
+        dir: Some(dir.clone()),
+        ..AppOptions::to(&a)
+    })
+    .await;
+    let order = again.create_order().await;
+    assert!(a.next().await.verified);
+    let delivery = again
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await;
+    assert_eq!(delivery.endpoint_id, endpoint);
+    assert_eq!(again.deliveries(order).await.len(), 1);
+    again.stop().await;
+
+    // A new URL and secret update that endpoint.
+    let mut b = Receiver::start(Vec::new()).await;
+    let moved = TestApp::spawn(AppOptions {
+        dir: Some(Arc::clone(&dir)),
+        ..AppOptions::to(&b)
+    })
+    .await;
+    let order = moved.create_order().await;
+    assert!(b.next().await.verified, "signed with the new secret");
+    let delivery = moved
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await;
+    assert_eq!(delivery.endpoint_id, endpoint);
+    let stored = moved.store.endpoint(endpoint).await.unwrap().unwrap();
+    assert_eq!(stored.url, b.url);
+    assert!(a.try_next().is_none());
+    moved.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_configured_url_orders_are_stored_but_nothing_is_sent() {
+    let app = TestApp::spawn(AppOptions::default()).await;
+    let order = app.create_order().await;
+    assert!(app.deliveries(order).await.is_empty());
+    assert_eq!(app.store.event_msg_ids_by_order().await.unwrap().len(), 1);
+    app.stop().await;
+}
