@@ -102,7 +102,7 @@ impl Mailer for SimulatedMailer {
                 notification_id = %email.notification_id,
                 to = %email.to,
                 subject = %email.subject,
-                body = %email.body,
+                body = ?email.body,
                 "email sent (simulated)"
             );
             Ok(())

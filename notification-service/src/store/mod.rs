@@ -268,7 +268,14 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
+        // The notification outlives the dedup record: a delivery redelivered after cleanup
+        // is still recognised.
+        let notified: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM notifications WHERE webhook_id = $1")
+                .bind(&webhook.webhook_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if inserted == 0 || notified.is_some() {
             tx.rollback().await?;
             return Ok(IntakeOutcome::Duplicate);
         }

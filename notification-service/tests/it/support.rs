@@ -1,0 +1,285 @@
+//! Helpers: spawn the app on 127.0.0.1:0 with a temporary database and a recording mailer,
+//! build and sign events, read the API, and wait on conditions with a deadline.
+
+use std::future::{Future, IntoFuture as _};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use notification_service::mailer::Mailer;
+use notification_service::{build_app, AppState, Config, EmailWorker, RecordingMailer, Store};
+use serde_json::Value;
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webhook_common::{
+    Currency, Event, EventPayload, OrderPaid, OrderPaymentFailed, Secret, SignedHeaders,
+};
+
+/// The webhook secret of every test instance unless a test says otherwise.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Admin token of every test instance.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The default secret, parsed.
+pub fn secret() -> Secret {
+    Secret::parse(SECRET).unwrap()
+}
+
+/// A `Config` for a test: temp database, test secrets and fast retries; `extra` flags are
+/// added and override these defaults.
+pub fn config(dir: &TempDir, extra: &[&str]) -> Config {
+    let db = format!("sqlite://{}/notifications.db", dir.path().display());
+    let defaults = [
+        ("--listen-addr", "127.0.0.1:0"),
+        ("--database-url", db.as_str()),
+        ("--admin-token", ADMIN_TOKEN),
+        ("--webhook-secret", SECRET),
+        ("--worker-retry-base-ms", "1"),
+        ("--worker-retry-max-secs", "1"),
+    ];
+    let mut args = vec!["notification-service".to_owned()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Config::try_parse_from(args).unwrap()
+}
+
+/// A running app whose email worker the test drives (it does not run on its own).
+pub struct TestApp {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub base: String,
+    /// Its database.
+    pub store: Store,
+    /// The worker, driven with `run_once` / `run_until_idle`.
+    pub worker: EmailWorker,
+    /// What the worker sent.
+    pub mailer: RecordingMailer,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Stops the server.
+    pub shutdown: CancellationToken,
+    _dir: TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    /// Defaults, recording mailer.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[], None).await
+    }
+
+    /// With extra config flags and optionally another mailer than the recording one.
+    pub async fn spawn_with(extra: &[&str], mailer: Option<Arc<dyn Mailer>>) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = config(&dir, extra).validate().unwrap();
+        let store = Store::connect(&settings.database_url).await.unwrap();
+        store.migrate().await.unwrap();
+        let wake = Arc::new(Notify::new());
+        let state = AppState::new(&settings, store.clone(), wake.clone());
+        let recording = RecordingMailer::new();
+        let mailer = mailer.unwrap_or_else(|| Arc::new(recording.clone()));
+        let worker = EmailWorker::new(store.clone(), mailer, settings.worker.clone(), wake);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = build_app(state).into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future(),
+        );
+        TestApp {
+            base: format!("http://{addr}"),
+            store,
+            worker,
+            mailer: recording,
+            http: reqwest::Client::new(),
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// The intake URL.
+    pub fn intake(&self) -> String {
+        format!("{}/webhooks/orders", self.base)
+    }
+
+    /// Posts `event` signed with the default secret under `webhook_id`.
+    pub async fn deliver(&self, webhook_id: &str, event: &Event) -> reqwest::Response {
+        self.deliver_bytes(webhook_id, &event.to_json_bytes(), &[secret()])
+            .await
+    }
+
+    /// Posts `body` signed now with `secrets` under `webhook_id`.
+    pub async fn deliver_bytes(
+        &self,
+        webhook_id: &str,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> reqwest::Response {
+        webhook_common::client::signed_request(
+            &self.http,
+            self.intake(),
+            secrets,
+            webhook_id,
+            body.to_vec(),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    /// GET with the admin token; returns status and JSON body.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Every notification, newest first, following cursors.
+    pub async fn notifications(&self) -> Vec<Value> {
+        all_notifications(&self.http, &self.base).await
+    }
+}
+
+/// Every notification of the service at `base`, following `next_cursor`.
+pub async fn all_notifications(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = http
+            .get(format!("{base}/notifications?limit=200&cursor={cursor}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => return items,
+        }
+    }
+}
+
+/// A fresh webhook id.
+pub fn msg_id() -> String {
+    webhook_common::signing::new_message_id()
+}
+
+/// An `order.paid` of `order_id` that happened at `at`.
+pub fn paid(order_id: Uuid, at: OffsetDateTime) -> Event {
+    Event {
+        timestamp: at,
+        payload: EventPayload::OrderPaid(OrderPaid {
+            order_id,
+            customer_email: "ada@example.com".into(),
+            product_name: "Mechanical keyboard".into(),
+            quantity: 2,
+            amount: 2500,
+            currency: Currency::EUR,
+        }),
+    }
+}
+
+/// An `order.payment_failed` of `order_id` that happened at `at`.
+pub fn payment_failed(order_id: Uuid, at: OffsetDateTime) -> Event {
+    Event {
+        timestamp: at,
+        payload: EventPayload::OrderPaymentFailed(OrderPaymentFailed {
+            order_id,
+            customer_email: "ada@example.com".into(),
+            product_name: "Mechanical keyboard".into(),
+            amount: 2500,
+            currency: Currency::EUR,
+            reason: "card declined".into(),
+        }),
+    }
+}
+
+/// Now, whole microseconds (what survives a round trip).
+pub fn now() -> OffsetDateTime {
+    Event::now(EventPayload::Unknown {
+        event_type: String::new(),
+        data: Value::Null,
+    })
+    .timestamp
+}
+
+/// Signed headers for `body`, timestamped `ts`, as a reqwest header map.
+pub fn signed_headers(
+    id: &str,
+    ts: i64,
+    body: &[u8],
+    secrets: &[Secret],
+) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    SignedHeaders::sign(secrets, id, ts, body)
+        .apply(&mut headers)
+        .unwrap();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    headers
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts an error response has our JSON shape with `code`; returns the body.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}

@@ -1,0 +1,169 @@
+//! The email worker: retries, giving up, running in the background, shutdown, cleanup.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notification_service::mailer::SimulatedMailer;
+use notification_service::worker::run_cleanup;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::support::*;
+
+async fn only_notification(app: &TestApp) -> Value {
+    let all = app.notifications().await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn transient_send_failures_are_retried_with_backoff_until_sent() {
+    let app = TestApp::spawn().await;
+    app.mailer.fail_next(2, false);
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    assert_eq!(app.worker.run_once().await.unwrap(), 1);
+    let n = only_notification(&app).await;
+    assert_eq!(
+        (n["status"].as_str(), n["attempts"].as_u64()),
+        (Some("queued"), Some(1))
+    );
+    assert!(n["last_error"].as_str().unwrap().contains("transient"));
+
+    wait_for("the retries to succeed", || async {
+        app.worker.run_once().await.unwrap();
+        (app.mailer.sent().len() == 1).then_some(())
+    })
+    .await;
+    let n = only_notification(&app).await;
+    assert_eq!(n["status"], "sent");
+    assert_eq!(n["attempts"], 3);
+    assert_eq!(app.mailer.sent().len(), 1);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_marks_the_notification_failed_and_visible() {
+    let app = TestApp::spawn().await;
+    app.mailer.fail_next(1, true);
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    app.worker.run_until_idle().await.unwrap();
+    let n = only_notification(&app).await;
+    assert_eq!(n["status"], "failed");
+    assert_eq!(n["attempts"], 1);
+    assert!(n["last_error"].as_str().unwrap().contains("permanent"));
+    assert_eq!(n["sent_at"], Value::Null);
+    assert!(app.mailer.sent().is_empty());
+}
+
+#[tokio::test]
+async fn after_the_last_allowed_attempt_the_notification_is_failed() {
+    let app = TestApp::spawn_with(&["--worker-max-attempts", "2"], None).await;
+    app.mailer.fail_next(100, false);
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    let n = wait_for("the notification to fail", || async {
+        app.worker.run_once().await.unwrap();
+        let n = only_notification(&app).await;
+        (n["status"] == "failed").then_some(n)
+    })
+    .await;
+    assert_eq!(n["attempts"], 2);
+    assert_eq!(app.worker.run_until_idle().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_background_worker_sends_new_jobs_and_stops_on_shutdown() {
+    let app = TestApp::spawn().await;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(app.worker.clone().run(stop.clone()));
+    for _ in 0..10 {
+        app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    }
+    wait_for("ten emails", || async {
+        (app.mailer.sent().len() == 10).then_some(())
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(app
+        .notifications()
+        .await
+        .iter()
+        .all(|n| n["status"] == "sent"));
+}
+
+#[tokio::test]
+async fn shutdown_releases_a_job_whose_send_does_not_finish_in_the_grace_period() {
+    let slow = Arc::new(SimulatedMailer::new(Duration::from_secs(30)));
+    let app = TestApp::spawn_with(&["--shutdown-grace-secs", "0"], Some(slow)).await;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(app.worker.clone().run(stop.clone()));
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    wait_for("the job to be claimed", || async {
+        let n = only_notification(&app).await;
+        (n["attempts"] == 1).then_some(())
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, running)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let n = only_notification(&app).await;
+    assert_eq!(n["status"], "queued");
+    assert_eq!(n["attempts"], 0, "the unfinished attempt is refunded");
+    let reclaimed = app
+        .store
+        .claim_due(10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 1, "released at once, not after the lease");
+}
+
+#[tokio::test]
+async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let (old, fresh) = (msg_id(), msg_id());
+    let old_event = paid(Uuid::now_v7(), now());
+    app.deliver(&old, &old_event).await;
+    app.deliver(&fresh, &paid(Uuid::now_v7(), now())).await;
+    let eight_days_ago = now() - time::Duration::days(8);
+    sqlx::query("UPDATE received_webhooks SET received_at = $1 WHERE webhook_id = $2")
+        .bind(notification_service::store::to_ms(eight_days_ago))
+        .bind(&old)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    let cleanup = tokio::spawn(run_cleanup(
+        app.store.clone(),
+        Duration::from_secs(7 * 24 * 3600),
+        Duration::from_secs(3600),
+        stop.clone(),
+    ));
+    wait_for("the expired record to go", || async {
+        let (_, received) = app.admin_get("/webhooks/received").await;
+        let ids: Vec<String> = received["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["webhook_id"].as_str().unwrap().to_owned())
+            .collect();
+        (ids == [fresh.clone()]).then_some(())
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, cleanup)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The notification itself still remembers the delivery.
+    let r = app.deliver(&old, &old_event).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    assert_eq!(app.notifications().await.len(), 2);
+}
