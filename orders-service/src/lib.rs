@@ -124,6 +124,10 @@ async fn ensure_configured_subscription(config: &Config, store: &Store) -> anyho
             "WEBHOOK_SECRET is not set: generated and stored a signing secret for NOTIFICATION_WEBHOOK_URL"
         );
     }
-    tracing::info!(endpoint_id = %ensured.id, url = %url, "subscription from configuration ensured");
+    // Origin and path only: a query string may hold a token.
+    let shown = reqwest::Url::parse(url)
+        .map(|u| format!("{}{}", u.origin().ascii_serialization(), u.path()))
+        .unwrap_or_default();
+    tracing::info!(endpoint_id = %ensured.id, url = %shown, "subscription from configuration ensured");
     Ok(())
 }

@@ -16,7 +16,7 @@ async fn main() -> std::process::ExitCode {
     match start().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("orders-service failed: {e:#}");
+            // stderr rather than the log, so the reason shows even with RUST_LOG=off.
             eprintln!("orders-service: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -31,7 +31,7 @@ pub const MAX_QUANTITY: u64 = 1000;
 pub const MAX_PRICE_MAJOR: i64 = 1_000_000;
 /// Longest product name, in characters.
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
-/// Default and largest page size of `GET /orders`.
+/// Default page size of `GET /orders`.
 pub const DEFAULT_PAGE: u32 = 20;
 /// Largest page size of `GET /orders`.
 pub const MAX_PAGE: u32 = 100;

@@ -109,8 +109,8 @@ pub async fn attempt(
         }
         Err(e) => {
             let kind = error_kind(&e);
-            // The URL is the operator's own configuration, so it may appear in the message.
-            let error = format!("{kind} error: {}", error_chain(&e));
+            // A URL may carry a token in its query; the attempt log does not need it.
+            let error = format!("{kind} error: {}", error_chain(&e.without_url()));
             (
                 None,
                 Some(kind.to_owned()),

@@ -102,7 +102,7 @@ impl Store {
             if !types.iter().any(|t| t == &event.event_type) {
                 continue;
             }
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
                  next_attempt_at, created_at, updated_at) \
                  VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4) \
@@ -113,8 +113,9 @@ impl Store {
             .bind(endpoint_id)
             .bind(event.created_at)
             .execute(&mut *tx)
-            .await?;
-            deliveries += 1;
+            .await?
+            .rows_affected();
+            deliveries += usize::try_from(inserted).unwrap_or(0);
         }
         tx.commit().await?;
         Ok(CreatedOrder { deliveries })

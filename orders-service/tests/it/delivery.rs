@@ -12,9 +12,15 @@ use crate::support::{bind_port, eventually, free_port, AppOptions, Receiver, Rep
 async fn a_paid_order_is_delivered_once_with_a_signature_that_verifies() {
     let mut receiver = Receiver::start(Vec::new()).await;
     let app = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let posted = std::time::Instant::now();
     let order = app.create_order().await;
 
     let got = receiver.next().await;
+    // Reported, not asserted: the wake-up after commit should make this a few milliseconds.
+    eprintln!(
+        "first attempt arrived {:?} after the POST was sent",
+        got.at - posted
+    );
     assert!(got.verified, "signature did not verify");
     assert!(got.id.starts_with("msg_"));
     assert_eq!(got.headers["content-type"], "application/json");
@@ -88,8 +94,8 @@ async fn two_server_errors_then_success_records_three_attempts_and_delivers() {
 #[tokio::test]
 async fn retry_after_from_the_receiver_is_honoured() {
     let mut receiver = Receiver::start(vec![Reply {
-        status: 503,
         retry_after: Some("1".into()),
+        ..Reply::status(503)
     }])
     .await;
     // The schedule alone would retry after 20 ms.
@@ -237,4 +243,131 @@ async fn a_declined_payment_sends_order_payment_failed() {
         .contains("declined"));
     assert_eq!(json["data"]["amount"], 2500);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_are_all_accepted_and_each_delivered() {
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let app = std::sync::Arc::new(TestApp::spawn(AppOptions::to(&receiver)).await);
+    let mut posts = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let app = app.clone();
+        posts.spawn(async move { app.create_order().await });
+    }
+    let mut orders = Vec::new();
+    while let Some(order) = posts.join_next().await {
+        orders.push(order.unwrap());
+    }
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < orders.len() {
+        let got = receiver.next().await;
+        assert!(got.verified);
+        ids.insert(got.id);
+    }
+    for order in orders {
+        let delivery = app
+            .wait_for_delivery(order, DeliveryStatus::Delivered)
+            .await;
+        assert_eq!(delivery.attempts, 1);
+    }
+    assert!(
+        receiver.try_next().is_none(),
+        "an event was delivered twice"
+    );
+    match std::sync::Arc::try_unwrap(app) {
+        Ok(app) => app.stop().await,
+        Err(_) => panic!("app still shared"),
+    }
+}
+
+#[tokio::test]
+async fn throttling_and_request_timeout_answers_are_retried() {
+    let receiver = Receiver::start(vec![Reply::status(429), Reply::status(408)]).await;
+    let app = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let order = app.create_order().await;
+    let delivery = app
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await;
+    let statuses: Vec<_> = app
+        .attempts(delivery.id)
+        .await
+        .into_iter()
+        .map(|a| a.status_code)
+        .collect();
+    assert_eq!(statuses, [Some(429), Some(408), Some(200)]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let mut elsewhere = Receiver::start(Vec::new()).await;
+    let redirect = Reply {
+        headers: vec![("location", elsewhere.url.clone())],
+        ..Reply::status(307)
+    };
+    let mut receiver = Receiver::start(vec![redirect]).await;
+    let app = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let order = app.create_order().await;
+    let delivery = app
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await;
+    let statuses: Vec<_> = app
+        .attempts(delivery.id)
+        .await
+        .into_iter()
+        .map(|a| a.status_code)
+        .collect();
+    assert_eq!(statuses, [Some(307), Some(200)]);
+    assert!(receiver.next().await.verified);
+    assert!(elsewhere.try_next().is_none(), "the redirect was followed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_first_kibibyte_of_a_response_body_is_kept() {
+    let noisy = Reply {
+        body: Some("é".repeat(3000)),
+        ..Reply::status(500)
+    };
+    let receiver = Receiver::start(vec![noisy]).await;
+    let app = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let order = app.create_order().await;
+    let delivery = app
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await;
+    let first = app.attempts(delivery.id).await.remove(0);
+    let kept = first.response_body.unwrap();
+    assert_eq!(kept, "é".repeat(512), "1024 bytes of two-byte characters");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_times_out_and_is_retried() {
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hanging.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = TestApp::spawn(AppOptions {
+        webhook_url: Some(format!("http://127.0.0.1:{port}/webhook")),
+        secret: Some(webhook_common::Secret::generate()),
+        extra: vec!["--webhook-timeout".into(), "200ms".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    let order = app.create_order().await;
+    let attempts = eventually("two attempts time out", || async {
+        let d = app.deliveries(order).await.into_iter().next()?;
+        let attempts = app.attempts(d.id).await;
+        (attempts.len() >= 2).then_some(attempts)
+    })
+    .await;
+    assert!(attempts
+        .iter()
+        .all(|a| a.error_kind.as_deref() == Some("timeout") && a.outcome == "retry"));
+    app.stop().await;
+    holder.abort();
 }

@@ -253,6 +253,10 @@ pub struct Reply {
     pub status: u16,
     /// `Retry-After` value, if any.
     pub retry_after: Option<String>,
+    /// Other headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Body; `receiver says <status>` when `None`.
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -261,6 +265,8 @@ impl Reply {
         Reply {
             status,
             retry_after: None,
+            headers: Vec::new(),
+            body: None,
         }
     }
 }
@@ -405,11 +411,15 @@ async fn receive(
         headers,
         at: Instant::now(),
     });
-    let mut response = (
-        StatusCode::from_u16(reply.status).expect("status"),
-        format!("receiver says {}", reply.status),
-    )
-        .into_response();
+    let body = reply
+        .body
+        .unwrap_or_else(|| format!("receiver says {}", reply.status));
+    let mut response = (StatusCode::from_u16(reply.status).expect("status"), body).into_response();
+    for (name, value) in reply.headers {
+        response
+            .headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
     if let Some(ra) = reply.retry_after {
         response
             .headers_mut()
