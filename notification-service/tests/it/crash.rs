@@ -176,6 +176,9 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
     let logged: HashSet<&str> = sends.keys().map(String::as_str).collect();
     assert_eq!(logged, ids, "every notification was handed to the mailer");
     let repeated = sends.values().filter(|c| **c > 1).count();
+    eprintln!(
+        "crash test: {sent_before} sent before the kill, {repeated} mailer hand-offs repeated"
+    );
     assert!(repeated <= 2, "{repeated} emails repeated: {sends:?}");
     assert!(sends.values().all(|c| *c <= 2));
 }
