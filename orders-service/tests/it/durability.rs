@@ -256,3 +256,39 @@ async fn without_a_configured_url_orders_are_stored_but_nothing_is_sent() {
     assert_eq!(app.store.event_msg_ids_by_order().await.unwrap().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_dispatchers_sharing_one_database_never_claim_the_same_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("o.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut receiver = Receiver::start(Vec::new()).await;
+    store
+        .ensure_config_endpoint(
+            "test",
+            &receiver.url,
+            Some(&receiver.secret),
+            &["order.paid"],
+        )
+        .await
+        .unwrap();
+    for _ in 0..60 {
+        write_order(&store).await;
+    }
+    // Two replicas: separate pools on the same file, draining at the same time.
+    let other = Store::connect(&url).await.unwrap();
+    let a = Dispatcher::new(store.clone(), settings(5_000)).unwrap();
+    let b = Dispatcher::new(other, settings(5_000)).unwrap();
+    let (claimed_a, claimed_b) = tokio::join!(a.drain(), b.drain());
+    assert_eq!(claimed_a.unwrap() + claimed_b.unwrap(), 60);
+
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let got = receiver.next().await;
+        assert!(ids.insert(got.id), "a delivery was sent twice");
+    }
+    assert!(receiver.try_next().is_none());
+    let counts = store.delivery_counts().await.unwrap();
+    assert_eq!(counts, [("delivered".to_owned(), 60)]);
+}
