@@ -83,7 +83,7 @@ struct Inner {
     wake: Arc<Notify>,
     /// One permit per attempt in flight; the loop claims no more rows than it holds permits.
     slots: Arc<Semaphore>,
-    /// Poked when an attempt finishes, so a loop waiting for a free slot claims again.
+    /// Poked when an attempt finishes, so the loop claims again and recomputes its wait.
     slot_freed: Notify,
 }
 
@@ -205,7 +205,9 @@ impl Dispatcher {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = inner.wake.notified() => {}
-                () = inner.slot_freed.notified(), if free == 0 || limit == 0 => {}
+                // A finished attempt frees a slot and may have scheduled a retry sooner
+                // than `wait`, so it is a reason to look again either way.
+                () = inner.slot_freed.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
