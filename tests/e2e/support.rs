@@ -1,0 +1,396 @@
+//! Spawns both services as separate processes (`webhooks-demo orders-service` and
+//! `webhooks-demo notification-service`) on free ports with temporary databases, and waits on
+//! conditions with deadlines. Each child's output goes to a log file that is printed when a
+//! test fails, so a failure shows what the services saw.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use webhook_common::Secret;
+
+/// How long any single condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Which service a process runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Orders,
+    Notifications,
+}
+
+impl Kind {
+    fn subcommand(self) -> &'static str {
+        match self {
+            Kind::Orders => "orders-service",
+            Kind::Notifications => "notification-service",
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1. The listener is dropped right away; the tiny race with other
+/// processes is acceptable, and a restart must reuse the same port anyway.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One service process, restartable on the same port and database.
+pub struct Service {
+    kind: Kind,
+    port: u16,
+    env: Vec<(String, String)>,
+    log_path: PathBuf,
+    /// The running process; a std mutex is fine, it is never held across an await.
+    child: Mutex<Option<Child>>,
+    pub base_url: String,
+}
+
+impl Service {
+    pub fn spawn(kind: Kind, dir: &Path, env: Vec<(String, String)>) -> Service {
+        let port = free_port();
+        let service = Service {
+            kind,
+            port,
+            env,
+            log_path: dir.join(format!("{}.log", kind.subcommand())),
+            child: Mutex::new(None),
+            base_url: format!("http://127.0.0.1:{port}"),
+        };
+        service.start();
+        service
+    }
+
+    /// Starts (or restarts) the process with the same port, database and settings.
+    pub fn start(&self) {
+        let mut child = self.child.lock().unwrap();
+        assert!(child.is_none(), "{:?} is already running", self.kind);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhooks-demo"));
+        cmd.arg(self.kind.subcommand())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        *child = Some(cmd.spawn().expect("spawn webhooks-demo"));
+    }
+
+    /// `kill -9`: no shutdown hook runs, in-flight work is cut off.
+    pub fn kill9(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill(); // SIGKILL on Unix
+            let _ = child.wait();
+        }
+    }
+
+    /// Graceful stop (SIGTERM), waiting for the process to exit.
+    pub async fn stop(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut child) = child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + DEADLINE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{:?} did not stop within {DEADLINE:?} of SIGTERM",
+                self.kind
+            );
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Both services wired together, each with its own temporary database.
+pub struct Demo {
+    pub orders: Service,
+    pub notifications: Service,
+    pub admin_token: String,
+    pub secret: Secret,
+    pub http: reqwest::Client,
+    dir: TempDir,
+}
+
+/// Settings both services get in every test: fast retries so recovery takes milliseconds.
+fn orders_env(dir: &Path, token: &str, secret: &Secret, receiver: &str) -> Vec<(String, String)> {
+    vec![
+        ("DATABASE_URL".into(), format!("sqlite://{}", dir.join("orders.db").display())),
+        ("ADMIN_TOKEN".into(), token.into()),
+        ("WEBHOOK_SECRET".into(), secret.expose_whsec()),
+        ("NOTIFICATION_WEBHOOK_URL".into(), receiver.into()),
+        ("RETRY_SCHEDULE".into(), "50ms,100ms,200ms,400ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms".into()),
+        ("DISPATCH_SWEEP_INTERVAL".into(), "100ms".into()),
+        ("ALLOW_PRIVATE_WEBHOOK_TARGETS".into(), "true".into()),
+    ]
+}
+
+fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "DATABASE_URL".into(),
+            format!("sqlite://{}", dir.join("notifications.db").display()),
+        ),
+        ("ADMIN_TOKEN".into(), token.into()),
+        ("WEBHOOK_SECRET".into(), secrets.into()),
+    ]
+}
+
+impl Demo {
+    /// Starts notification-service then orders-service, both healthy.
+    pub async fn start() -> Demo {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Demo::start`], letting the test add settings to the notification-service.
+    pub async fn start_with(
+        extra_notifications_env: impl FnOnce(&mut Vec<(String, String)>),
+    ) -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_token = "e2e-admin-token-0123456789".to_owned();
+        let secret = Secret::generate();
+        let mut n_env = notifications_env(dir.path(), &admin_token, &secret.expose_whsec());
+        extra_notifications_env(&mut n_env);
+        let notifications = Service::spawn(Kind::Notifications, dir.path(), n_env);
+        let receiver = notifications.url("/webhooks/orders");
+        let orders = Service::spawn(
+            Kind::Orders,
+            dir.path(),
+            orders_env(dir.path(), &admin_token, &secret, &receiver),
+        );
+        let demo = Demo {
+            orders,
+            notifications,
+            admin_token,
+            secret,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            dir,
+        };
+        demo.wait_healthy(&demo.notifications).await;
+        demo.wait_healthy(&demo.orders).await;
+        demo
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Polls `GET /healthz` until it answers 200.
+    pub async fn wait_healthy(&self, service: &Service) {
+        let url = service.url("/healthz");
+        self.wait_for(&format!("{url} to answer 200"), || async {
+            matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success())
+        })
+        .await;
+    }
+
+    /// Polls `check` every 50 ms until it returns true; fails with both services' logs after
+    /// [`DEADLINE`].
+    pub async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if check().await {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("timed out after {DEADLINE:?} waiting for {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Panics with a message and both services' logs (the tail of each).
+    pub fn fail(&self, message: &str) -> ! {
+        let tail = |s: String| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        panic!(
+            "{message}\n--- orders-service log (tail) ---\n{}\n--- notification-service log (tail) ---\n{}",
+            tail(self.orders.log()),
+            tail(self.notifications.log()),
+        );
+    }
+
+    /// `POST /orders`; returns the created order.
+    pub async fn create_order(&self, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.orders.url("/orders"))
+            .json_body(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| self.fail(&format!("POST /orders failed: {e}")));
+        let status = response.status();
+        let json = read_json(response).await;
+        if status.as_u16() != 201 {
+            self.fail(&format!("POST /orders answered {status}: {json}"));
+        }
+        json
+    }
+
+    /// A typical order for `email`.
+    pub fn order_body(email: &str) -> Value {
+        serde_json::json!({
+            "product_name": "Mechanical keyboard",
+            "quantity": 2,
+            "price_per_item": "12.50",
+            "customer_email": email,
+        })
+    }
+
+    /// Every notification, following `next_cursor` to the end.
+    pub async fn notifications(&self) -> Vec<Value> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = self.notifications.url("/notifications?limit=100");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let Ok(response) = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.admin_token)
+                .send()
+                .await
+            else {
+                return items; // service restarting: the caller polls again
+            };
+            if !response.status().is_success() {
+                return items;
+            }
+            let page = read_json(response).await;
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return items,
+            }
+        }
+    }
+
+    /// Waits until every order in `order_ids` has exactly one *sent* notification and none
+    /// has more than one; returns all notifications. On timeout, says which orders are missing
+    /// or duplicated.
+    pub async fn wait_for_one_sent_email_per_order(&self, order_ids: &[String]) -> Vec<Value> {
+        let deadline = Instant::now() + DEADLINE * 2;
+        loop {
+            let all = self.notifications().await;
+            let report = EmailReport::new(order_ids, &all);
+            if !report.duplicated.is_empty() {
+                self.fail(&format!(
+                    "orders with more than one email: {:?}",
+                    report.duplicated
+                ));
+            }
+            if report.missing.is_empty() && report.unsent.is_empty() {
+                return all;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!(
+                    "not every order got its email: {} missing (first: {:?}), {} not yet sent",
+                    report.missing.len(),
+                    report.missing.first(),
+                    report.unsent.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// What the notification list says about a set of orders.
+pub struct EmailReport {
+    pub missing: Vec<String>,
+    pub duplicated: Vec<String>,
+    pub unsent: Vec<String>,
+}
+
+impl EmailReport {
+    pub fn new(order_ids: &[String], notifications: &[Value]) -> EmailReport {
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        let mut unsent = Vec::new();
+        for n in notifications {
+            let id = n["order_id"].as_str().unwrap_or_default();
+            *counts.entry(id).or_default() += 1;
+            if n["status"] != "sent" {
+                unsent.push(id.to_owned());
+            }
+        }
+        EmailReport {
+            missing: order_ids
+                .iter()
+                .filter(|id| !counts.contains_key(id.as_str()))
+                .cloned()
+                .collect(),
+            duplicated: counts
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(id, _)| id.to_string())
+                .collect(),
+            unsent,
+        }
+    }
+}
+
+/// Reads a JSON body; a non-JSON body becomes a JSON string so failures still print it.
+pub async fn read_json(response: reqwest::Response) -> Value {
+    let bytes = response.bytes().await.unwrap_or_default();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// `reqwest` is built without its `json` feature; this sets a JSON body by hand.
+pub trait JsonBody {
+    fn json_body(self, body: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, body: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(serde_json::to_vec(body).unwrap())
+    }
+}
