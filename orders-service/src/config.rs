@@ -80,6 +80,21 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Allow webhooks to loopback, private (RFC 1918, ULA), link-local (cloud metadata),
+    /// CGNAT and other non-public addresses. Off by default: the SSRF guard refuses them when
+    /// an endpoint is created or changed and again, against the resolved addresses, at delivery
+    /// time. The local demo turns it on (`true`), since its receiver runs on 127.0.0.1.
+    #[arg(
+        long,
+        env = "ALLOW_PRIVATE_WEBHOOK_TARGETS",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_private_webhook_targets: bool,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
@@ -119,19 +134,13 @@ impl Config {
             return Err(invalid("DATABASE_URL", "must not be empty"));
         }
         if let Some(url) = &self.notification_webhook_url {
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|e| invalid("NOTIFICATION_WEBHOOK_URL", format!("not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(invalid(
-                    "NOTIFICATION_WEBHOOK_URL",
-                    "must be an http or https URL",
-                ));
-            }
-            if !parsed.username().is_empty() || parsed.password().is_some() {
-                return Err(invalid(
-                    "NOTIFICATION_WEBHOOK_URL",
-                    "must not carry credentials; webhooks are authenticated by their signature",
-                ));
+            let parsed = crate::ssrf::parse_target_url(url)
+                .map_err(|e| invalid("NOTIFICATION_WEBHOOK_URL", e.to_string()))?;
+            // Names are resolved at delivery time (DNS may not be up yet at startup); literal
+            // addresses can be refused now.
+            if !self.allow_private_webhook_targets {
+                crate::ssrf::check_literal_host(&parsed)
+                    .map_err(|e| invalid("NOTIFICATION_WEBHOOK_URL", e.to_string()))?;
             }
         }
         if let Some(secret) = &self.webhook_secret {
@@ -191,6 +200,10 @@ impl fmt::Debug for Config {
             .field("dispatch_sweep_interval", &self.dispatch_sweep_interval)
             .field("dispatch_lease", &self.dispatch_lease)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field(
+                "allow_private_webhook_targets",
+                &self.allow_private_webhook_targets,
+            )
             .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
@@ -306,7 +319,16 @@ mod tests {
 
     #[test]
     fn bad_settings_fail_validation_naming_the_setting() {
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--notification-webhook-url",
+                    "http://127.0.0.1:8001/webhooks",
+                ],
+                "NOTIFICATION_WEBHOOK_URL",
+            ),
             (&["--admin-token", "short"], "ADMIN_TOKEN"),
             (
                 &[
@@ -354,6 +376,37 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(err.contains("--retry-schedule"), "{err}");
+    }
+
+    #[test]
+    fn the_private_targets_switch_takes_a_bare_flag_or_a_boolean() {
+        let parse = |extra: &[&str]| {
+            Config::try_parse_from(
+                ["orders-service", "--admin-token", TOKEN]
+                    .into_iter()
+                    .chain(extra.iter().copied()),
+            )
+            .map(|c| c.allow_private_webhook_targets)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse(&[]), Ok(false));
+        assert_eq!(parse(&["--allow-private-webhook-targets"]), Ok(true));
+        assert_eq!(parse(&["--allow-private-webhook-targets=true"]), Ok(true));
+        assert_eq!(
+            parse(&["--allow-private-webhook-targets", "false"]),
+            Ok(false)
+        );
+        assert!(parse(&["--allow-private-webhook-targets=maybe"]).is_err());
+        let local = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            TOKEN,
+            "--allow-private-webhook-targets",
+            "--notification-webhook-url",
+            "http://127.0.0.1:8001/webhooks",
+        ])
+        .unwrap();
+        local.validate().unwrap();
     }
 
     #[test]

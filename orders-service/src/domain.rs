@@ -60,6 +60,8 @@ pub struct Order {
     pub failure_reason: Option<String>,
     /// Creation time, unix milliseconds.
     pub created_at: i64,
+    /// The event the order produced (`None` only for rows written before events existed).
+    pub event_id: Option<Uuid>,
 }
 
 /// An event ready to be written to the outbox, serialised once.
@@ -145,6 +147,8 @@ pub struct Delivery {
     pub last_status: Option<u16>,
     /// What went wrong last, if anything.
     pub last_error: Option<String>,
+    /// When it was delivered, unix milliseconds.
+    pub delivered_at: Option<i64>,
 }
 
 /// One recorded attempt.
@@ -175,6 +179,9 @@ pub struct DeliveryJob {
     pub claim_token: Uuid,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// Attempts made before the last manual retry or recover; the retry schedule counts
+    /// attempts from here.
+    pub retry_base: u32,
     /// `webhook-id`.
     pub msg_id: String,
     /// The stored event bytes.
@@ -215,17 +222,94 @@ impl AttemptOutcome {
     }
 }
 
-/// An endpoint (subscription) as reported.
+/// How long the previous secret keeps signing after a rotation, unless the caller says
+/// otherwise (and after `WEBHOOK_SECRET` changes in the environment).
+pub const DEFAULT_ROTATION_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// An endpoint (subscription) as reported. Never holds a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// The endpoint's id.
     pub id: Uuid,
     /// Where events go.
     pub url: String,
+    /// What the operator wrote about it.
+    pub description: Option<String>,
     /// Subscribed event types.
     pub event_types: Vec<String>,
     /// Whether deliveries are attempted.
     pub enabled: bool,
     /// Why it was disabled, if it was.
     pub disabled_reason: Option<String>,
+    /// Ensured from `NOTIFICATION_WEBHOOK_URL` rather than created through the API.
+    pub from_configuration: bool,
+    /// Until when (unix milliseconds) the previous secret still signs, during a rotation.
+    pub previous_secret_expires_at: Option<i64>,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+    /// Last change, unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// A subscription to create.
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    /// Where events go (already checked).
+    pub url: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Known event type names, deduplicated.
+    pub event_types: Vec<String>,
+}
+
+/// Changes to a subscription; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPatch {
+    /// New URL (already checked).
+    pub url: Option<String>,
+    /// New description; `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    /// New event types.
+    pub event_types: Option<Vec<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// An event from the outbox, as the history shows it.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    /// Position in the total order of events; the history cursor.
+    pub seq: i64,
+    /// The event's id.
+    pub id: Uuid,
+    /// `webhook-id` of its deliveries.
+    pub msg_id: String,
+    /// Wire type.
+    pub event_type: String,
+    /// The order it is about.
+    pub order_id: Option<Uuid>,
+    /// The exact bytes sent.
+    pub payload: Vec<u8>,
+    /// Creation time, unix milliseconds.
+    pub created_at: i64,
+}
+
+/// What asking for a redelivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// No such delivery.
+    NotFound,
+    /// An attempt is running right now; its outcome decides what happens next.
+    InFlight,
+    /// Due now, with a fresh retry schedule.
+    Requeued(Delivery),
+}
+
+/// What a recovery requeued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// How many failed deliveries are due again.
+    pub requeued: u64,
+    /// Whether failed deliveries in the window remain (call again).
+    pub more: bool,
 }

@@ -26,6 +26,12 @@ pub enum ApiError {
     /// 400: the query string is malformed.
     #[error("{0}")]
     BadQuery(String),
+    /// 401: a management route without the right `Authorization: Bearer <ADMIN_TOKEN>`.
+    #[error("this route needs `Authorization: Bearer <ADMIN_TOKEN>`")]
+    Unauthorized,
+    /// 409: the request conflicts with the resource's current state.
+    #[error("{0}")]
+    Conflict(String),
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
@@ -77,6 +83,8 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadBody { status, .. } => *status,
             ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,6 +101,8 @@ impl ApiError {
                 _ => "malformed_json",
             },
             ApiError::BadQuery(_) => "invalid_query",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Conflict(_) => "conflict",
             ApiError::NotFound(_) => "not_found",
             ApiError::NoRoute(_) => "no_route",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -120,6 +130,13 @@ impl IntoResponse for ApiError {
             }
             ref other => ErrorBody::new(other.code(), message),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

@@ -1,6 +1,8 @@
 //! orders-service: the sender side of the reliable-webhooks demo.
 //!
-//! - [`api`]: the HTTP routes (orders, health) and JSON errors for unknown routes/methods;
+//! - [`api`]: the HTTP routes (orders and health, public; endpoints, events and deliveries,
+//!   behind the admin token) and JSON errors for unknown routes/methods;
+//! - [`ssrf`]: the rules for webhook target URLs and the guard against private targets;
 //! - [`store`]: all SQL (SQLite by default), behind methods on domain types;
 //! - [`dispatcher`]: the background loop that delivers signed webhooks with retries;
 //! - [`config`]: settings from flags and environment; [`error`]: the HTTP error type;
@@ -16,6 +18,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod domain;
 pub mod error;
+pub mod ssrf;
 pub mod store;
 
 use std::sync::Arc;
@@ -44,6 +47,10 @@ pub struct AppState {
     pub dispatch_wake: Arc<Notify>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Guards the management routes.
+    pub admin_token: api::admin::AdminToken,
+    /// `ALLOW_PRIVATE_WEBHOOK_TARGETS`: when false, endpoint URLs must point at public addresses.
+    pub allow_private_targets: bool,
 }
 
 /// The router with every route and the JSON fallbacks. Does no I/O.
@@ -52,6 +59,7 @@ pub fn build_app(state: AppState) -> Router {
     Router::new()
         .merge(api::health::router())
         .merge(api::orders::router())
+        .merge(api::admin::router(state.clone()))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -77,6 +85,8 @@ pub async fn run(
         store: store.clone(),
         dispatch_wake: dispatcher.waker(),
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+        admin_token: api::admin::AdminToken::new(&config.admin_token),
+        allow_private_targets: config.allow_private_webhook_targets,
     };
     let app = build_app(state);
 
@@ -118,6 +128,12 @@ async fn ensure_configured_subscription(config: &Config, store: &Store) -> anyho
         .ensure_config_endpoint(CONFIG_ENDPOINT_KEY, url, secret.as_ref(), &types)
         .await
         .context("ensuring the subscription from NOTIFICATION_WEBHOOK_URL")?;
+    if ensured.secret_rotated {
+        tracing::warn!(
+            endpoint_id = %ensured.id,
+            "WEBHOOK_SECRET changed: rotated to it; the previous secret keeps signing for 24 h"
+        );
+    }
     if ensured.secret_generated {
         tracing::info!(
             endpoint_id = %ensured.id,

@@ -79,13 +79,12 @@ pub struct OrderResponse {
     pub failure_reason: Option<String>,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// The event this order produced; see `GET /events/{event_id}` (admin) for its deliveries.
+    pub event_id: Option<Uuid>,
 }
 
 impl From<&Order> for OrderResponse {
     fn from(o: &Order) -> Self {
-        let created =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(o.created_at) * 1_000_000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         OrderResponse {
             id: o.id,
             status: o.status.as_str().to_owned(),
@@ -97,9 +96,8 @@ impl From<&Order> for OrderResponse {
             currency: o.total.currency.to_string(),
             customer_email: o.customer_email.clone(),
             failure_reason: o.failure_reason.clone(),
-            created_at: created
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
+            created_at: crate::api::rfc3339(o.created_at),
+            event_id: o.event_id,
         }
     }
 }
@@ -356,8 +354,10 @@ async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError>
     let event = Event::now(payload);
     let created_at =
         i64::try_from(event.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let event_id = Uuid::now_v7();
     let order = Order {
         id,
+        event_id: Some(event_id),
         product_name: new.product_name,
         quantity: new.quantity,
         unit_price: new.unit_price,
@@ -372,7 +372,7 @@ async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError>
         created_at,
     };
     let outbox = NewEvent {
-        id: Uuid::now_v7(),
+        id: event_id,
         msg_id: new_message_id(),
         event_type: event.type_name().to_owned(),
         order_id: Some(id),

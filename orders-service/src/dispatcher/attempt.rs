@@ -7,6 +7,7 @@ use webhook_common::client::signed_request;
 
 use super::retry::{parse_retry_after, RetryPolicy};
 use crate::domain::{Attempt, AttemptOutcome, DeliveryJob};
+use crate::ssrf;
 use crate::store::now_ms;
 
 /// How much of a response body is kept with the attempt.
@@ -71,15 +72,30 @@ async fn body_prefix(response: &mut reqwest::Response) -> String {
     String::from_utf8_lossy(&prefix).into_owned()
 }
 
-/// Makes one attempt of `job` and decides what comes next.
+/// The attempt log's `error_kind` for a target the SSRF guard refused.
+pub const FORBIDDEN_TARGET: &str = "forbidden_target";
+
+/// Makes one attempt of `job` and decides what comes next. With `guard` on, an IP-literal
+/// URL is checked here; host names are checked by the client's resolver as it connects.
 pub async fn attempt(
     client: &reqwest::Client,
     job: &DeliveryJob,
     policy: &RetryPolicy,
+    guard: bool,
 ) -> AttemptReport {
     let number = job.attempts.saturating_add(1);
     let started_at = now_ms();
     let clock = Instant::now();
+    let refused = guard
+        .then(|| reqwest::Url::parse(&job.url).ok())
+        .flatten()
+        .and_then(|url| {
+            let addr = ssrf::literal_ip(&url)?;
+            ssrf::check_addr(&addr.to_string(), addr).err()
+        });
+    if let Some(refused) = refused {
+        return forbidden_report(number, started_at, &refused);
+    }
     let sent = signed_request(
         client,
         job.url.as_str(),
@@ -108,6 +124,9 @@ pub async fn attempt(
             )
         }
         Err(e) => {
+            if let Some(refused) = ssrf::find_forbidden(&e) {
+                return forbidden_report(number, started_at, refused);
+            }
             let kind = error_kind(&e);
             // A URL may carry a token in its query; the attempt log does not need it.
             let error = format!("{kind} error: {}", error_chain(&e.without_url()));
@@ -125,24 +144,27 @@ pub async fn attempt(
         Verdict::Success => (AttemptOutcome::Delivered, None),
         Verdict::Gone => (AttemptOutcome::EndpointGone, error),
         Verdict::Fail => (AttemptOutcome::Failed, error),
-        Verdict::Retry(retry_after) => match policy.next_delay(number, retry_after) {
-            Some(delay) => {
-                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                (
-                    AttemptOutcome::Retry {
-                        at: now_ms().saturating_add(delay_ms),
-                    },
-                    error,
-                )
+        // The schedule restarts after a manual retry or recover (`retry_base`).
+        Verdict::Retry(retry_after) => {
+            match policy.next_delay(number.saturating_sub(job.retry_base), retry_after) {
+                Some(delay) => {
+                    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                    (
+                        AttemptOutcome::Retry {
+                            at: now_ms().saturating_add(delay_ms),
+                        },
+                        error,
+                    )
+                }
+                None => (
+                    AttemptOutcome::Failed,
+                    Some(format!(
+                        "gave up after {number} attempts; last: {}",
+                        error.unwrap_or_default()
+                    )),
+                ),
             }
-            None => (
-                AttemptOutcome::Failed,
-                Some(format!(
-                    "gave up after {number} attempts; last: {}",
-                    error.unwrap_or_default()
-                )),
-            ),
-        },
+        }
     };
     AttemptReport {
         attempt: Attempt {
@@ -156,6 +178,29 @@ pub async fn attempt(
         },
         outcome,
         error,
+    }
+}
+
+/// A refused target is not retried: the address will not become public by waiting, and
+/// retrying would only probe the internal network again.
+fn forbidden_report(
+    number: u32,
+    started_at: i64,
+    refused: &ssrf::ForbiddenTarget,
+) -> AttemptReport {
+    let outcome = AttemptOutcome::Failed;
+    AttemptReport {
+        attempt: Attempt {
+            attempt: number,
+            started_at,
+            duration_ms: now_ms().saturating_sub(started_at).max(0),
+            status_code: None,
+            error_kind: Some(FORBIDDEN_TARGET.to_owned()),
+            response_body: None,
+            outcome: outcome.as_str().to_owned(),
+        },
+        outcome,
+        error: Some(format!("refused by the SSRF guard: {refused}")),
     }
 }
 

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-pub use attempt::RESPONSE_PREFIX_BYTES;
+pub use attempt::{FORBIDDEN_TARGET, RESPONSE_PREFIX_BYTES};
 use retry::RetryPolicy;
 
 use crate::config::Config;
@@ -47,6 +47,9 @@ pub struct DispatcherSettings {
     pub timeout: Duration,
     /// Retry spacing.
     pub retry: RetryPolicy,
+    /// `ALLOW_PRIVATE_WEBHOOK_TARGETS`: when false, the SSRF guard checks every address
+    /// connected to.
+    pub allow_private_targets: bool,
 }
 
 impl DispatcherSettings {
@@ -64,6 +67,7 @@ impl DispatcherSettings {
                 jitter_percent: config.retry_jitter_percent,
                 retry_after_max: config.retry_after_max,
             },
+            allow_private_targets: config.allow_private_webhook_targets,
         }
     }
 }
@@ -90,7 +94,15 @@ struct Inner {
 impl Dispatcher {
     /// A dispatcher over `store`, with its own pooled HTTP client.
     pub fn new(store: Store, settings: DispatcherSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !settings.allow_private_targets {
+            // Every connection to a named host goes through the guard's resolver; a proxy
+            // would connect on our behalf to an address the guard never saw, so none is used.
+            builder = builder
+                .dns_resolver(Arc::new(crate::ssrf::GuardedResolver))
+                .no_proxy();
+        }
+        let client = builder
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
@@ -281,7 +293,12 @@ impl Inner {
         };
         tracing::Span::current().record("attempt", job.attempts + 1);
         let report = tokio::select! {
-            report = attempt::attempt(&self.client, &job, &self.settings.retry) => report,
+            report = attempt::attempt(
+                &self.client,
+                &job,
+                &self.settings.retry,
+                !self.settings.allow_private_targets,
+            ) => report,
             () = hard_stop.cancelled() => {
                 if let Err(e) = self.store.release(id, token).await {
                     tracing::warn!(error = format!("{e:#}"), "releasing the lease failed; it will expire");

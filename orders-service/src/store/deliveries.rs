@@ -4,7 +4,7 @@ use uuid::Uuid;
 use webhook_common::Secret;
 
 use super::{now_ms, parse_uuid, Store};
-use crate::domain::{Attempt, AttemptOutcome, Delivery, DeliveryJob};
+use crate::domain::{Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome};
 
 /// Longest stored `last_error` text.
 const MAX_ERROR_CHARS: usize = 500;
@@ -12,6 +12,7 @@ const MAX_ERROR_CHARS: usize = 500;
 #[derive(sqlx::FromRow)]
 struct JobRow {
     attempts: i64,
+    retry_base: i64,
     msg_id: String,
     payload: Vec<u8>,
     endpoint_id: String,
@@ -31,7 +32,29 @@ struct DeliveryRow {
     next_attempt_at: i64,
     last_status: Option<i64>,
     last_error: Option<String>,
+    delivered_at: Option<i64>,
 }
+
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = anyhow::Error;
+
+    fn try_from(r: DeliveryRow) -> anyhow::Result<Delivery> {
+        Ok(Delivery {
+            id: parse_uuid(&r.id)?,
+            event_id: parse_uuid(&r.event_id)?,
+            endpoint_id: parse_uuid(&r.endpoint_id)?,
+            status: r.status.parse()?,
+            attempts: u32::try_from(r.attempts)?,
+            next_attempt_at: r.next_attempt_at,
+            last_status: r.last_status.map(u16::try_from).transpose()?,
+            last_error: r.last_error,
+            delivered_at: r.delivered_at,
+        })
+    }
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, d.status, d.attempts, \
+     d.next_attempt_at, d.last_status, d.last_error, d.delivered_at";
 
 #[derive(sqlx::FromRow)]
 struct AttemptRow {
@@ -86,7 +109,7 @@ impl Store {
         claim_token: Uuid,
     ) -> anyhow::Result<Option<DeliveryJob>> {
         let row: Option<JobRow> = sqlx::query_as(
-            "SELECT d.attempts, e.msg_id, e.payload, d.endpoint_id, p.url, p.secret, \
+            "SELECT d.attempts, d.retry_base, e.msg_id, e.payload, d.endpoint_id, p.url, p.secret, \
                     p.previous_secret, p.previous_secret_expires_at \
              FROM deliveries d JOIN events e ON e.id = d.event_id \
                                JOIN endpoints p ON p.id = d.endpoint_id \
@@ -109,6 +132,7 @@ impl Store {
             delivery_id,
             claim_token,
             attempts: u32::try_from(row.attempts)?,
+            retry_base: u32::try_from(row.retry_base)?,
             msg_id: row.msg_id,
             payload: row.payload.into(),
             endpoint_id: parse_uuid(&row.endpoint_id)?,
@@ -217,38 +241,122 @@ impl Store {
 
     /// The deliveries of an order's events, oldest first.
     pub async fn deliveries_for_order(&self, order_id: Uuid) -> anyhow::Result<Vec<Delivery>> {
-        let rows: Vec<DeliveryRow> = sqlx::query_as(
-            "SELECT d.id, d.event_id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at, \
-                    d.last_status, d.last_error \
-             FROM deliveries d JOIN events e ON e.id = d.event_id \
-             WHERE e.order_id = $1 ORDER BY d.created_at, d.id",
-        )
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE e.order_id = $1 ORDER BY d.created_at, d.id"
+        ))
         .bind(order_id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Delivery {
-                    id: parse_uuid(&r.id)?,
-                    event_id: parse_uuid(&r.event_id)?,
-                    endpoint_id: parse_uuid(&r.endpoint_id)?,
-                    status: r.status.parse()?,
-                    attempts: u32::try_from(r.attempts)?,
-                    next_attempt_at: r.next_attempt_at,
-                    last_status: r.last_status.map(u16::try_from).transpose()?,
-                    last_error: r.last_error,
-                })
-            })
-            .collect()
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    /// The deliveries of one event (one per subscribed endpoint, so bounded by the endpoints).
+    pub async fn deliveries_for_event(&self, event_id: Uuid) -> anyhow::Result<Vec<Delivery>> {
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.event_id = $1 \
+             ORDER BY d.created_at, d.id"
+        ))
+        .bind(event_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    /// One delivery by id.
+    pub async fn delivery(&self, id: Uuid) -> anyhow::Result<Option<Delivery>> {
+        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Delivery::try_from).transpose()
+    }
+
+    /// Makes a delivery due now with a fresh retry schedule, whatever its state (also after
+    /// success or dead-lettering), except while an attempt is running: resetting a claimed
+    /// row would let a second worker send it while the first one still does.
+    pub async fn retry_delivery(&self, id: Uuid) -> anyhow::Result<RetryOutcome> {
+        let now = now_ms();
+        let returning = DELIVERY_COLUMNS.replace("d.", "");
+        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
+             retry_base = attempts, delivered_at = NULL, lease_expires_at = NULL, \
+             claim_token = NULL, updated_at = $1 \
+             WHERE id = $2 AND status <> 'in_flight' RETURNING {returning}"
+        ))
+        .bind(now)
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(RetryOutcome::Requeued(row.try_into()?));
+        }
+        Ok(match self.delivery(id).await? {
+            Some(_) => RetryOutcome::InFlight,
+            None => RetryOutcome::NotFound,
+        })
+    }
+
+    /// Requeues up to `limit` failed deliveries to `endpoint_id` whose events were created in
+    /// `[since, until)` (unix milliseconds), oldest event first, each with a fresh retry
+    /// schedule. Says whether more remain, so a caller can repeat until done.
+    pub async fn recover_endpoint(
+        &self,
+        endpoint_id: Uuid,
+        since: i64,
+        until: i64,
+        limit: u32,
+    ) -> anyhow::Result<Recovered> {
+        let now = now_ms();
+        let window = "FROM deliveries d JOIN events e ON e.id = d.event_id \
+             WHERE d.endpoint_id = $1 AND d.status = 'failed' \
+             AND e.created_at >= $2 AND e.created_at < $3";
+        let mut tx = self.pool.begin().await?;
+        // Writing first takes SQLite's write lock at once, so the count below sees exactly
+        // what the update left.
+        let requeued = sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $4, \
+             retry_base = attempts, updated_at = $4 \
+             WHERE id IN (SELECT d.id {window} ORDER BY e.seq LIMIT $5) AND status = 'failed'"
+        ))
+        .bind(endpoint_id.to_string())
+        .bind(since)
+        .bind(until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let (more,): (bool,) = sqlx::query_as(&format!("SELECT EXISTS (SELECT 1 {window})"))
+            .bind(endpoint_id.to_string())
+            .bind(since)
+            .bind(until)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Recovered { requeued, more })
     }
 
     /// The recorded attempts of a delivery, in order.
     pub async fn attempts(&self, delivery_id: Uuid) -> anyhow::Result<Vec<Attempt>> {
+        self.last_attempts(delivery_id, u32::MAX).await
+    }
+
+    /// The last `limit` recorded attempts of a delivery, in order.
+    pub async fn last_attempts(
+        &self,
+        delivery_id: Uuid,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Attempt>> {
         let rows: Vec<AttemptRow> = sqlx::query_as(
-            "SELECT attempt, started_at, duration_ms, status_code, error_kind, response_body, outcome \
-             FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt, id",
+            "SELECT * FROM (SELECT id, attempt, started_at, duration_ms, status_code, error_kind, \
+             response_body, outcome FROM delivery_attempts WHERE delivery_id = $1 \
+             ORDER BY attempt DESC, id DESC LIMIT $2) AS recent ORDER BY attempt, id",
         )
         .bind(delivery_id.to_string())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()

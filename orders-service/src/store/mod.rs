@@ -7,6 +7,7 @@
 
 mod deliveries;
 mod endpoints;
+mod events;
 mod orders;
 
 use std::path::Path;
@@ -17,7 +18,7 @@ use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use endpoints::EnsuredEndpoint;
+pub use endpoints::{EndpointSecret, EnsuredEndpoint};
 pub use orders::CreatedOrder;
 
 /// A handle on the database; cheap to clone.

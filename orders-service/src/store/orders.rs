@@ -25,6 +25,7 @@ struct OrderRow {
     status: String,
     failure_reason: Option<String>,
     created_at: i64,
+    event_id: Option<String>,
 }
 
 impl TryFrom<OrderRow> for Order {
@@ -42,16 +43,19 @@ impl TryFrom<OrderRow> for Order {
             status: row.status.parse()?,
             failure_reason: row.failure_reason,
             created_at: row.created_at,
+            event_id: row.event_id.as_deref().map(parse_uuid).transpose()?,
         })
     }
 }
 
 const ORDER_COLUMNS: &str = "id, product_name, quantity, unit_price, total, currency, \
-     customer_email, status, failure_reason, created_at";
+     customer_email, status, failure_reason, created_at, \
+     (SELECT e.id FROM events e WHERE e.order_id = orders.id ORDER BY e.seq LIMIT 1) AS event_id";
 
 impl Store {
     /// Writes the order, its event and one pending delivery per enabled endpoint subscribed
-    /// to the event's type, in ONE transaction: either all of it is stored or none.
+    /// to the event's type, in ONE transaction: either all of it is stored or none. The
+    /// number of endpoints is capped by the API, which bounds the fan-out here.
     #[tracing::instrument(skip_all, fields(order_id = %order.id, event_type = %event.event_type))]
     pub async fn create_order_with_event(
         &self,

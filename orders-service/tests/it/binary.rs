@@ -39,6 +39,7 @@ impl Service {
             .env("WEBHOOK_TIMEOUT", "1s")
             .env("DISPATCH_LEASE", "2s")
             .env("DISPATCH_SWEEP_INTERVAL", "100ms")
+            .env("ALLOW_PRIVATE_WEBHOOK_TARGETS", "true")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -123,6 +123,7 @@ fn settings(lease_ms: u64) -> DispatcherSettings {
         "1s",
         "--dispatch-lease",
         &format!("{lease_ms}ms"),
+        "--allow-private-webhook-targets",
     ])
     .unwrap();
     DispatcherSettings::from_config(&config)
@@ -131,9 +132,11 @@ fn settings(lease_ms: u64) -> DispatcherSettings {
 /// Writes an order with its event and deliveries straight through the store.
 async fn write_order(store: &Store) -> Uuid {
     let id = Uuid::now_v7();
+    let event_id = Uuid::now_v7();
     let total = Money::new(1000, Currency::EUR);
     let order = Order {
         id,
+        event_id: Some(event_id),
         product_name: "Lamp".into(),
         quantity: 1,
         unit_price: total,
@@ -144,7 +147,7 @@ async fn write_order(store: &Store) -> Uuid {
         created_at: now_ms(),
     };
     let event = NewEvent {
-        id: Uuid::now_v7(),
+        id: event_id,
         msg_id: webhook_common::signing::new_message_id(),
         event_type: "order.paid".into(),
         order_id: Some(id),

@@ -93,6 +93,9 @@ impl TestApp {
             ("--dispatch-lease", "5s"),
             ("--dispatch-sweep-interval", "100ms"),
             ("--shutdown-grace", "2s"),
+            // Test receivers listen on 127.0.0.1; the SSRF tests pass `false` to turn the
+            // guard back on.
+            ("--allow-private-webhook-targets", "true"),
         ];
         let mut args = vec![
             "orders-service".to_owned(),

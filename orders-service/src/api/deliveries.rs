@@ -1,0 +1,118 @@
+//! Deliveries (admin): redeliver one now.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{path_id, rfc3339};
+use crate::domain::{Attempt, Delivery, DeliveryStatus, RetryOutcome};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The delivery routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/deliveries/{id}/retry", post(retry))
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeliveryResponse {
+    /// The delivery's id.
+    pub id: Uuid,
+    /// The event delivered.
+    pub event_id: Uuid,
+    /// The endpoint delivered to.
+    pub endpoint_id: Uuid,
+    /// `pending`, `in_flight`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made so far.
+    pub attempt_count: u32,
+    /// RFC 3339: when the next attempt is due, while pending.
+    pub next_attempt_at: Option<String>,
+    /// HTTP status of the last answer.
+    pub last_status: Option<u16>,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// RFC 3339: when it was delivered.
+    pub delivered_at: Option<String>,
+    /// The latest attempts, oldest first (on `GET /events/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptResponse>>,
+}
+
+/// One attempt as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttemptResponse {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// RFC 3339.
+    pub started_at: String,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// HTTP status, when an answer came.
+    pub status_code: Option<u16>,
+    /// `connect`, `timeout`, `forbidden_target`, ... when none did.
+    pub error_kind: Option<String>,
+    /// The first 1 KiB of the answer.
+    pub response_body: Option<String>,
+    /// `delivered`, `retry`, `failed` or `endpoint_disabled`.
+    pub outcome: String,
+}
+
+impl DeliveryResponse {
+    /// `delivery`, with `attempts` if given.
+    pub fn new(delivery: &Delivery, attempts: Option<&[Attempt]>) -> Self {
+        DeliveryResponse {
+            id: delivery.id,
+            event_id: delivery.event_id,
+            endpoint_id: delivery.endpoint_id,
+            status: delivery.status.to_string(),
+            attempt_count: delivery.attempts,
+            next_attempt_at: (delivery.status == DeliveryStatus::Pending)
+                .then(|| rfc3339(delivery.next_attempt_at)),
+            last_status: delivery.last_status,
+            last_error: delivery.last_error.clone(),
+            delivered_at: delivery.delivered_at.map(rfc3339),
+            attempts: attempts.map(|list| {
+                list.iter()
+                    .map(|a| AttemptResponse {
+                        attempt: a.attempt,
+                        started_at: rfc3339(a.started_at),
+                        duration_ms: a.duration_ms,
+                        status_code: a.status_code,
+                        error_kind: a.error_kind.clone(),
+                        response_body: a.response_body.clone(),
+                        outcome: a.outcome.clone(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// `POST /deliveries/{id}/retry`: due now with a fresh retry schedule, also after success or
+/// dead-lettering; the same `webhook-id`, so receivers can deduplicate.
+#[tracing::instrument(skip_all, fields(delivery_id = %id))]
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DeliveryResponse>), ApiError> {
+    let uuid = path_id(&id, "delivery")?;
+    match state.store.retry_delivery(uuid).await? {
+        RetryOutcome::Requeued(delivery) => {
+            tracing::info!("delivery requeued by an operator");
+            state.dispatch_wake.notify_one();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(DeliveryResponse::new(&delivery, None)),
+            ))
+        }
+        RetryOutcome::InFlight => Err(ApiError::Conflict(
+            "an attempt of this delivery is running; retry once it has finished".into(),
+        )),
+        RetryOutcome::NotFound => Err(ApiError::NotFound(format!("no delivery with id {id:?}"))),
+    }
+}

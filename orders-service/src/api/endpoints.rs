@@ -1,0 +1,499 @@
+//! Subscriptions (admin): create, list, read, change, delete, reveal and rotate the signing
+//! secret, and recover an endpoint's failed deliveries.
+//!
+//! Only the create and rotate answers and `GET /endpoints/{id}/secret` carry a secret.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+use webhook_common::{EventType, Secret};
+
+use super::{page_limit, parse_rfc3339, path_id, rfc3339, Page};
+use crate::domain::{Endpoint, EndpointPatch, NewEndpoint, DEFAULT_ROTATION_GRACE};
+use crate::error::ApiError;
+use crate::store::{now_ms, EndpointSecret};
+use crate::{ssrf, AppState};
+
+/// Most endpoints the service keeps; every order fans out to each subscribed one.
+pub const MAX_ENDPOINTS: i64 = 1000;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Longest grace period a rotation may ask for.
+pub const MAX_GRACE_PERIOD: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most deliveries one `recover` call requeues.
+pub const MAX_RECOVER_PER_CALL: u32 = 1000;
+
+/// The subscription routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/endpoints", post(create_endpoint).get(list_endpoints))
+        .route(
+            "/endpoints/{id}",
+            get(get_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
+        )
+        .route("/endpoints/{id}/secret", get(get_secret))
+        .route("/endpoints/{id}/rotate-secret", post(rotate_secret))
+        .route("/endpoints/{id}/recover", post(recover))
+}
+
+/// An endpoint as the API shows it; never with its secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EndpointResponse {
+    /// The endpoint's id.
+    pub id: Uuid,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// The event types it receives.
+    pub event_types: Vec<String>,
+    /// Whether deliveries are attempted.
+    pub enabled: bool,
+    /// Why it is disabled (a 410 from the receiver, or the API).
+    pub disabled_reason: Option<String>,
+    /// Ensured from `NOTIFICATION_WEBHOOK_URL` (its URL and types are reset at each start).
+    pub from_configuration: bool,
+    /// RFC 3339: until when the previous secret still signs, during a rotation.
+    pub previous_secret_expires_at: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl From<&Endpoint> for EndpointResponse {
+    fn from(e: &Endpoint) -> Self {
+        EndpointResponse {
+            id: e.id,
+            url: e.url.clone(),
+            description: e.description.clone(),
+            event_types: e.event_types.clone(),
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason.clone(),
+            from_configuration: e.from_configuration,
+            previous_secret_expires_at: e.previous_secret_expires_at.map(rfc3339),
+            created_at: rfc3339(e.created_at),
+            updated_at: rfc3339(e.updated_at),
+        }
+    }
+}
+
+/// The answer to `POST /endpoints`: the endpoint and its new secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedEndpoint {
+    /// The endpoint.
+    #[serde(flatten)]
+    pub endpoint: EndpointResponse,
+    /// `whsec_...`: give it to the receiver.
+    pub secret: String,
+}
+
+/// An endpoint's signing secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretResponse {
+    /// `whsec_...`: signs every delivery.
+    pub secret: String,
+    /// RFC 3339: until when the previous secret also signs; `null` when it no longer does.
+    pub previous_secret_expires_at: Option<String>,
+}
+
+impl From<EndpointSecret> for SecretResponse {
+    fn from(s: EndpointSecret) -> Self {
+        SecretResponse {
+            secret: s.secret.expose_whsec(),
+            previous_secret_expires_at: s.previous_expires_at.map(rfc3339),
+        }
+    }
+}
+
+/// Body of `POST /endpoints`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    /// http(s) URL.
+    pub url: String,
+    /// Event types, e.g. `["order.paid"]`.
+    pub event_types: Vec<String>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// Body of `PATCH /endpoints/{id}`; absent fields stay as they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// New URL.
+    pub url: Option<String>,
+    /// New event types.
+    pub event_types: Option<Vec<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// New description; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Body of `POST /endpoints/{id}/rotate-secret` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// How long the previous secret keeps signing; default 86400 (24 h), 0 for not at all.
+    pub grace_period_secs: Option<u64>,
+}
+
+/// Body of `POST /endpoints/{id}/recover`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverBody {
+    /// RFC 3339: requeue failed deliveries of events created at or after this.
+    pub since: String,
+    /// RFC 3339: ... and before this (default: now).
+    pub until: Option<String>,
+}
+
+/// The answer to a recovery.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecoverResponse {
+    /// How many failed deliveries are due again.
+    pub requeued: u64,
+    /// Whether failed deliveries remain in the window (call again).
+    pub more: bool,
+}
+
+/// Query of `GET /endpoints`.
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+}
+
+type Fields = BTreeMap<String, Vec<String>>;
+
+fn complain(fields: &mut Fields, field: &str, message: impl Into<String>) {
+    fields
+        .entry(field.to_owned())
+        .or_default()
+        .push(message.into());
+}
+
+/// Checks a URL with the SSRF guard as configured.
+async fn check_url(state: &AppState, url: &str, fields: &mut Fields) -> Option<String> {
+    match ssrf::check_target(url, state.allow_private_targets).await {
+        Ok(parsed) => Some(parsed.to_string()),
+        Err(e) => {
+            complain(fields, "url", e.to_string());
+            None
+        }
+    }
+}
+
+/// Known, deduplicated event types in the order given.
+fn check_event_types(types: &[String], fields: &mut Fields) -> Option<Vec<String>> {
+    if types.is_empty() {
+        complain(
+            fields,
+            "event_types",
+            "must name at least one event type, e.g. [\"order.paid\"]",
+        );
+        return None;
+    }
+    let mut known = Vec::new();
+    let mut ok = true;
+    for (i, t) in types.iter().enumerate() {
+        match t.parse::<EventType>() {
+            Ok(t) if !known.contains(&t.as_str().to_owned()) => known.push(t.as_str().to_owned()),
+            Ok(_) => {}
+            Err(e) => {
+                complain(fields, &format!("event_types[{i}]"), e.to_string());
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(known)
+}
+
+fn check_description(description: Option<&str>, fields: &mut Fields) -> bool {
+    let ok = description.is_none_or(|d| {
+        d.chars().count() <= MAX_DESCRIPTION_CHARS
+            && !d.chars().any(|c| c.is_control() && c != '\n')
+    });
+    if !ok {
+        complain(
+            fields,
+            "description",
+            format!(
+                "must be at most {MAX_DESCRIPTION_CHARS} characters without control characters"
+            ),
+        );
+    }
+    ok
+}
+
+/// `POST /endpoints`.
+#[tracing::instrument(skip_all, fields(endpoint_id))]
+async fn create_endpoint(
+    State(state): State<AppState>,
+    body: Result<Json<CreateBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body?;
+    let mut fields = Fields::new();
+    let types = check_event_types(&body.event_types, &mut fields);
+    let described = check_description(body.description.as_deref(), &mut fields);
+    let url = check_url(&state, &body.url, &mut fields).await;
+    let (Some(url), Some(event_types), true) = (url, types, described) else {
+        return Err(ApiError::Validation(fields));
+    };
+    // Checked before the insert, so concurrent creations may pass it together; the cap
+    // only needs to bound the fan-out, not to be exact.
+    if state.store.count_endpoints().await? >= MAX_ENDPOINTS {
+        return Err(ApiError::Conflict(format!(
+            "there are already {MAX_ENDPOINTS} endpoints, the most this service keeps; delete one first"
+        )));
+    }
+    let secret = Secret::generate();
+    let new = NewEndpoint {
+        url,
+        description: body.description,
+        event_types,
+    };
+    let endpoint = state.store.create_endpoint(&new, &secret).await?;
+    tracing::Span::current().record("endpoint_id", tracing::field::display(endpoint.id));
+    tracing::info!(event_types = ?endpoint.event_types, "endpoint created");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/endpoints/{}", endpoint.id))],
+        Json(CreatedEndpoint {
+            endpoint: EndpointResponse::from(&endpoint),
+            secret: secret.expose_whsec(),
+        }),
+    ))
+}
+
+/// `GET /endpoints?cursor=&limit=`: oldest first.
+async fn list_endpoints(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Page<EndpointResponse>>, ApiError> {
+    let Query(params) = query?;
+    let limit = page_limit(params.limit)?;
+    let after = params
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::BadQuery("cursor is not one this API issued".into()))
+        })
+        .transpose()?;
+    let mut endpoints = state.store.list_endpoints(after, limit + 1).await?;
+    let next_cursor = if endpoints.len() > limit as usize {
+        endpoints.truncate(limit as usize);
+        endpoints.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items: endpoints.iter().map(EndpointResponse::from).collect(),
+        next_cursor,
+    }))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<(Uuid, Endpoint), ApiError> {
+    let uuid = path_id(id, "endpoint")?;
+    let endpoint = state
+        .store
+        .endpoint(uuid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+    Ok((uuid, endpoint))
+}
+
+/// `GET /endpoints/{id}`.
+async fn get_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EndpointResponse>, ApiError> {
+    let (_, endpoint) = find(&state, &id).await?;
+    Ok(Json(EndpointResponse::from(&endpoint)))
+}
+
+/// `PATCH /endpoints/{id}`.
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+async fn update_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Json<EndpointResponse>, ApiError> {
+    let uuid = path_id(&id, "endpoint")?;
+    let Json(body) = body?;
+    let mut fields = Fields::new();
+    let event_types = match &body.event_types {
+        Some(types) => check_event_types(types, &mut fields),
+        None => None,
+    };
+    check_description(body.description.clone().flatten().as_deref(), &mut fields);
+    let url = match &body.url {
+        Some(url) => check_url(&state, url, &mut fields).await,
+        None => None,
+    };
+    if !fields.is_empty() {
+        return Err(ApiError::Validation(fields));
+    }
+    let patch = EndpointPatch {
+        url,
+        description: body.description,
+        event_types,
+        enabled: body.enabled,
+    };
+    let endpoint = state
+        .store
+        .update_endpoint(uuid, &patch)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+    tracing::info!(enabled = endpoint.enabled, "endpoint updated");
+    if patch.enabled == Some(true) {
+        // Deliveries held back while it was disabled are due now.
+        state.dispatch_wake.notify_one();
+    }
+    Ok(Json(EndpointResponse::from(&endpoint)))
+}
+
+/// `DELETE /endpoints/{id}`: the endpoint, its deliveries and their attempts go; events stay.
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+async fn delete_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let uuid = path_id(&id, "endpoint")?;
+    if !state.store.delete_endpoint(uuid).await? {
+        return Err(ApiError::NotFound(format!("no endpoint with id {id:?}")));
+    }
+    tracing::info!("endpoint deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /endpoints/{id}/secret`.
+async fn get_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SecretResponse>, ApiError> {
+    let uuid = path_id(&id, "endpoint")?;
+    let secret = state
+        .store
+        .endpoint_secret(uuid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+    Ok(Json(secret.into()))
+}
+
+/// `POST /endpoints/{id}/rotate-secret` with an optional `{"grace_period_secs": N}`.
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<SecretResponse>, ApiError> {
+    let uuid = path_id(&id, "endpoint")?;
+    // The body is optional, so an empty one (with or without a content type) means defaults.
+    let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        Json::<RotateBody>::from_bytes(&body)
+            .map_err(ApiError::from)?
+            .0
+    };
+    let grace = match body.grace_period_secs {
+        None => DEFAULT_ROTATION_GRACE,
+        Some(secs) if Duration::from_secs(secs) <= MAX_GRACE_PERIOD => Duration::from_secs(secs),
+        Some(_) => {
+            return Err(ApiError::field(
+                "grace_period_secs",
+                format!("must be from 0 to {}", MAX_GRACE_PERIOD.as_secs()),
+            ))
+        }
+    };
+    let secret = Secret::generate();
+    let rotated = state
+        .store
+        .rotate_secret(uuid, &secret, grace)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+    tracing::info!(grace_secs = grace.as_secs(), "endpoint secret rotated");
+    Ok(Json(rotated.into()))
+}
+
+/// `POST /endpoints/{id}/recover` with `{"since": RFC 3339, "until"?: RFC 3339}`.
+#[tracing::instrument(skip_all, fields(endpoint_id = %id))]
+async fn recover(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<RecoverBody>, JsonRejection>,
+) -> Result<Json<RecoverResponse>, ApiError> {
+    let (uuid, _) = find(&state, &id).await?;
+    let Json(body) = body?;
+    let mut fields = Fields::new();
+    let since = parse_rfc3339(&body.since);
+    if since.is_none() {
+        complain(
+            &mut fields,
+            "since",
+            "must be an RFC 3339 time such as 2026-01-31T12:00:00Z",
+        );
+    }
+    let until = match body.until.as_deref() {
+        None => Some(now_ms().saturating_add(1)),
+        Some(text) => {
+            let parsed = parse_rfc3339(text);
+            if parsed.is_none() {
+                complain(
+                    &mut fields,
+                    "until",
+                    "must be an RFC 3339 time such as 2026-01-31T13:00:00Z",
+                );
+            }
+            parsed
+        }
+    };
+    let (Some(since), Some(until)) = (since, until) else {
+        return Err(ApiError::Validation(fields));
+    };
+    if until <= since {
+        return Err(ApiError::field("until", "must be later than since"));
+    }
+    let recovered = state
+        .store
+        .recover_endpoint(uuid, since, until, MAX_RECOVER_PER_CALL)
+        .await?;
+    tracing::info!(
+        requeued = recovered.requeued,
+        more = recovered.more,
+        "failed deliveries requeued"
+    );
+    if recovered.requeued > 0 {
+        state.dispatch_wake.notify_one();
+    }
+    Ok(Json(RecoverResponse {
+        requeued: recovered.requeued,
+        more: recovered.more,
+    }))
+}
