@@ -155,6 +155,59 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// A request to a management route, with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Sends `body` (if any) as JSON to a management route; returns the status and the JSON
+    /// answer (`null` for an empty body).
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.admin(method, path);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    /// Creates an endpoint through the API; returns its JSON (with `id` and `secret`).
+    pub async fn create_endpoint(&self, url: &str, types: &[&str]) -> Value {
+        let (status, body) = self
+            .admin_json(
+                reqwest::Method::POST,
+                "/endpoints",
+                Some(serde_json::json!({"url": url, "event_types": types})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// Creates an order from `body` and returns its JSON.
+    pub async fn order_json(&self, body: Value) -> Value {
+        let r = self.post_order(body).await;
+        assert_eq!(r.status(), 201);
+        json_of(r).await
+    }
+
     /// POSTs `body` as JSON to `/orders`.
     pub async fn post_order(&self, body: Value) -> reqwest::Response {
         self.http
@@ -214,6 +267,13 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A valid `POST /orders` body whose payment is declined.
+pub fn declined_order_body() -> Value {
+    let mut body = order_body();
+    body["simulate_payment"] = "declined".into();
+    body
 }
 
 /// A valid `POST /orders` body.

@@ -1,0 +1,154 @@
+//! Event history: paging while orders are written concurrently sees every event exactly
+//! once, in commit order; filtering by type; one event with its deliveries and attempts.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use orders_service::domain::DeliveryStatus;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::support::{
+    declined_order_body, json_of, order_body, AppOptions, Receiver, Reply, TestApp, DEADLINE,
+};
+
+const WRITERS: usize = 4;
+const ORDERS_PER_WRITER: usize = 30;
+
+#[tokio::test]
+async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_order() {
+    let app = Arc::new(TestApp::spawn(AppOptions::default()).await);
+    let writers = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for w in 0..WRITERS {
+                let app = app.clone();
+                set.spawn(async move {
+                    let mut ids = Vec::new();
+                    for i in 0..ORDERS_PER_WRITER {
+                        let body = if (w + i) % 3 == 0 {
+                            declined_order_body()
+                        } else {
+                            order_body()
+                        };
+                        let order = app.order_json(body).await;
+                        ids.push(order["event_id"].as_str().unwrap().to_owned());
+                    }
+                    ids
+                });
+            }
+            let mut all = HashSet::new();
+            while let Some(ids) = set.join_next().await {
+                all.extend(ids.unwrap());
+            }
+            all
+        })
+    };
+
+    let mut seen: Vec<(i64, String)> = Vec::new();
+    let mut after = String::new();
+    let start = Instant::now();
+    loop {
+        // Read before paging: an empty page after the writers are done means the end.
+        let writers_done = writers.is_finished();
+        let (status, page) = app
+            .admin_json(Method::GET, &format!("/events?limit=7&after={after}"), None)
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        for item in items {
+            let cursor: i64 = item["cursor"].as_str().unwrap().parse().unwrap();
+            seen.push((cursor, item["id"].as_str().unwrap().to_owned()));
+            after = cursor.to_string();
+        }
+        if items.len() == 7 {
+            assert_eq!(page["next_cursor"].as_str(), Some(after.as_str()));
+        } else {
+            assert!(page["next_cursor"].is_null());
+        }
+        if items.is_empty() && writers_done {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "paging did not finish");
+    }
+    let created = writers.await.unwrap();
+    assert_eq!(created.len(), WRITERS * ORDERS_PER_WRITER);
+    let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
+    let unique: HashSet<String> = ids.iter().map(|s| (*s).clone()).collect();
+    assert_eq!(unique.len(), ids.len(), "an event was returned twice");
+    assert_eq!(unique, created, "the pages hold exactly the events created");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "events out of order"
+    );
+
+    // The type filter pages through the same history.
+    let (_, failed) = app
+        .admin_json(
+            Method::GET,
+            "/events?type=order.payment_failed&limit=100",
+            None,
+        )
+        .await;
+    let failed = failed["items"].as_array().unwrap().clone();
+    let expected = (0..WRITERS)
+        .flat_map(|w| (0..ORDERS_PER_WRITER).filter(move |i| (w + i) % 3 == 0))
+        .count();
+    assert_eq!(failed.len(), expected);
+    assert!(failed.iter().all(|e| e["type"] == "order.payment_failed"));
+}
+
+#[tokio::test]
+async fn an_event_shows_its_payload_deliveries_and_attempts() {
+    let mut receiver = Receiver::start(vec![Reply::status(503)]).await;
+    let app = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let order = app.order_json(order_body()).await;
+    let order_id = order["id"].as_str().unwrap().parse().unwrap();
+    app.wait_for_delivery(order_id, DeliveryStatus::Delivered)
+        .await;
+    let sent = receiver.next().await;
+
+    let event_id = order["event_id"].as_str().unwrap();
+    let (status, event) = app
+        .admin_json(Method::GET, &format!("/events/{event_id}"), None)
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["type"], "order.paid");
+    assert_eq!(event["order_id"], order["id"]);
+    assert_eq!(event["webhook_id"], sent.id.as_str());
+    assert_eq!(
+        event["payload"],
+        serde_json::from_slice::<Value>(&sent.body).unwrap()
+    );
+    let deliveries = event["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1);
+    let delivery = &deliveries[0];
+    assert_eq!(delivery["status"], "delivered");
+    assert_eq!(delivery["attempt_count"], 2);
+    assert!(delivery["delivered_at"].is_string());
+    let attempts = delivery["attempts"].as_array().unwrap();
+    let codes: Vec<_> = attempts.iter().map(|a| a["status_code"].as_u64()).collect();
+    assert_eq!(codes, [Some(503), Some(200)]);
+    assert_eq!(attempts[0]["outcome"], "retry");
+
+    // The order links to its event.
+    let r = app
+        .http
+        .get(app.url(&format!("/orders/{}", order["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    let read = json_of(r).await;
+    assert_eq!(read["event_id"], event_id);
+    let (status, _) = app
+        .admin_json(
+            Method::GET,
+            &format!("/events/{}", uuid::Uuid::now_v7()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
