@@ -116,6 +116,34 @@ pub struct Config {
     /// On shutdown, how long in-flight sends may finish before they are released, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// Longest time one HTTP request may take, body upload included, in seconds; a slower
+    /// one is answered 408.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+
+    /// Webhook deliveries handled at the same time, at most; more get 503 with `Retry-After`.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+}
+
+/// Longest accepted `SHUTDOWN_GRACE_SECS`.
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
+
+/// Longest accepted `REQUEST_TIMEOUT_SECS`.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
+
+/// `url` with any `user:password@` replaced, fit for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}<redacted>@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 fn secret_arg(text: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -127,7 +155,7 @@ impl fmt::Debug for Config {
         let redact = |s: &Option<SecretString>| if s.is_some() { "<redacted>" } else { "<unset>" };
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
-            .field("database_url", &self.database_url)
+            .field("database_url", &redact_url(&self.database_url))
             .field("admin_token", &redact(&self.admin_token))
             .field("webhook_secret", &redact(&self.webhook_secret))
             .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
@@ -149,6 +177,8 @@ impl fmt::Debug for Config {
             .field("worker_retry_max_secs", &self.worker_retry_max_secs)
             .field("worker_poll_ms", &self.worker_poll_ms)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }
@@ -233,6 +263,15 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
 }
 
+impl WorkerSettings {
+    /// How long one send may take before it is cut off: three quarters of the lease, so
+    /// the outcome is recorded while the lease still holds and no other worker can have
+    /// claimed the job meanwhile.
+    pub fn send_limit(&self) -> Duration {
+        self.lease * 3 / 4
+    }
+}
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
@@ -293,13 +332,17 @@ pub struct Settings {
     pub mail_from: lettre::message::Mailbox,
     /// Worker knobs.
     pub worker: WorkerSettings,
+    /// Longest time one HTTP request may take.
+    pub request_timeout: Duration,
+    /// Webhook deliveries handled at the same time, at most.
+    pub max_concurrent_requests: usize,
 }
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
             .field("listen_addr", &self.listen_addr)
-            .field("database_url", &self.database_url)
+            .field("database_url", &redact_url(&self.database_url))
             .field("admin_token", &"<redacted>")
             .field("verifier", &self.verifier)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -308,9 +351,15 @@ impl fmt::Debug for Settings {
             .field("dedup_retention", &self.dedup_retention)
             .field("mailer", &self.mailer)
             .field("worker", &self.worker)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish_non_exhaustive()
     }
 }
+
+/// Longest accepted `WORKER_LEASE_SECS` (a day); also keeps the millisecond arithmetic far
+/// from overflow.
+pub const MAX_LEASE_SECS: u64 = 24 * 3600;
 
 /// Shortest accepted admin token, so a guessable one cannot be configured by mistake.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -329,6 +378,16 @@ impl Config {
             return Err(bad(
                 "ADMIN_TOKEN",
                 format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"),
+            ));
+        }
+
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(bad(
+                "DATABASE_URL",
+                format!(
+                    "{:?} is not a sqlite: URL (only SQLite is supported so far)",
+                    redact_url(&self.database_url)
+                ),
             ));
         }
 
@@ -402,18 +461,54 @@ impl Config {
         if self.worker_poll_ms == 0 {
             return Err(bad("WORKER_POLL_MS", "must be at least 1"));
         }
-        // A lease shorter than one send would let a second worker take a job that is still
-        // being sent, and the customer would get it twice.
+        if self.shutdown_grace_secs > MAX_SHUTDOWN_GRACE_SECS {
+            return Err(bad(
+                "SHUTDOWN_GRACE_SECS",
+                format!("must be at most {MAX_SHUTDOWN_GRACE_SECS}"),
+            ));
+        }
+        if !(1..=MAX_REQUEST_TIMEOUT_SECS).contains(&self.request_timeout_secs) {
+            return Err(bad(
+                "REQUEST_TIMEOUT_SECS",
+                format!("must be between 1 and {MAX_REQUEST_TIMEOUT_SECS}"),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_concurrent_requests) {
+            return Err(bad(
+                "MAX_CONCURRENT_REQUESTS",
+                "must be between 1 and 10000",
+            ));
+        }
+        // A send still running when the worker cuts it off is retried; if it was in fact
+        // delivered, the customer gets it twice. So the cut-off (a share of the lease, see
+        // `WorkerSettings::send_limit`) must exceed the longest legitimate send.
         let longest_send = match &mailer {
             MailerSettings::Simulated { delay } => *delay,
             MailerSettings::Smtp { timeout, .. } => *timeout,
         };
-        let lease = Duration::from_secs(self.worker_lease_secs);
-        if lease <= longest_send || self.worker_lease_secs == 0 {
+        if self.worker_lease_secs > MAX_LEASE_SECS {
+            return Err(bad(
+                "WORKER_LEASE_SECS",
+                format!("must be at most {MAX_LEASE_SECS}"),
+            ));
+        }
+        let worker = WorkerSettings {
+            concurrency: self.worker_concurrency,
+            batch_size: self.worker_batch_size,
+            lease: Duration::from_secs(self.worker_lease_secs),
+            max_attempts: self.worker_max_attempts,
+            retry_base: Duration::from_millis(self.worker_retry_base_ms),
+            retry_max: Duration::from_secs(self.worker_retry_max_secs),
+            poll_interval: Duration::from_millis(self.worker_poll_ms),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        };
+        if worker.send_limit() <= longest_send {
             return Err(bad(
                 "WORKER_LEASE_SECS",
                 format!(
-                    "must be longer than one send ({} ms: SMTP_TIMEOUT_SECS or MAILER_DELAY_MS)",
+                    "must be long enough that three quarters of it ({} ms, the send cut-off) \
+                     exceed one send ({} ms: SMTP_TIMEOUT_SECS or MAILER_DELAY_MS)",
+                    worker.send_limit().as_millis(),
                     longest_send.as_millis()
                 ),
             ));
@@ -431,16 +526,9 @@ impl Config {
             cleanup_interval: Duration::from_secs(self.cleanup_interval_secs),
             mailer,
             mail_from,
-            worker: WorkerSettings {
-                concurrency: self.worker_concurrency,
-                batch_size: self.worker_batch_size,
-                lease,
-                max_attempts: self.worker_max_attempts,
-                retry_base: Duration::from_millis(self.worker_retry_base_ms),
-                retry_max: Duration::from_secs(self.worker_retry_max_secs),
-                poll_interval: Duration::from_millis(self.worker_poll_ms),
-                shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            },
+            worker,
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_concurrent_requests: self.max_concurrent_requests,
         })
     }
 }
@@ -600,6 +688,10 @@ mod tests {
         );
         assert_eq!(setting_of(parse(&["--reject-burst", "0"])), "REJECT_BURST");
         assert_eq!(
+            setting_of(parse(&["--database-url", "postgres://a:b@db/n"])),
+            "DATABASE_URL"
+        );
+        assert_eq!(
             setting_of(parse(&["--worker-concurrency", "0"])),
             "WORKER_CONCURRENCY"
         );
@@ -619,6 +711,83 @@ mod tests {
     }
 
     #[test]
+    fn the_send_cut_off_not_just_the_lease_must_exceed_the_longest_send() {
+        // 11 s lease: cut off at 8.25 s, before a 10 s SMTP send may legitimately end.
+        assert_eq!(
+            setting_of(parse(&[
+                "--smtp-url",
+                "smtp://mailpit:1025",
+                "--smtp-timeout-secs",
+                "10",
+                "--worker-lease-secs",
+                "11",
+            ])),
+            "WORKER_LEASE_SECS"
+        );
+        assert_eq!(
+            setting_of(parse(&[
+                "--mailer-delay-ms",
+                "800",
+                "--worker-lease-secs",
+                "1"
+            ])),
+            "WORKER_LEASE_SECS"
+        );
+        let s = parse(&[
+            "--smtp-url",
+            "smtp://mailpit:1025",
+            "--smtp-timeout-secs",
+            "10",
+            "--worker-lease-secs",
+            "14",
+        ])
+        .unwrap();
+        assert!(s.worker.send_limit() > Duration::from_secs(10));
+        assert_eq!(
+            setting_of(parse(&["--worker-lease-secs", &u64::MAX.to_string()])),
+            "WORKER_LEASE_SECS"
+        );
+    }
+
+    #[test]
+    fn shutdown_grace_request_timeout_and_concurrency_are_bounded() {
+        assert_eq!(
+            setting_of(parse(&["--shutdown-grace-secs", &u64::MAX.to_string()])),
+            "SHUTDOWN_GRACE_SECS"
+        );
+        assert_eq!(
+            setting_of(parse(&["--request-timeout-secs", "0"])),
+            "REQUEST_TIMEOUT_SECS"
+        );
+        assert_eq!(
+            setting_of(parse(&["--max-concurrent-requests", "0"])),
+            "MAX_CONCURRENT_REQUESTS"
+        );
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.request_timeout, Duration::from_secs(10));
+        assert_eq!(s.max_concurrent_requests, 64);
+        assert_eq!(s.worker.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn database_url_credentials_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/n?sslmode=require"),
+            "postgres://<redacted>@db:5432/n?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://a:b@c@db/n"),
+            "postgres://<redacted>@db/n"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/notifications.db"),
+            "sqlite://data/notifications.db"
+        );
+        assert_eq!(redact_url("sqlite:n.db"), "sqlite:n.db");
+        assert_eq!(redact_url("sqlite://x/a@b.db"), "sqlite://x/a@b.db");
+    }
+
+    #[test]
     fn debug_output_redacts_secrets() {
         let c = Config::try_parse_from([
             "x",
@@ -628,9 +797,12 @@ mod tests {
             SECRET,
             "--smtp-url",
             "smtp://u:pw@h:1",
+            "--database-url",
+            "sqlite://dbuser:dbpass@localhost/n.db",
         ])
         .unwrap();
         let text = format!("{c:?} {:?}", c.validate().unwrap());
+        assert!(!text.contains("dbpass"), "{text}");
         assert!(!text.contains("0123456789abcdef"), "{text}");
         assert!(!text.contains("MfKQ9r8"), "{text}");
         assert!(!text.contains("pw@"), "{text}");

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 503: a webhook could not be recorded right now; the sender should retry it.
     #[error("the webhook could not be recorded right now; please retry")]
     Unavailable(#[source] sqlx::Error),
+    /// 503: too many deliveries are in progress; the sender should retry shortly.
+    #[error("too many webhook deliveries in progress; please retry shortly")]
+    Overloaded,
 }
 
 impl ApiError {
@@ -35,7 +38,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -46,6 +49,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Database(_) => "internal_error",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded => "overloaded",
         }
     }
 }
@@ -67,7 +71,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable(_) | ApiError::Overloaded => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -87,6 +91,7 @@ fn code_for(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::UNPROCESSABLE_ENTITY => "invalid_payload",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
         StatusCode::TOO_MANY_REQUESTS => "rate_limited",
         s if s.is_server_error() => "internal_error",
         _ => "error",
@@ -114,7 +119,9 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         return response;
     }
     let (mut parts, body) = response.into_parts();
-    let text = if status.is_server_error() {
+    let text = if status == StatusCode::REQUEST_TIMEOUT {
+        "the request was not completed in time; send it again without pauses".to_owned()
+    } else if status.is_server_error() {
         // Never echo internals (a panic message) to the client.
         "internal error".to_owned()
     } else {

@@ -1,11 +1,9 @@
 //! The intake's front door: an optional client-IP allow-list, and a per-IP rate limit that
 //! counts only *rejected* requests, so forgers are throttled while verified deliveries never
-//! spend budget.
+//! spend budget nor get turned away.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -20,22 +18,18 @@ use webhook_common::error_body::ErrorBody;
 
 use crate::config::RateLimitSettings;
 
-/// Most client IPs remembered as "over budget" at once; beyond that a blocked IP is still
-/// refused by the limiter after verification, only the early refusal is skipped.
-const MAX_BLOCKED_ENTRIES: usize = 100_000;
-
 /// Allow-list and rejection budget per client IP.
 ///
-/// Protocol: a rejected request (any 4xx from the intake) spends one cell of its IP's budget.
-/// When the budget is empty, that request is answered 429 and the IP is remembered as
-/// blocked until the budget refills; while blocked, its requests get 429 *before* any body
-/// is read or signature checked. Accepted requests never touch the budget. The limit is per
-/// IP (IPv6 per /64), so a genuine sender behind the same address as a forger shares its
-/// budget; its deliveries are retried by the sender after `Retry-After` and nothing is lost.
+/// Protocol: every request is verified, also from an IP that is over its budget, because
+/// a genuine sender may share its address with a forger (NAT, a proxy, one IPv6 /64) and
+/// a verified sender must never be slowed down. A rejected request (any 4xx from the
+/// intake) spends one cell of its IP's budget; when the budget is empty the rejection is
+/// answered 429 with `Retry-After` instead. Accepted requests never touch the budget.
+/// Verifying costs a bounded body read (`MAX_BODY_BYTES`, within `REQUEST_TIMEOUT_SECS`,
+/// under `MAX_CONCURRENT_REQUESTS`) and one HMAC per secret, so throttled forgers stay cheap.
 #[derive(Debug)]
 pub struct IntakeGuard {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
     allowed: Vec<IpNet>,
 }
 
@@ -45,7 +39,6 @@ impl IntakeGuard {
         let quota = Quota::per_second(limits.per_second).allow_burst(limits.burst);
         IntakeGuard {
             limiter: RateLimiter::keyed(quota),
-            blocked: Mutex::new(HashMap::new()),
             allowed,
         }
     }
@@ -54,41 +47,16 @@ impl IntakeGuard {
         self.allowed.is_empty() || self.allowed.iter().any(|net| net.contains(&ip))
     }
 
-    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
-        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How long the IP is still blocked, if it is.
-    fn blocked_for(&self, key: IpAddr) -> Option<Duration> {
-        let now = Instant::now();
-        let mut blocked = self.blocked();
-        match blocked.get(&key) {
-            Some(until) if *until > now => Some(*until - now),
-            Some(_) => {
-                blocked.remove(&key);
-                None
-            }
-            None => None,
-        }
-    }
-
     /// Spends one rejection; `Some(wait)` if the IP was over budget.
     fn spend_rejection(&self, key: IpAddr) -> Option<Duration> {
         let not_until = self.limiter.check_key(&key).err()?;
-        let wait = not_until.wait_time_from(self.limiter.clock().now());
-        let mut blocked = self.blocked();
-        if blocked.len() < MAX_BLOCKED_ENTRIES || blocked.contains_key(&key) {
-            blocked.insert(key, Instant::now() + wait);
-        }
-        Some(wait)
+        Some(not_until.wait_time_from(self.limiter.clock().now()))
     }
 
     /// Forgets idle IPs so memory stays bounded however many addresses knock.
     pub fn housekeeping(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
-        let now = Instant::now();
-        self.blocked().retain(|_, until| *until > now);
     }
 
     /// Runs [`IntakeGuard::housekeeping`] every `every` until `shutdown`.
@@ -139,8 +107,9 @@ fn too_many(wait: Duration) -> Response {
     response
 }
 
-/// Middleware for the intake route: allow-list (403), early 429 for blocked IPs, and
-/// charging rejections to the client's budget.
+/// Middleware for the intake route: allow-list (403), then the request is handled (and so
+/// verified) whatever the budget, and only a rejection is charged, or answered 429 when the
+/// budget is spent.
 pub async fn intake_guard(
     State(guard): State<std::sync::Arc<IntakeGuard>>,
     request: Request,
@@ -166,13 +135,9 @@ pub async fn intake_guard(
         )
             .into_response();
     }
-    let key = budget_key(ip);
-    if let Some(wait) = guard.blocked_for(key) {
-        return too_many(wait);
-    }
     let response = next.run(request).await;
     if response.status().is_client_error() {
-        if let Some(wait) = guard.spend_rejection(key) {
+        if let Some(wait) = guard.spend_rejection(budget_key(ip)) {
             tracing::warn!(client_ip = %ip, "client over its rejection budget");
             return too_many(wait);
         }
@@ -211,7 +176,6 @@ mod tests {
         assert_eq!(guard.spend_rejection(ip), None);
         assert_eq!(guard.spend_rejection(ip), None);
         assert!(guard.spend_rejection(ip).is_some());
-        assert!(guard.blocked_for(ip).is_some());
-        assert!(guard.blocked_for("10.0.0.2".parse().unwrap()).is_none());
+        assert_eq!(guard.spend_rejection("10.0.0.2".parse().unwrap()), None);
     }
 }

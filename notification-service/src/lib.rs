@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
+use axum::http::StatusCode;
 use axum::{middleware, Router};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -32,6 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use webhook_common::extract::WebhookIntake;
 
@@ -56,6 +58,10 @@ pub struct AppState {
     pub guard: Arc<IntakeGuard>,
     /// Wakes the email worker when a job is committed.
     pub wake: Arc<Notify>,
+    /// Longest time one request may take, body upload included (408 after).
+    pub request_timeout: Duration,
+    /// Webhook deliveries handled at once, at most (503 beyond).
+    pub max_concurrent_requests: usize,
 }
 
 use guard::IntakeGuard;
@@ -73,6 +79,8 @@ impl AppState {
                 settings.allowed_networks.clone(),
             )),
             wake,
+            request_timeout: settings.request_timeout,
+            max_concurrent_requests: settings.max_concurrent_requests,
         }
     }
 }
@@ -88,12 +96,21 @@ impl FromRef<AppState> for WebhookIntake {
 pub fn build_app(state: AppState) -> Router {
     Router::new()
         .merge(api::health::router())
-        .merge(api::webhooks::router(state.guard.clone()))
+        .merge(api::webhooks::router(
+            state.guard.clone(),
+            state.max_concurrent_requests,
+        ))
         .merge(api::notifications::router())
         .fallback(error::not_found)
-        // Inner to outer: a panic becomes a 500, every error becomes our JSON body, and
-        // everything is traced.
+        // Inner to outer: a panic becomes a 500, a request that takes too long (a client
+        // trickling its body, say) becomes a 408, every error becomes our JSON body, and
+        // everything is traced. The timeout covers the body upload, because the handler
+        // reads the body inside it.
         .layer(CatchPanicLayer::new())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.request_timeout,
+        ))
         .layer(middleware::from_fn(error::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -159,9 +176,12 @@ pub async fn run(
         }
     };
     // The worker saw the same token; give it its grace period plus a margin to release jobs.
-    if tokio::time::timeout(grace + Duration::from_secs(5), background.wait())
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        grace.saturating_add(Duration::from_secs(5)),
+        background.wait(),
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("background tasks did not stop in time");
     }

@@ -8,6 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use secrecy::ExposeSecret;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
@@ -30,9 +31,12 @@ impl FromRequestParts<AppState> for AdminAuth {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized);
         }
-        // Constant time, so response timing says nothing about how much of a guess matched.
-        let expected = state.admin_token.expose_secret().as_bytes();
-        if bool::from(token.trim().as_bytes().ct_eq(expected)) {
+        // Compare digests in constant time: timing then says nothing about how much of a
+        // guess matched, nor (digests having one length) about the token's length, which a
+        // byte-wise `ct_eq` reveals by returning early on a length mismatch.
+        let expected = Sha256::digest(state.admin_token.expose_secret().as_bytes());
+        let given = Sha256::digest(token.trim().as_bytes());
+        if bool::from(given.as_slice().ct_eq(expected.as_slice())) {
             Ok(AdminAuth)
         } else {
             Err(ApiError::Unauthorized)

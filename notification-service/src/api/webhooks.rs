@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -10,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tower::ServiceBuilder;
 use webhook_common::extract::VerifiedWebhook;
 
 use crate::api::AdminAuth;
@@ -18,11 +20,19 @@ use crate::guard::{intake_guard, IntakeGuard};
 use crate::store::{IncomingWebhook, IntakeOutcome, ReceivedWebhook};
 use crate::{email, AppState};
 
-/// The webhook routes; the intake sits behind the allow-list and rejection limit.
-pub fn router(guard: Arc<IntakeGuard>) -> Router<AppState> {
+/// The webhook routes. The intake sits behind a bound on deliveries in progress (more are
+/// shed with 503 and `Retry-After` rather than queued, so slow clients cannot pile up
+/// work), then the allow-list and rejection limit.
+pub fn router(guard: Arc<IntakeGuard>, max_concurrent: usize) -> Router<AppState> {
     let intake = Router::new()
         .route("/webhooks/orders", post(receive))
-        .route_layer(middleware::from_fn_with_state(guard, intake_guard));
+        .route_layer(middleware::from_fn_with_state(guard, intake_guard))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .concurrency_limit(max_concurrent),
+        );
     Router::new()
         .merge(intake)
         .route("/webhooks/received", get(list_received))
@@ -61,6 +71,12 @@ async fn receive(
         IntakeOutcome::Ignored => Json(json!({"status": "ignored"})).into_response(),
         IntakeOutcome::Stale => Json(json!({"status": "stale"})).into_response(),
     })
+}
+
+/// Answers a delivery shed by the concurrency bound.
+async fn overloaded(_: tower::BoxError) -> ApiError {
+    tracing::warn!("webhook refused: too many deliveries in progress");
+    ApiError::Overloaded
 }
 
 #[derive(Deserialize)]

@@ -20,6 +20,16 @@ use rows::{NotificationRow, ReceivedWebhookRow};
 /// How long a statement waits for SQLite's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections of the pool the intake and the read API use.
+const REQUEST_POOL_CONNECTIONS: u32 = 8;
+
+/// Connections of the email worker's and cleanup's own pool, so a burst of deliveries that
+/// takes every request connection cannot keep the worker from recording what it sent.
+const BACKGROUND_POOL_CONNECTIONS: u32 = 2;
+
+/// How long to wait for a free pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest `type` of an unknown event we record; the rest is cut off.
 const MAX_RECORDED_TYPE_LEN: usize = 100;
 
@@ -109,8 +119,15 @@ pub struct OrderState {
 ///    later than the last failure notified for the order (each new failed attempt is news,
 ///    an older or equal one is stale).
 ///
-/// When rule 1 fires, failure notices of that order that are still queued and not being sent
-/// are cancelled, so a failure notice is never delivered after the confirmation.
+/// A failure notice is never handed to the mailer after the confirmation of its order:
+/// - when rule 1 fires, failure notices of that order that are queued and not being sent are
+///   cancelled at once;
+/// - one that a worker holds right now cannot be recalled, so the confirmation is queued to
+///   become due only when that worker's lease ends (by then its send has finished or been
+///   cut off, see `WorkerSettings::send_limit`);
+/// - whatever then happens to the held notice (a retry is scheduled, it is released at
+///   shutdown, its worker dies and the lease expires), [`Store::claim_due`] cancels instead
+///   of claiming any failure notice of an order that has a confirmation.
 pub fn decide(state: OrderState, kind: OrderEventKind, event_at_ms: i64) -> bool {
     match kind {
         OrderEventKind::Paid => state.paid_at.is_none(),
@@ -154,6 +171,8 @@ pub struct ClaimedJob {
     pub lease_token: Uuid,
     /// Attempts including this one.
     pub attempts: u32,
+    /// When the claim expires and another worker may take the job.
+    pub lease_until: OffsetDateTime,
     /// Recipient.
     pub to: String,
     /// Subject.
@@ -181,10 +200,14 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The database. Cheap to clone (a pool handle).
+/// The database. Cheap to clone (two pool handles).
+///
+/// Requests (intake, read API) and background work (email worker, cleanup) use separate
+/// pools over the same database, so neither can starve the other of connections.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    background: SqlitePool,
 }
 
 impl Store {
@@ -192,8 +215,16 @@ impl Store {
     /// mode with a busy timeout and foreign keys on.
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         use anyhow::Context as _;
+        // Messages show the URL with any `user:password@` redacted, never the raw URL or
+        // the file path derived from it.
+        let shown = crate::config::redact_url(url);
+        if !url.starts_with("sqlite:") {
+            anyhow::bail!(
+                "DATABASE_URL {shown:?} is not a sqlite: URL (only SQLite is supported so far)"
+            );
+        }
         let options = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("DATABASE_URL {url:?} is not a valid sqlite:// URL"))?
+            .with_context(|| format!("DATABASE_URL {shown:?} is not a valid sqlite:// URL"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: an accepted webhook (we answered 202) survives a power cut, not only a crash.
@@ -204,17 +235,23 @@ impl Store {
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             if file.as_os_str() != ":memory:" {
                 tokio::fs::create_dir_all(dir).await.with_context(|| {
-                    format!("DATABASE_URL: cannot create directory {}", dir.display())
+                    format!("DATABASE_URL {shown:?}: cannot create the database's directory")
                 })?;
             }
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+        let open = |connections: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone())
+        };
+        let pool = open(REQUEST_POOL_CONNECTIONS)
             .await
-            .with_context(|| format!("DATABASE_URL: cannot open {}", file.display()))?;
-        Ok(Store { pool })
+            .with_context(|| format!("DATABASE_URL {shown:?}: cannot open the database"))?;
+        let background = open(BACKGROUND_POOL_CONNECTIONS)
+            .await
+            .with_context(|| format!("DATABASE_URL {shown:?}: cannot open the database"))?;
+        Ok(Store { pool, background })
     }
 
     /// Applies the embedded migrations.
@@ -223,14 +260,15 @@ impl Store {
         Ok(())
     }
 
-    /// The pool, for tests and diagnostics.
+    /// The request pool (intake and read API), for tests and diagnostics.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes both pools, waiting for connections in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.background.close().await;
     }
 
     /// Records a verified webhook and, if it asks for an email that the ordering rule
@@ -253,7 +291,11 @@ impl Store {
 
         // IMMEDIATE takes SQLite's write lock up front (waiting up to the busy timeout), so
         // concurrent deliveries queue instead of failing to upgrade a read transaction.
-        // PostgreSQL: a plain BEGIN; the unique insert below serialises duplicates there.
+        // PostgreSQL: a plain BEGIN is enough for the dedup (the unique insert below
+        // serialises duplicates), but NOT for the order_states read-modify-write further
+        // down: under READ COMMITTED two events of one order could both read the old state.
+        // There the state must be read with `SELECT ... FOR UPDATE` (after inserting the row
+        // if missing, with ON CONFLICT DO NOTHING) so events of one order take turns.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let inserted = sqlx::query(
             "INSERT INTO received_webhooks (webhook_id, event_type, order_id, event_at, outcome, received_at)
@@ -312,7 +354,20 @@ impl Store {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                    // The confirmation waits until no worker holds a failure notice of
+                    // its order (see `decide`); everything else is due at once.
+                    let mut due_at = now;
                     if email.kind == OrderEventKind::Paid {
+                        let held_until: Option<i64> = sqlx::query_scalar(
+                            "SELECT MAX(lease_until) FROM notifications
+                             WHERE order_id = $1 AND event_type = 'order.payment_failed'
+                               AND status = 'queued' AND lease_until >= $2",
+                        )
+                        .bind(&order_key)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        due_at = held_until.map_or(now, |t| t.saturating_add(1));
                         // Rule 1's tail: a failure notice must not follow the confirmation.
                         // Jobs under a live lease are being sent and cannot be recalled.
                         sqlx::query(
@@ -331,7 +386,7 @@ impl Store {
                         "INSERT INTO notifications
                             (id, webhook_id, event_type, order_id, recipient, subject, body,
                              status, attempts, next_attempt_at, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $8)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9)
                          ON CONFLICT (webhook_id) DO NOTHING",
                     )
                     .bind(id.to_string())
@@ -341,6 +396,7 @@ impl Store {
                     .bind(&email.to)
                     .bind(&email.subject)
                     .bind(&email.body)
+                    .bind(due_at)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?
@@ -369,13 +425,45 @@ impl Store {
     /// Claims up to `limit` due jobs for `lease`, counting an attempt on each. A job is due
     /// when queued, its retry time has come and no live lease holds it; a lease left by a
     /// crashed worker expires and the job is claimed again.
+    ///
+    /// Before claiming, in the same transaction, it settles jobs that must not be sent:
+    /// failure notices of an order that has a confirmation are cancelled (the ordering rule,
+    /// see [`decide`]), and due jobs that already used `max_attempts` (their worker died
+    /// during every attempt, so no outcome was ever recorded) are marked failed.
     pub async fn claim_due(
         &self,
         limit: usize,
         lease: Duration,
+        max_attempts: u32,
     ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
         let now = now_ms();
         let token = Uuid::new_v4();
+        let mut tx = self.background.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "UPDATE notifications
+             SET status = 'cancelled', last_error = 'superseded by order.paid',
+                 lease_token = NULL, lease_until = NULL
+             WHERE status = 'queued' AND event_type = 'order.payment_failed'
+               AND (lease_until IS NULL OR lease_until < $1)
+               AND EXISTS (SELECT 1 FROM notifications AS paid
+                           WHERE paid.order_id = notifications.order_id
+                             AND paid.event_type = 'order.paid')",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE notifications
+             SET status = 'failed', lease_token = NULL, lease_until = NULL,
+                 last_error = 'gave up after ' || attempts || ' attempts; the last one never '
+                              || 'reported back (the worker stopped while sending)'
+             WHERE status = 'queued' AND next_attempt_at <= $1
+               AND (lease_until IS NULL OR lease_until < $1) AND attempts >= $2",
+        )
+        .bind(now)
+        .bind(i64::from(max_attempts))
+        .execute(&mut *tx)
+        .await?;
         // The guard is repeated in the outer WHERE: of two racing claimers only one sees
         // the row still unleased when it updates, the other updates nothing.
         let rows: Vec<rows::ClaimRow> = sqlx::query_as(
@@ -388,14 +476,15 @@ impl Store {
                  ORDER BY next_attempt_at, created_at
                  LIMIT $4)
                AND status = 'queued' AND (lease_until IS NULL OR lease_until < $3)
-             RETURNING id, attempts, recipient, subject, body",
+             RETURNING id, attempts, lease_until, recipient, subject, body",
         )
         .bind(token.to_string())
         .bind(now.saturating_add(duration_ms(lease)))
         .bind(now)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(rows.into_iter().filter_map(|r| r.into_job(token)).collect())
     }
 
@@ -409,7 +498,7 @@ impl Store {
         .bind(now_ms())
         .bind(job.id.to_string())
         .bind(job.lease_token.to_string())
-        .execute(&self.pool)
+        .execute(&self.background)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -430,7 +519,7 @@ impl Store {
         .bind(error)
         .bind(job.id.to_string())
         .bind(job.lease_token.to_string())
-        .execute(&self.pool)
+        .execute(&self.background)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -445,7 +534,7 @@ impl Store {
         .bind(error)
         .bind(job.id.to_string())
         .bind(job.lease_token.to_string())
-        .execute(&self.pool)
+        .execute(&self.background)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -459,7 +548,7 @@ impl Store {
         )
         .bind(job.id.to_string())
         .bind(job.lease_token.to_string())
-        .execute(&self.pool)
+        .execute(&self.background)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -471,7 +560,7 @@ impl Store {
                              THEN lease_until ELSE next_attempt_at END)
              FROM notifications WHERE status = 'queued'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.background)
         .await?;
         Ok(next.map(from_ms))
     }
@@ -534,33 +623,27 @@ impl Store {
             .collect())
     }
 
-    /// Deletes up to `batch` dedup records (and order states) older than `retention`;
-    /// returns how many rows went. Bounded so one run never holds the write lock for long.
+    /// Deletes up to `batch` dedup records older than `retention`; returns how many went.
+    /// Bounded so one run never holds the write lock for long.
+    ///
+    /// `order_states` is kept: it is what says an order was paid, and a late event under a
+    /// new webhook id must still be judged against it (rows are small: one per order).
     pub async fn delete_expired(
         &self,
         retention: Duration,
         batch: u32,
     ) -> Result<u64, sqlx::Error> {
         let cutoff = now_ms().saturating_sub(duration_ms(retention));
-        let webhooks = sqlx::query(
+        let deleted = sqlx::query(
             "DELETE FROM received_webhooks WHERE webhook_id IN (
                  SELECT webhook_id FROM received_webhooks WHERE received_at < $1 LIMIT $2)",
         )
         .bind(cutoff)
         .bind(i64::from(batch))
-        .execute(&self.pool)
+        .execute(&self.background)
         .await?
         .rows_affected();
-        let states = sqlx::query(
-            "DELETE FROM order_states WHERE order_id IN (
-                 SELECT order_id FROM order_states WHERE updated_at < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(i64::from(batch))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(webhooks + states)
+        Ok(deleted)
     }
 }
 
@@ -607,6 +690,19 @@ mod tests {
         );
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T));
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T - 1));
+    }
+
+    #[tokio::test]
+    async fn a_bad_database_url_is_reported_without_its_password() {
+        for url in [
+            "postgres://app:s3cret@db:5432/n",
+            "sqlite://app:s3cret@db/n.db?mode=nonsense",
+        ] {
+            let err = Store::connect(url).await.unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("DATABASE_URL"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
     }
 
     #[test]

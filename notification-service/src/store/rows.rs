@@ -149,6 +149,7 @@ impl ReceivedWebhookRow {
 pub(super) struct ClaimRow {
     id: String,
     attempts: i64,
+    lease_until: i64,
     recipient: String,
     subject: String,
     body: String,
@@ -164,6 +165,7 @@ impl ClaimRow {
             id,
             lease_token,
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            lease_until: from_ms(self.lease_until),
             to: self.recipient,
             subject: self.subject,
             body: self.body,

@@ -20,6 +20,11 @@ use crate::config::WorkerSettings;
 use crate::mailer::{Email, MailError, Mailer};
 use crate::store::{ClaimedJob, Store};
 
+/// First pause before retrying a failed outcome write; doubles up to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between outcome write attempts.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// What happened to one claimed job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -31,8 +36,8 @@ pub enum JobOutcome {
     Failed,
     /// Handed back unsent because of shutdown.
     Released,
-    /// The outcome could not be recorded (lease lost or database error); the lease will
-    /// expire and the job will be tried again.
+    /// The outcome could not be recorded (lease lost, or the database failed until the
+    /// lease ran out); the lease expires and the job is tried again.
     Unrecorded,
 }
 
@@ -73,7 +78,10 @@ impl EmailWorker {
     /// Returns how many jobs it claimed. For tests and tools that drive the worker.
     pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
         let limit = self.settings.concurrency.min(self.settings.batch_size);
-        let jobs = self.store.claim_due(limit, self.settings.lease).await?;
+        let jobs = self
+            .store
+            .claim_due(limit, self.settings.lease, self.settings.max_attempts)
+            .await?;
         let claimed = jobs.len();
         let never = CancellationToken::new();
         let mut set = JoinSet::new();
@@ -125,7 +133,11 @@ impl EmailWorker {
                     Err(_) => break,
                 }
             }
-            match self.store.claim_due(held.len(), self.settings.lease).await {
+            match self
+                .store
+                .claim_due(held.len(), self.settings.lease, self.settings.max_attempts)
+                .await
+            {
                 Ok(jobs) if jobs.is_empty() => {
                     drop(held);
                     self.idle(&shutdown).await;
@@ -200,32 +212,36 @@ impl EmailWorker {
                 body: job.body.clone(),
             };
             // A send must end well inside the lease, or another worker could claim the job
-            // while it is still being sent.
-            let send_limit = self.settings.lease.mul_f32(0.75);
+            // while it is still being sent (config validation keeps the send timeout below).
             let result = tokio::select! {
                 () = hard_stop.cancelled() => None,
-                r = tokio::time::timeout(send_limit, self.mailer.send(&email)) => Some(
+                r = tokio::time::timeout(self.settings.send_limit(), self.mailer.send(&email)) => Some(
                     r.unwrap_or_else(|_| Err(MailError::Transient("send timed out".into())))
                 ),
             };
             let recorded = match result {
-                None => self.store.release(&job).await.map(|ok| (ok, JobOutcome::Released)),
-                Some(Ok(())) => self.store.mark_sent(&job).await.map(|ok| (ok, JobOutcome::Sent)),
+                None => self
+                    .record(&job, || self.store.release(&job))
+                    .await
+                    .map(|ok| (ok, JobOutcome::Released)),
+                Some(Ok(())) => self
+                    .record(&job, || self.store.mark_sent(&job))
+                    .await
+                    .map(|ok| (ok, JobOutcome::Sent)),
                 Some(Err(e)) => {
                     let give_up = matches!(e, MailError::Permanent(_))
                         || job.attempts >= self.settings.max_attempts;
                     let message = e.to_string();
                     if give_up {
                         tracing::warn!(error = %message, "email failed for good");
-                        self.store
-                            .mark_failed(&job, &message)
+                        self.record(&job, || self.store.mark_failed(&job, &message))
                             .await
                             .map(|ok| (ok, JobOutcome::Failed))
                     } else {
                         let delay = self.backoff(job.attempts);
                         tracing::info!(error = %message, retry_in_ms = delay.as_millis() as u64, "email failed; will retry");
-                        self.store
-                            .schedule_retry(&job, OffsetDateTime::now_utc() + delay, &message)
+                        let retry_at = OffsetDateTime::now_utc() + delay;
+                        self.record(&job, || self.store.schedule_retry(&job, retry_at, &message))
                             .await
                             .map(|ok| (ok, JobOutcome::Retrying))
                     }
@@ -250,6 +266,32 @@ impl EmailWorker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs `write` (recording a job's outcome) until it succeeds or the job's lease ends.
+    /// A database hiccup right after a successful send must not turn into a second email:
+    /// while the lease holds nobody else may send the job, so keep trying that long.
+    async fn record<F, Fut>(&self, job: &ClaimedJob, mut write: F) -> Result<bool, sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+    {
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            match write().await {
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    let left = Duration::try_from(job.lease_until - OffsetDateTime::now_utc())
+                        .unwrap_or(Duration::ZERO);
+                    if left <= pause {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "recording the email job outcome failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+            }
+        }
     }
 
     /// Exponential backoff with jitter: base * 2^(attempt-1), capped, then a random point in

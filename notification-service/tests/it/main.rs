@@ -2,7 +2,10 @@
 mod api;
 mod crash;
 mod intake;
+mod limits;
+mod ordering;
 mod ratelimit;
+mod run;
 mod smtp;
 mod support;
 mod worker;

@@ -117,7 +117,7 @@ async fn shutdown_releases_a_job_whose_send_does_not_finish_in_the_grace_period(
     assert_eq!(n["attempts"], 0, "the unfinished attempt is refunded");
     let reclaimed = app
         .store
-        .claim_due(10, Duration::from_secs(60))
+        .claim_due(10, Duration::from_secs(60), 8)
         .await
         .unwrap();
     assert_eq!(reclaimed.len(), 1, "released at once, not after the lease");
@@ -166,4 +166,57 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
     let r = app.deliver(&old, &old_event).await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
     assert_eq!(app.notifications().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_database_hiccup_after_a_send_is_ridden_out_without_a_second_email() {
+    let app = TestApp::spawn().await;
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    // For the next second, recording a notification as sent fails, as it would while the
+    // database is locked or unreachable.
+    for statement in [
+        "CREATE TABLE outage (until_ms INTEGER NOT NULL)",
+        "CREATE TRIGGER outage_blocks_sent BEFORE UPDATE OF status ON notifications
+         WHEN NEW.status = 'sent' AND EXISTS (
+             SELECT 1 FROM outage
+             WHERE until_ms > (julianday('now') - 2440587.5) * 86400000.0)
+         BEGIN SELECT RAISE(ABORT, 'simulated database outage'); END",
+    ] {
+        sqlx::query(statement)
+            .execute(app.store.pool())
+            .await
+            .unwrap();
+    }
+    let until = notification_service::store::to_ms(now() + time::Duration::seconds(1));
+    sqlx::query("INSERT INTO outage (until_ms) VALUES ($1)")
+        .bind(until)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+
+    assert_eq!(app.worker.run_once().await.unwrap(), 1);
+    let n = only_notification(&app).await;
+    assert_eq!(n["status"], "sent", "{n}");
+    assert_eq!(n["attempts"], 1);
+    assert_eq!(app.mailer.sent().len(), 1);
+    assert_eq!(app.worker.run_until_idle().await.unwrap(), 0);
+    assert_eq!(app.mailer.sent().len(), 1, "no second email");
+}
+
+#[tokio::test]
+async fn the_worker_records_its_work_while_requests_hold_every_request_connection() {
+    let app = TestApp::spawn().await;
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    let mut taken = Vec::new();
+    for _ in 0..8 {
+        taken.push(app.store.pool().acquire().await.unwrap());
+    }
+    let claimed = tokio::time::timeout(DEADLINE, app.worker.run_once())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed, 1);
+    drop(taken);
+    assert_eq!(only_notification(&app).await["status"], "sent");
+    assert_eq!(app.mailer.sent().len(), 1);
 }
