@@ -50,6 +50,7 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
     let mut seen: Vec<(i64, String)> = Vec::new();
     let mut after = String::new();
     let start = Instant::now();
+    let mut pages_while_writing = 0;
     loop {
         // Read before paging: an empty page after the writers are done means the end.
         let writers_done = writers.is_finished();
@@ -58,21 +59,27 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
             .await;
         assert_eq!(status, 200, "{page}");
         let items = page["items"].as_array().unwrap();
+        if !writers_done && !items.is_empty() {
+            pages_while_writing += 1;
+        }
         for item in items {
             let cursor: i64 = item["cursor"].as_str().unwrap().parse().unwrap();
             seen.push((cursor, item["id"].as_str().unwrap().to_owned()));
             after = cursor.to_string();
         }
-        if items.len() == 7 {
-            assert_eq!(page["next_cursor"].as_str(), Some(after.as_str()));
-        } else {
-            assert!(page["next_cursor"].is_null());
+        // A cursor only on a full page with more behind it (a full page that happens to
+        // end the history has none).
+        match page["next_cursor"].as_str() {
+            Some(next) => assert!(items.len() == 7 && next == after, "{page}"),
+            None => assert!(items.len() <= 7),
         }
         if items.is_empty() && writers_done {
             break;
         }
         assert!(start.elapsed() < DEADLINE, "paging did not finish");
     }
+    // Reported, not asserted: how much paging actually overlapped the inserts.
+    eprintln!("{pages_while_writing} non-empty pages were read while orders were being written");
     let created = writers.await.unwrap();
     assert_eq!(created.len(), WRITERS * ORDERS_PER_WRITER);
     let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
