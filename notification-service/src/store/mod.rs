@@ -87,6 +87,10 @@ pub enum IntakeOutcome {
 }
 
 impl IntakeOutcome {
+    /// The `received_webhooks.outcome` it is recorded as. A row is inserted as `pending` and
+    /// set to one of these in the same transaction, so `pending` is never seen committed.
+    /// (The comment in migration 0001 calls the rule `decide_outcome`: it is [`decide`]; the
+    /// applied migration is left unedited because sqlx refuses a changed checksum.)
     fn recorded_as(&self) -> &'static str {
         match self {
             IntakeOutcome::Queued { .. } => "queued",
