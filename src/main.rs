@@ -141,6 +141,8 @@ async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result
         format!("--admin-token={admin_token}"),
         format!("--notification-webhook-url={notifications_url}/webhooks/orders"),
         format!("--webhook-secret={}", secret.expose_whsec()),
+        // The receiver is on 127.0.0.1, which the SSRF guard refuses by default.
+        "--allow-private-webhook-targets=true".to_owned(),
     ])
     .context("invalid orders-service settings")?;
 

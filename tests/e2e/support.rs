@@ -47,7 +47,7 @@ pub fn free_port() -> u16 {
 pub struct Service {
     kind: Kind,
     port: u16,
-    env: Vec<(String, String)>,
+    env: Mutex<Vec<(String, String)>>,
     log_path: PathBuf,
     /// The running process; a std mutex is fine, it is never held across an await.
     child: Mutex<Option<Child>>,
@@ -60,7 +60,7 @@ impl Service {
         let service = Service {
             kind,
             port,
-            env,
+            env: Mutex::new(env),
             log_path: dir.join(format!("{}.log", kind.subcommand())),
             child: Mutex::new(None),
             base_url: format!("http://127.0.0.1:{port}"),
@@ -84,11 +84,24 @@ impl Service {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.env
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         *child = Some(cmd.spawn().expect("spawn webhooks-demo"));
+    }
+
+    /// Changes a setting for the next [`Service::start`].
+    pub fn set_env(&self, key: &str, value: &str) {
+        let mut env = self.env.lock().unwrap();
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
     }
 
     /// `kill -9`: no shutdown hook runs, in-flight work is cut off.
@@ -145,7 +158,8 @@ pub struct Demo {
     pub admin_token: String,
     pub secret: Secret,
     pub http: reqwest::Client,
-    dir: TempDir,
+    /// Holds both databases and logs; deleted when the test ends.
+    _dir: TempDir,
 }
 
 /// Settings both services get in every test: fast retries so recovery takes milliseconds.
@@ -203,15 +217,11 @@ impl Demo {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            dir,
+            _dir: dir,
         };
         demo.wait_healthy(&demo.notifications).await;
         demo.wait_healthy(&demo.orders).await;
         demo
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Polls `GET /healthz` until it answers 200.
@@ -393,4 +403,71 @@ impl JsonBody for reqwest::RequestBuilder {
         self.header("content-type", "application/json")
             .body(serde_json::to_vec(body).unwrap())
     }
+}
+
+/// The management API of orders-service, as the tests use it.
+impl Demo {
+    async fn admin_get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(self.orders.url(path))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .unwrap_or_else(|e| self.fail(&format!("GET {path} failed: {e}")));
+        let status = response.status();
+        let json = read_json(response).await;
+        if !status.is_success() {
+            self.fail(&format!("GET {path} answered {status}: {json}"));
+        }
+        json
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.orders.url(path))
+            .bearer_auth(&self.admin_token)
+            .json_body(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| self.fail(&format!("POST {path} failed: {e}")));
+        let status = response.status();
+        let json = read_json(response).await;
+        if !status.is_success() {
+            self.fail(&format!("POST {path} answered {status}: {json}"));
+        }
+        json
+    }
+
+    /// `GET /events/{id}` of an order's event: the event with its deliveries and attempts.
+    pub async fn event_of(&self, order: &Value) -> Value {
+        let event_id = order["event_id"]
+            .as_str()
+            .unwrap_or_else(|| self.fail(&format!("order without event_id: {order}")));
+        self.admin_get(&format!("/events/{event_id}")).await
+    }
+
+    /// The deliveries of an order's event (one per subscribed endpoint).
+    pub async fn deliveries_of(&self, order: &Value) -> Vec<Value> {
+        self.event_of(order).await["deliveries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The single endpoint subscribed from configuration.
+    pub async fn endpoint_id(&self) -> String {
+        let endpoints = self.admin_get("/endpoints").await;
+        let items = endpoints["items"].as_array().cloned().unwrap_or_default();
+        if items.len() != 1 {
+            self.fail(&format!("expected exactly one endpoint, got {endpoints}"));
+        }
+        items[0]["id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The attempts of a delivery, as listed by `GET /events/{id}`.
+pub fn attempts(delivery: &Value) -> Vec<Value> {
+    delivery["attempts"].as_array().cloned().unwrap_or_default()
 }
