@@ -171,6 +171,9 @@ fn orders_env(dir: &Path, token: &str, secret: &Secret, receiver: &str) -> Vec<(
         ("NOTIFICATION_WEBHOOK_URL".into(), receiver.into()),
         ("RETRY_SCHEDULE".into(), "50ms,100ms,200ms,400ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms".into()),
         ("DISPATCH_SWEEP_INTERVAL".into(), "100ms".into()),
+        // Short leases so work cut off by kill -9 is picked up again within seconds.
+        ("WEBHOOK_TIMEOUT".into(), "2s".into()),
+        ("DISPATCH_LEASE".into(), "7s".into()),
         ("ALLOW_PRIVATE_WEBHOOK_TARGETS".into(), "true".into()),
     ]
 }
@@ -183,6 +186,8 @@ fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String, Str
         ),
         ("ADMIN_TOKEN".into(), token.into()),
         ("WEBHOOK_SECRET".into(), secrets.into()),
+        ("WORKER_LEASE_SECS".into(), "3".into()),
+        ("WORKER_POLL_MS".into(), "100".into()),
     ]
 }
 
@@ -280,6 +285,51 @@ impl Demo {
             self.fail(&format!("POST /orders answered {status}: {json}"));
         }
         json
+    }
+
+    /// `POST /orders` from a client that may lose its connection (the service is being
+    /// killed): `Some(order)` when acknowledged with 201, `None` when the request failed in
+    /// transit. Any other status fails the test.
+    pub async fn try_create_order(&self, body: Value) -> Option<Value> {
+        let response = self
+            .http
+            .post(self.orders.url("/orders"))
+            .json_body(&body)
+            .send()
+            .await
+            .ok()?;
+        let status = response.status();
+        let json = read_json(response).await;
+        if status.as_u16() != 201 {
+            self.fail(&format!("POST /orders answered {status}: {json}"));
+        }
+        Some(json)
+    }
+
+    /// Every order orders-service has committed, by id, following `next_cursor`.
+    pub async fn committed_order_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = self.orders.url("/orders?limit=100");
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let response = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .unwrap_or_else(|e| self.fail(&format!("GET /orders: {e}")));
+            let page = read_json(response).await;
+            for order in page["items"].as_array().cloned().unwrap_or_default() {
+                ids.push(order["id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return ids,
+            }
+        }
     }
 
     /// A typical order for `email`.
