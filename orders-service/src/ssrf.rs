@@ -172,6 +172,7 @@ static FORBIDDEN: LazyLock<Vec<(IpNet, &'static str)>> = LazyLock::new(|| {
         (v4(240, 0, 0, 0, 4), "reserved or broadcast"),
         (v6("::", 128), "unspecified"),
         (v6("::1", 128), "loopback"),
+        (v6("64:ff9b:1::", 48), "local-use NAT64"),
         (v6("100::", 64), "discard-only"),
         (v6("2001::", 23), "IETF protocol assignment"),
         (v6("2001:db8::", 32), "documentation"),
@@ -198,8 +199,10 @@ pub fn forbidden_kind(addr: IpAddr) -> Option<&'static str> {
 }
 
 /// The IPv4 address an IPv6 address stands for, where the network would route it there:
-/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and
-/// 6to4 (`2002:AABB:CCDD::/48`).
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`, SIIT),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`).
+/// Local-use NAT64 (`64:ff9b:1::/48`) may embed the address at several offsets, so it is
+/// refused as a whole range instead.
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
@@ -214,7 +217,9 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     match s {
         // `::` and `::1` are their own IPv6 cases, not 0.0.0.0 and 0.0.0.1.
         [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
-        [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
+        [0, 0, 0, 0, 0, 0, _, _]
+        | [0, 0, 0, 0, 0xffff, 0, _, _]
+        | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
         [0x2002, a, b, ..] => Some(Ipv4Addr::new(
             (a >> 8) as u8,
             (a & 0xff) as u8,
@@ -300,6 +305,21 @@ mod tests {
         }
         assert_eq!(kind("169.254.169.254"), Some("link-local (cloud metadata)"));
         assert_eq!(kind("::ffff:127.0.0.1"), Some("loopback"));
+    }
+
+    #[test]
+    fn local_use_nat64_and_ipv4_translated_addresses_are_refused() {
+        // 64:ff9b:1::/48 is for local NAT64 deployments: it reaches the local network.
+        assert_eq!(kind("64:ff9b:1::a00:1"), Some("local-use NAT64"));
+        assert_eq!(kind("64:ff9b:1:ffff::8.8.8.8"), Some("local-use NAT64"));
+        // IPv4-translated (SIIT) addresses stand for the IPv4 address in their tail.
+        assert_eq!(kind("::ffff:0:127.0.0.1"), Some("loopback"));
+        assert_eq!(kind("::ffff:0:10.0.0.1"), Some("private"));
+        assert_eq!(
+            kind("::ffff:0:169.254.169.254"),
+            Some("link-local (cloud metadata)")
+        );
+        assert_eq!(kind("::ffff:0:8.8.8.8"), None);
     }
 
     #[test]
