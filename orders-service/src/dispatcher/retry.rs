@@ -22,13 +22,17 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The delay after the `attempts`-th failed attempt, or `None` when the retries are used up.
-    /// A `Retry-After` from the receiver replaces the schedule's delay, cut to the maximum.
+    ///
+    /// A `Retry-After` from the receiver can only push the retry later than the schedule (up
+    /// to `retry_after_max`), never earlier: a proxy answering `Retry-After: 0` (or a date in
+    /// the past) in front of a down receiver would otherwise burn the whole ~3-day schedule
+    /// in milliseconds and dead-letter the event at once.
     pub fn next_delay(&self, attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
-        let scheduled = self.schedule.delay_after(attempts)?;
-        if let Some(asked) = retry_after {
-            return Some(asked.min(self.retry_after_max));
-        }
-        Some(jitter(scheduled, self.jitter_percent))
+        let scheduled = jitter(self.schedule.delay_after(attempts)?, self.jitter_percent);
+        Some(match retry_after {
+            Some(asked) => asked.min(self.retry_after_max).max(scheduled),
+            None => scheduled,
+        })
     }
 }
 
@@ -112,7 +116,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_replaces_the_schedule_up_to_the_maximum() {
+    fn retry_after_postpones_the_schedule_up_to_the_maximum() {
         let p = policy(&[10, 20], 0);
         assert_eq!(
             p.next_delay(1, Some(Duration::from_secs(3))),
@@ -121,6 +125,33 @@ mod tests {
         assert_eq!(
             p.next_delay(2, Some(Duration::from_secs(3600))),
             Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn retry_after_zero_or_in_the_past_never_shortens_the_schedule() {
+        let p = policy(&[5000, 30_000], 0);
+        assert_eq!(
+            p.next_delay(1, Some(Duration::ZERO)),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            p.next_delay(2, Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(30))
+        );
+        // A past HTTP date parses as zero and is treated the same way.
+        let now = time::macros::datetime!(2026-11-22 20:00:00 UTC);
+        let past = parse_retry_after("Sun, 22 Nov 2026 19:00:00 GMT", now);
+        assert_eq!(p.next_delay(1, past), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_scheduled_delay_longer_than_the_retry_after_maximum_is_kept() {
+        // retry_after_max is 60 s; the schedule's 2 minutes still wins.
+        let p = policy(&[120_000], 0);
+        assert_eq!(
+            p.next_delay(1, Some(Duration::from_secs(3600))),
+            Some(Duration::from_secs(120))
         );
     }
 
