@@ -98,7 +98,28 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
+
+    /// Longest time one HTTP request may take, body upload included; slower ones get 408.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+
+    /// HTTP requests handled at the same time, at most (`/healthz` aside); more get 503 with
+    /// `Retry-After`.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
+
+    /// Deliveries to one endpoint attempted at the same time, at most, so that one slow
+    /// receiver cannot hold every dispatch slot.
+    #[arg(long, env = "DISPATCH_PER_ENDPOINT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub dispatch_per_endpoint_concurrency: u32,
 }
+
+/// Longest accepted `REQUEST_TIMEOUT_SECS`.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
+
+/// How much longer than `WEBHOOK_TIMEOUT` a lease must be: an attempt that times out still
+/// has to record its outcome (retrying a busy database) before another worker may claim it.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why the configuration was refused; each message names the setting.
 #[derive(Debug, thiserror::Error)]
@@ -150,13 +171,26 @@ impl Config {
         if self.webhook_timeout.is_zero() {
             return Err(invalid("WEBHOOK_TIMEOUT", "must be greater than zero"));
         }
-        if self.dispatch_lease <= self.webhook_timeout {
+        if self.dispatch_lease < self.webhook_timeout.saturating_add(LEASE_MARGIN) {
             return Err(invalid(
                 "DISPATCH_LEASE",
                 format!(
-                    "must be longer than WEBHOOK_TIMEOUT ({:?}), or attempts still running would be claimed twice",
-                    self.webhook_timeout
+                    "must be at least WEBHOOK_TIMEOUT ({:?}) + {:?}, or an attempt still running or \
+                     still recording its outcome could be claimed and sent twice",
+                    self.webhook_timeout, LEASE_MARGIN
                 ),
+            ));
+        }
+        if !(1..=MAX_REQUEST_TIMEOUT_SECS).contains(&self.request_timeout_secs) {
+            return Err(invalid(
+                "REQUEST_TIMEOUT_SECS",
+                format!("must be between 1 and {MAX_REQUEST_TIMEOUT_SECS}"),
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_concurrent_requests) {
+            return Err(invalid(
+                "MAX_CONCURRENT_REQUESTS",
+                "must be between 1 and 10000",
             ));
         }
         if self.dispatch_sweep_interval.is_zero() {
@@ -205,6 +239,12 @@ impl fmt::Debug for Config {
                 &self.allow_private_webhook_targets,
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field(
+                "dispatch_per_endpoint_concurrency",
+                &self.dispatch_per_endpoint_concurrency,
+            )
             .finish()
     }
 }
@@ -319,7 +359,26 @@ mod tests {
 
     #[test]
     fn bad_settings_fail_validation_naming_the_setting() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 9] = [
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--webhook-timeout",
+                    "2s",
+                    "--dispatch-lease",
+                    "6999ms",
+                ],
+                "DISPATCH_LEASE",
+            ),
+            (
+                &["--admin-token", TOKEN, "--request-timeout-secs", "0"],
+                "REQUEST_TIMEOUT_SECS",
+            ),
+            (
+                &["--admin-token", TOKEN, "--max-concurrent-requests", "0"],
+                "MAX_CONCURRENT_REQUESTS",
+            ),
             (
                 &[
                     "--admin-token",
@@ -376,6 +435,26 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(err.contains("--retry-schedule"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_five_seconds_longer_than_the_timeout_is_enough() {
+        let config = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            TOKEN,
+            "--webhook-timeout",
+            "2s",
+            "--dispatch-lease",
+            "7s",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let defaults = Config::try_parse_from(["orders-service", "--admin-token", TOKEN]).unwrap();
+        defaults.validate().unwrap();
+        assert_eq!(defaults.request_timeout_secs, 10);
+        assert_eq!(defaults.max_concurrent_requests, 64);
+        assert_eq!(defaults.dispatch_per_endpoint_concurrency, 4);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use webhook_common::error_body::ErrorBody;
@@ -41,14 +44,49 @@ pub enum ApiError {
     /// 405: the route exists but not with this method.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// 503 with `Retry-After`: the database is busy (locked by a long write, or no pooled
+    /// connection came free in time). Nothing was changed; the same request can be sent again.
+    #[error("the service is busy right now; please retry shortly")]
+    Unavailable(anyhow::Error),
+    /// 503 with `Retry-After`: too many requests are in progress.
+    #[error("too many requests in progress; please retry shortly")]
+    Overloaded,
     /// 500: a failure of ours; the body says nothing more, the log says everything.
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+/// Whether `e` is SQLite saying "busy" or "locked" (primary codes 5 and 6, including extended
+/// codes such as 517 `SQLITE_BUSY_SNAPSHOT`), or the pool running out of time for a
+/// connection: conditions that pass, so the client is told to retry rather than given a 500.
+pub fn is_transient_db_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        let transient = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<sqlx::Error>())
+            .any(is_transient_db_error);
+        if transient {
+            ApiError::Unavailable(e)
+        } else {
+            ApiError::Internal(e)
+        }
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
+        ApiError::from(anyhow::Error::from(e))
     }
 }
 
@@ -87,6 +125,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +145,8 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::NoRoute(_) => "no_route",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded => "overloaded",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -114,8 +155,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal(e) = &self {
-            tracing::error!(error = format!("{e:#}"), "request failed");
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = format!("{e:#}"), "database busy; answered 503");
+            }
+            _ => {}
         }
         let message = match &self {
             ApiError::Validation(fields) => {
@@ -132,11 +177,131 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+/// A stable code for a status that axum or tower produced on its own.
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+        s if s.is_server_error() => "internal_error",
+        _ => "error",
+    }
+}
+
+/// Largest plain-text rejection body read to reuse as the message; axum's are one line.
+const MAX_REJECTION_TEXT: usize = 4096;
+
+/// Rewrites any error response that is not already JSON (extractor rejections such as a bad
+/// `Path` or a too-large `Bytes` body, the request timeout, the concurrency limit) into an
+/// [`ErrorBody`], keeping status and headers such as `Allow` and `Retry-After`. Handlers
+/// return [`ApiError`] already; this catches what never reaches them.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = if status == StatusCode::REQUEST_TIMEOUT {
+        "the request was not completed in time; send it again without pauses".to_owned()
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        "too many requests in progress; please retry shortly".to_owned()
+    } else if status.is_server_error() {
+        // Never echo internals to the client.
+        "internal error".to_owned()
+    } else {
+        match axum::body::to_bytes(body, MAX_REJECTION_TEXT).await {
+            Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_owned(),
+            _ => status
+                .canonical_reason()
+                .unwrap_or("request refused")
+                .to_owned(),
+        }
+    };
+    let body = ErrorBody::new(code_for(status), text);
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE && !parts.headers.contains_key(header::RETRY_AFTER)
+    {
+        parts
+            .headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr as _;
+    use std::time::Duration;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{Connection as _, SqliteConnection};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_locked_database_is_a_503_with_retry_after_not_a_500() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("busy.db").display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .busy_timeout(Duration::ZERO);
+        let mut holder = SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut other = SqliteConnection::connect_with(&options).await.unwrap();
+        let err = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert!(is_transient_db_error(&err), "{err:?}");
+        // As the store returns it: wrapped in anyhow with context.
+        let api = ApiError::from(anyhow::Error::from(err).context("creating an order"));
+        let response = api.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+
+        let timed_out = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let other = ApiError::from(sqlx::Error::RowNotFound).into_response();
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -22,12 +22,17 @@ pub mod ssrf;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::Router;
+use axum::http::StatusCode;
+use axum::{middleware, Router};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use webhook_common::EventType;
 
@@ -51,18 +56,42 @@ pub struct AppState {
     pub admin_token: api::admin::AdminToken,
     /// `ALLOW_PRIVATE_WEBHOOK_TARGETS`: when false, endpoint URLs must point at public addresses.
     pub allow_private_targets: bool,
+    /// `REQUEST_TIMEOUT_SECS`: longest time one request may take, body upload included.
+    pub request_timeout: Duration,
+    /// `MAX_CONCURRENT_REQUESTS`: requests handled at once, at most (503 beyond).
+    pub max_concurrent_requests: usize,
 }
 
 /// The router with every route and the JSON fallbacks. Does no I/O.
 pub fn build_app(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
-        .merge(api::health::router())
+    // Requests beyond the bound are shed with 503 and `Retry-After` rather than queued, so
+    // slow clients cannot pile up work; `/healthz` stays outside it so probes still answer.
+    let bounded = Router::new()
         .merge(api::orders::router())
         .merge(api::admin::router(state.clone()))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    error::ApiError::Overloaded
+                }))
+                .load_shed()
+                .concurrency_limit(state.max_concurrent_requests),
+        );
+    Router::new()
+        .merge(api::health::router())
+        .merge(bounded)
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        // Inner to outer: a request that takes too long (a client trickling its body, say)
+        // becomes a 408 — the handlers read the body inside it — and every error that is not
+        // JSON yet (extractor rejections, the timeout) becomes our JSON body.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.request_timeout,
+        ))
+        .layer(middleware::from_fn(error::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -87,6 +116,8 @@ pub async fn run(
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         admin_token: api::admin::AdminToken::new(&config.admin_token),
         allow_private_targets: config.allow_private_webhook_targets,
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
+        max_concurrent_requests: config.max_concurrent_requests,
     };
     let app = build_app(state);
 

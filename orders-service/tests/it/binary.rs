@@ -37,7 +37,7 @@ impl Service {
             .env("WEBHOOK_SECRET", secret.expose_whsec())
             .env("RETRY_SCHEDULE", schedule.join(","))
             .env("WEBHOOK_TIMEOUT", "1s")
-            .env("DISPATCH_LEASE", "2s")
+            .env("DISPATCH_LEASE", "6s")
             .env("DISPATCH_SWEEP_INTERVAL", "100ms")
             .env("ALLOW_PRIVATE_WEBHOOK_TARGETS", "true")
             .env("RUST_LOG", "warn")

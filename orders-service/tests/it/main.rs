@@ -7,6 +7,7 @@ mod delivery;
 mod durability;
 mod endpoints;
 mod history;
+mod limits;
 mod recovery;
 mod rotation;
 mod ssrf;

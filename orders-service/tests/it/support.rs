@@ -90,7 +90,7 @@ impl TestApp {
         let defaults = [
             ("--retry-jitter-percent", "0"),
             ("--webhook-timeout", "2s"),
-            ("--dispatch-lease", "5s"),
+            ("--dispatch-lease", "7s"),
             ("--dispatch-sweep-interval", "100ms"),
             ("--shutdown-grace", "2s"),
             // Test receivers listen on 127.0.0.1; the SSRF tests pass `false` to turn the
