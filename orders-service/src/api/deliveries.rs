@@ -30,7 +30,8 @@ pub struct DeliveryResponse {
     pub status: String,
     /// Attempts made so far.
     pub attempt_count: u32,
-    /// RFC 3339: when the next attempt is due, while pending.
+    /// RFC 3339: when the next attempt is due, while pending; `null` while its endpoint is
+    /// disabled (paused until it is enabled again).
     pub next_attempt_at: Option<String>,
     /// HTTP status of the last answer.
     pub last_status: Option<u16>,
@@ -71,7 +72,8 @@ impl DeliveryResponse {
             endpoint_id: delivery.endpoint_id,
             status: delivery.status.to_string(),
             attempt_count: delivery.attempts,
-            next_attempt_at: (delivery.status == DeliveryStatus::Pending)
+            next_attempt_at: (delivery.status == DeliveryStatus::Pending
+                && delivery.next_attempt_at != crate::store::PAUSED_AT)
                 .then(|| rfc3339(delivery.next_attempt_at)),
             last_status: delivery.last_status,
             last_error: delivery.last_error.clone(),

@@ -385,7 +385,11 @@ async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let uuid = path_id(&id, "endpoint")?;
-    if !state.store.delete_endpoint(uuid).await? {
+    if !state
+        .store
+        .delete_endpoint(uuid, crate::store::DELETE_BATCH)
+        .await?
+    {
         return Err(ApiError::NotFound(format!("no endpoint with id {id:?}")));
     }
     tracing::info!("endpoint deleted");

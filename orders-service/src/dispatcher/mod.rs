@@ -8,11 +8,13 @@
 mod attempt;
 pub mod retry;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -29,12 +31,21 @@ use crate::store::{now_ms, Store};
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// How long released tasks get to give their leases back after the grace period.
 const RELEASE_BOUND: Duration = Duration::from_secs(5);
+/// How long a delivery that could not be loaded waits before it is tried again: a row that
+/// always fails to load must not spin the loop.
+pub const LOAD_ERROR_BACKOFF: Duration = Duration::from_secs(60);
+/// First pause before recording an attempt's outcome again after a database error; doubles
+/// up to [`RECORD_RETRY_MAX`] while the lease lasts.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The dispatcher's knobs, taken from [`Config`].
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
     /// Attempts in flight at once.
     pub concurrency: u32,
+    /// Attempts in flight to one endpoint at once (across every worker sharing the database).
+    pub per_endpoint: u32,
     /// Most deliveries claimed by one query.
     pub batch_size: u32,
     /// Longest idle wait between sweeps.
@@ -57,6 +68,7 @@ impl DispatcherSettings {
     pub fn from_config(config: &Config) -> Self {
         DispatcherSettings {
             concurrency: config.dispatch_concurrency,
+            per_endpoint: config.dispatch_per_endpoint_concurrency,
             batch_size: config.dispatch_batch_size,
             sweep_interval: config.dispatch_sweep_interval,
             lease: config.dispatch_lease,
@@ -135,6 +147,7 @@ impl Dispatcher {
             .settings
             .batch_size
             .min(self.inner.settings.concurrency);
+        let claimed_at = Instant::now();
         let claimed = self.claim(limit).await?;
         let count = claimed.len();
         let mut set = JoinSet::new();
@@ -142,7 +155,7 @@ impl Dispatcher {
         for (id, token) in claimed {
             let inner = self.inner.clone();
             let never = never.clone();
-            set.spawn(async move { inner.process(id, token, never).await });
+            set.spawn(async move { inner.process(id, token, claimed_at, never).await });
         }
         while set.join_next().await.is_some() {}
         Ok(count)
@@ -162,7 +175,10 @@ impl Dispatcher {
 
     async fn claim(&self, limit: u32) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
         let lease_ms = i64::try_from(self.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
-        self.inner.store.claim_due(limit, lease_ms).await
+        self.inner
+            .store
+            .claim_due(limit, lease_ms, self.inner.settings.per_endpoint)
+            .await
     }
 
     /// The background loop: runs until `shutdown` is cancelled, then lets attempts in flight
@@ -183,27 +199,32 @@ impl Dispatcher {
                 .min(inner.settings.batch_size);
             let mut wait = inner.settings.sweep_interval;
             if limit > 0 {
+                let claimed_at = Instant::now();
+                let claimed_at_ms = now_ms();
                 match self.claim(limit).await {
                     Ok(claimed) => {
-                        let full = claimed.len() == limit as usize;
+                        let any = !claimed.is_empty();
                         for (id, token) in claimed {
                             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
                                 // Only this loop takes permits, so this cannot happen; hand
                                 // the row back rather than exceed the bound.
-                                let _ = inner.store.release(id, token).await;
+                                let _ = inner.store.release(id, token, 0).await;
                                 continue;
                             };
                             let worker = inner.clone();
                             let stop = hard_stop.clone();
                             tracker.spawn(async move {
-                                worker.process_with_slot(id, token, stop, permit).await
+                                worker
+                                    .process_with_slot(id, token, claimed_at, stop, permit)
+                                    .await
                             });
                         }
-                        if full {
-                            // There may be more due right now.
+                        if any {
+                            // There may be more claimable right now (a claim can return
+                            // fewer rows than its limit because of the per-endpoint cap).
                             continue;
                         }
-                        wait = self.time_until_next_due().await;
+                        wait = self.time_until_next_due(claimed_at_ms).await;
                     }
                     Err(e) => {
                         tracing::warn!(
@@ -239,13 +260,18 @@ impl Dispatcher {
         tracing::info!("dispatcher stopped");
     }
 
-    async fn time_until_next_due(&self) -> Duration {
+    /// How long to wait after a claim at `claimed_at_ms` (unix ms) that returned nothing.
+    async fn time_until_next_due(&self, claimed_at_ms: i64) -> Duration {
         let sweep = self.inner.settings.sweep_interval;
         match self.inner.store.next_due_at().await {
+            // Due already when the claim found nothing to take: its endpoint is at its
+            // per-endpoint cap (a finishing attempt wakes the loop) or another replica took
+            // it. Polling would spin, so wait for a wake-up or the sweep.
+            Ok(Some(at)) if at <= claimed_at_ms => sweep,
             Ok(Some(at)) => {
                 let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
-                // A floor keeps a row that is due but not claimable (e.g. lost to another
-                // replica a moment ago) from turning this into a busy loop.
+                // The floor keeps a row that fell due between the claim and now from
+                // turning this into a busy loop.
                 Duration::from_millis(ms.max(2)).min(sweep)
             }
             Ok(None) => sweep,
@@ -262,32 +288,47 @@ impl Inner {
         self: Arc<Self>,
         id: Uuid,
         token: Uuid,
+        claimed_at: Instant,
         hard_stop: CancellationToken,
         permit: OwnedSemaphorePermit,
     ) {
-        self.process(id, token, hard_stop).await;
+        self.process(id, token, claimed_at, hard_stop).await;
         drop(permit);
         self.slot_freed.notify_one();
     }
 
-    async fn process(&self, id: Uuid, token: Uuid, hard_stop: CancellationToken) {
+    async fn process(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        claimed_at: Instant,
+        hard_stop: CancellationToken,
+    ) {
         let span =
             tracing::info_span!("delivery", delivery_id = %id, attempt = tracing::field::Empty);
-        self.process_inner(id, token, hard_stop)
+        self.process_inner(id, token, claimed_at, hard_stop)
             .instrument(span)
             .await;
     }
 
-    async fn process_inner(&self, id: Uuid, token: Uuid, hard_stop: CancellationToken) {
+    async fn process_inner(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        claimed_at: Instant,
+        hard_stop: CancellationToken,
+    ) {
         let job = match self.store.load_job(id, token).await {
             Ok(Some(job)) => job,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    "loading the delivery failed; releasing it"
+                    retry_in_s = LOAD_ERROR_BACKOFF.as_secs(),
+                    "loading the delivery failed; releasing it for later"
                 );
-                let _ = self.store.release(id, token).await;
+                let backoff = i64::try_from(LOAD_ERROR_BACKOFF.as_millis()).unwrap_or(i64::MAX);
+                let _ = self.store.release(id, token, backoff).await;
                 return;
             }
         };
@@ -300,22 +341,26 @@ impl Inner {
                 !self.settings.allow_private_targets,
             ) => report,
             () = hard_stop.cancelled() => {
-                if let Err(e) = self.store.release(id, token).await {
+                if let Err(e) = self.store.release(id, token, 0).await {
                     tracing::warn!(error = format!("{e:#}"), "releasing the lease failed; it will expire");
                 }
                 return;
             }
         };
-        match self
-            .store
-            .finish_attempt(
+        // The receiver has the request; losing its outcome to a database hiccup would send it
+        // again after the lease. Nobody else may take the row while the lease lasts, so keep
+        // trying that long (DISPATCH_LEASE exceeds WEBHOOK_TIMEOUT by at least 5 s for this).
+        let lease_ends = claimed_at + self.settings.lease;
+        let recorded = retry_until(lease_ends, || {
+            self.store.finish_attempt(
                 &job,
                 &report.attempt,
                 &report.outcome,
                 report.error.as_deref(),
             )
-            .await
-        {
+        })
+        .await;
+        match recorded {
             Ok(true) => match &report.outcome {
                 AttemptOutcome::Delivered => tracing::info!(
                     status = report.attempt.status_code,
@@ -346,5 +391,71 @@ impl Inner {
                 "recording the attempt failed; the delivery is retried when its lease expires"
             ),
         }
+    }
+}
+
+/// Runs `write` until it succeeds or a pause before the next try would pass `deadline`,
+/// pausing [`RECORD_RETRY_FIRST`], doubling up to [`RECORD_RETRY_MAX`]; the last error is
+/// returned if it never succeeds.
+pub async fn retry_until<T, F, Fut>(deadline: Instant, mut write: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut pause = RECORD_RETRY_FIRST;
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                    "recording the attempt failed; retrying while the lease lasts"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECORD_RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn recording_an_outcome_is_retried_until_it_succeeds_within_the_lease() {
+        let calls = AtomicU32::new(0);
+        let deadline = Instant::now() + Duration::from_secs(7);
+        let result = retry_until(deadline, || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < 3 {
+                anyhow::bail!("database is locked")
+            }
+            Ok(n)
+        })
+        .await;
+        assert_eq!(result.unwrap(), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recording_gives_up_when_the_lease_would_end() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(7);
+        let result: anyhow::Result<()> = retry_until(deadline, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            anyhow::bail!("database is locked")
+        })
+        .await;
+        assert!(result.is_err());
+        assert!(Instant::now() <= deadline, "{:?}", start.elapsed());
+        assert!(calls.load(Ordering::SeqCst) > 3);
     }
 }

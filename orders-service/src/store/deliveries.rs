@@ -67,25 +67,91 @@ struct AttemptRow {
     outcome: String,
 }
 
-/// Due work, shared by the claim and the next-due query: pending and due, or in flight with
-/// an expired lease (its worker died), and only for enabled endpoints.
+/// `next_attempt_at` of a pending delivery whose endpoint is disabled: beyond every real due
+/// time, so paused rows sit outside the due range of the `(status, next_attempt_at)` index
+/// and no claim or next-due query walks past them. Enabling the endpoint makes them due.
+pub const PAUSED_AT: i64 = i64::MAX;
+
+/// Due work: pending and due, or in flight with an expired lease (its worker died), and only
+/// for enabled endpoints (a backstop: pending rows of disabled endpoints are paused).
 const DUE: &str = "((d.status = 'pending' AND d.next_attempt_at <= $1) \
      OR (d.status = 'in_flight' AND d.lease_expires_at <= $1)) \
      AND d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)";
 
+/// Attempts running now (live leases) to the endpoint of the row `d`.
+const BUSY: &str = "(SELECT COUNT(*) FROM deliveries x WHERE x.endpoint_id = d.endpoint_id \
+     AND x.status = 'in_flight' AND x.lease_expires_at > $1)";
+
+/// The due time to store for a delivery of the row being updated: `at`, or [`PAUSED_AT`]
+/// while its endpoint is disabled. Both are placeholders, e.g. `due_or_paused("$1", "$9")`.
+pub(super) fn due_or_paused(at: &str, paused: &str) -> String {
+    format!(
+        "CASE WHEN EXISTS (SELECT 1 FROM endpoints p WHERE p.id = deliveries.endpoint_id \
+         AND p.enabled = 0) THEN {paused} ELSE {at} END"
+    )
+}
+
+/// Pauses the pending deliveries of `endpoint_id` (just disabled).
+pub(super) async fn pause_endpoint(
+    conn: &mut sqlx::SqliteConnection,
+    endpoint_id: &str,
+) -> anyhow::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = $1 WHERE endpoint_id = $2 AND status = 'pending'",
+    )
+    .bind(PAUSED_AT)
+    .bind(endpoint_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Makes the paused deliveries of `endpoint_id` (just enabled) due at `now`.
+pub(super) async fn resume_endpoint(
+    conn: &mut sqlx::SqliteConnection,
+    endpoint_id: &str,
+    now: i64,
+) -> anyhow::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE deliveries SET next_attempt_at = $1, updated_at = $1 \
+         WHERE endpoint_id = $2 AND status = 'pending' AND next_attempt_at = $3",
+    )
+    .bind(now)
+    .bind(endpoint_id)
+    .bind(PAUSED_AT)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 impl Store {
     /// Claims up to `limit` due deliveries for `lease_ms`, returning their ids and the claim
-    /// token that every later update must present. A delivery claimed by another worker (or
-    /// replica) in the meantime is simply not returned: the outer condition is re-checked by
-    /// the UPDATE itself.
-    pub async fn claim_due(&self, limit: u32, lease_ms: i64) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+    /// token that every later update must present. At most `per_endpoint` deliveries to one
+    /// endpoint are in flight at once (counting live leases held by any worker or replica),
+    /// so a slow receiver cannot take every slot. A delivery claimed by another worker in the
+    /// meantime is simply not returned: the outer condition is re-checked by the UPDATE.
+    ///
+    /// One claim may return fewer rows than could be taken (its candidate window is the
+    /// `limit` oldest due rows of endpoints below the cap); claim again until none come back.
+    pub async fn claim_due(
+        &self,
+        limit: u32,
+        lease_ms: i64,
+        per_endpoint: u32,
+    ) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
         let now = now_ms();
         let token = Uuid::new_v4();
         let sql = format!(
             "UPDATE deliveries SET status = 'in_flight', lease_expires_at = $2, claim_token = $3, \
              updated_at = $1 \
-             WHERE id IN (SELECT d.id FROM deliveries d WHERE {DUE} \
-                          ORDER BY d.next_attempt_at LIMIT $4) \
+             WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT c.id, c.busy, ROW_NUMBER() OVER ( \
+                   PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS rn \
+                 FROM (SELECT d.id, d.endpoint_id, d.next_attempt_at, {BUSY} AS busy \
+                       FROM deliveries d WHERE {DUE} AND {BUSY} < $5 \
+                       ORDER BY d.next_attempt_at LIMIT $4) c \
+               ) r WHERE r.rn + r.busy <= $5) \
              AND ((status = 'pending' AND next_attempt_at <= $1) \
                   OR (status = 'in_flight' AND lease_expires_at <= $1)) \
              RETURNING id"
@@ -95,6 +161,7 @@ impl Store {
             .bind(now.saturating_add(lease_ms))
             .bind(token.to_string())
             .bind(i64::from(limit))
+            .bind(i64::from(per_endpoint))
             .fetch_all(&self.pool)
             .await?;
         ids.into_iter()
@@ -159,12 +226,15 @@ impl Store {
             AttemptOutcome::Failed | AttemptOutcome::EndpointGone => ("failed", now, None),
         };
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, \
+        // A retry of an endpoint disabled meanwhile is paused with the endpoint's other rows.
+        let next = "CASE WHEN $1 = 'pending' AND EXISTS (SELECT 1 FROM endpoints p \
+             WHERE p.id = deliveries.endpoint_id AND p.enabled = 0) THEN $9 ELSE $2 END";
+        let updated = sqlx::query(&format!(
+            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = {next}, \
              delivered_at = $3, last_status = $4, last_error = $5, lease_expires_at = NULL, \
              claim_token = NULL, updated_at = $6 \
-             WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'",
-        )
+             WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'"
+        ))
         .bind(status)
         .bind(next_at)
         .bind(delivered_at)
@@ -173,6 +243,7 @@ impl Store {
         .bind(now)
         .bind(job.delivery_id.to_string())
         .bind(job.claim_token.to_string())
+        .bind(PAUSED_AT)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -204,22 +275,32 @@ impl Store {
             .bind(job.endpoint_id.to_string())
             .execute(&mut *tx)
             .await?;
+            pause_endpoint(&mut tx, &job.endpoint_id.to_string()).await?;
         }
         tx.commit().await?;
         Ok(true)
     }
 
-    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short).
-    pub async fn release(&self, delivery_id: Uuid, claim_token: Uuid) -> anyhow::Result<()> {
+    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short, or
+    /// it could not be loaded), due again after `delay_ms`.
+    pub async fn release(
+        &self,
+        delivery_id: Uuid,
+        claim_token: Uuid,
+        delay_ms: i64,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
-        sqlx::query(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
+        let next = due_or_paused("$4", "$5");
+        sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
              lease_expires_at = NULL, claim_token = NULL, updated_at = $1 \
-             WHERE id = $2 AND claim_token = $3 AND status = 'in_flight'",
-        )
+             WHERE id = $2 AND claim_token = $3 AND status = 'in_flight'"
+        ))
         .bind(now)
         .bind(delivery_id.to_string())
         .bind(claim_token.to_string())
+        .bind(now.saturating_add(delay_ms.max(0)))
+        .bind(PAUSED_AT)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -227,16 +308,31 @@ impl Store {
 
     /// When the earliest not-yet-due work falls due (a retry or an expiring lease), in unix
     /// milliseconds; `None` when there is none.
+    ///
+    /// Two index-ordered lookups (`deliveries_due`, `deliveries_lease`) that stop at the
+    /// first row of an enabled endpoint, instead of one MIN over every pending and in-flight
+    /// row; paused rows lie beyond the range searched.
     pub async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
-        let (at,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(CASE WHEN d.status = 'pending' THEN d.next_attempt_at \
-                             ELSE d.lease_expires_at END) \
-             FROM deliveries d WHERE d.status IN ('pending', 'in_flight') \
-             AND d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)",
-        )
-        .fetch_one(&self.pool)
+        let enabled = "d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)";
+        let pending: Option<(i64,)> = sqlx::query_as(&format!(
+            "SELECT d.next_attempt_at FROM deliveries d \
+             WHERE d.status = 'pending' AND d.next_attempt_at < $1 AND {enabled} \
+             ORDER BY d.next_attempt_at LIMIT 1"
+        ))
+        .bind(PAUSED_AT)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(at)
+        let lease: Option<(i64,)> = sqlx::query_as(&format!(
+            "SELECT d.lease_expires_at FROM deliveries d \
+             WHERE d.status = 'in_flight' AND d.lease_expires_at IS NOT NULL AND {enabled} \
+             ORDER BY d.lease_expires_at LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match (pending, lease) {
+            (Some((a,)), Some((b,))) => Some(a.min(b)),
+            (a, b) => a.or(b).map(|(at,)| at),
+        })
     }
 
     /// The deliveries of an order's events, oldest first.
@@ -280,14 +376,16 @@ impl Store {
     pub async fn retry_delivery(&self, id: Uuid) -> anyhow::Result<RetryOutcome> {
         let now = now_ms();
         let returning = DELIVERY_COLUMNS.replace("d.", "");
+        let next = due_or_paused("$1", "$3");
         let row: Option<DeliveryRow> = sqlx::query_as(&format!(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, \
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
              retry_base = attempts, delivered_at = NULL, lease_expires_at = NULL, \
              claim_token = NULL, updated_at = $1 \
              WHERE id = $2 AND status <> 'in_flight' RETURNING {returning}"
         ))
         .bind(now)
         .bind(id.to_string())
+        .bind(PAUSED_AT)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
@@ -316,8 +414,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Writing first takes SQLite's write lock at once, so the count below sees exactly
         // what the update left.
+        let next = due_or_paused("$4", "$6");
         let requeued = sqlx::query(&format!(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = $4, \
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
              retry_base = attempts, updated_at = $4 \
              WHERE id IN (SELECT d.id {window} ORDER BY e.seq LIMIT $5) AND status = 'failed'"
         ))
@@ -326,6 +425,7 @@ impl Store {
         .bind(until)
         .bind(now)
         .bind(i64::from(limit))
+        .bind(PAUSED_AT)
         .execute(&mut *tx)
         .await?
         .rows_affected();

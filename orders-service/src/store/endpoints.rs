@@ -7,6 +7,7 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 use webhook_common::Secret;
 
+use super::deliveries::{pause_endpoint, resume_endpoint};
 use super::{now_ms, parse_uuid, Store};
 use crate::domain::{Endpoint, EndpointPatch, NewEndpoint, DEFAULT_ROTATION_GRACE};
 
@@ -77,6 +78,13 @@ fn fingerprint(secret: &Secret) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why the configured subscription is disabled when `NOTIFICATION_WEBHOOK_URL` is unset.
+pub const CONFIG_UNSET_REASON: &str = "NOTIFICATION_WEBHOOK_URL is no longer set";
+
+/// How many rows one statement of [`Store::delete_endpoint`] removes: each batch is its own
+/// short transaction, so orders and attempts are not held off the write lock for long.
+pub const DELETE_BATCH: u32 = 500;
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -107,6 +115,8 @@ impl Store {
         // `IS NOT` is SQLite's null-safe inequality (`IS DISTINCT FROM` on PostgreSQL).
         let rotate = "($7 AND endpoints.config_secret_sha256 IS NOT excluded.config_secret_sha256 \
                       AND endpoints.secret <> excluded.secret)";
+        // A changed URL, or a URL set again after it was unset, enables the endpoint.
+        let reenable = "(endpoints.url <> excluded.url OR endpoints.disabled_reason = $10)";
         let sql = format!(
             "INSERT INTO endpoints (id, url, secret, event_types, enabled, config_key, \
              config_secret_sha256, created_at, updated_at) \
@@ -119,26 +129,33 @@ impl Store {
                secret = CASE WHEN {rotate} THEN excluded.secret ELSE endpoints.secret END, \
                config_secret_sha256 = CASE WHEN $7 THEN excluded.config_secret_sha256 \
                                  ELSE endpoints.config_secret_sha256 END, \
-               enabled = CASE WHEN endpoints.url <> excluded.url THEN 1 ELSE endpoints.enabled END, \
-               disabled_reason = CASE WHEN endpoints.url <> excluded.url THEN NULL \
+               enabled = CASE WHEN {reenable} THEN 1 ELSE endpoints.enabled END, \
+               disabled_reason = CASE WHEN {reenable} THEN NULL \
                                  ELSE endpoints.disabled_reason END, \
                url = excluded.url, \
                event_types = excluded.event_types, \
                updated_at = excluded.updated_at \
-             RETURNING id, secret, previous_secret_expires_at"
+             RETURNING id, secret, previous_secret_expires_at, enabled"
         );
-        let (id, stored, expires): (String, String, Option<i64>) = sqlx::query_as(&sql)
-            .bind(Uuid::now_v7().to_string())
-            .bind(url)
-            .bind(&offered)
-            .bind(types)
-            .bind(config_key)
-            .bind(now)
-            .bind(secret.is_some())
-            .bind(secret.map(fingerprint))
-            .bind(grace_until)
-            .fetch_one(&self.pool)
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        let (id, stored, expires, enabled): (String, String, Option<i64>, bool) =
+            sqlx::query_as(&sql)
+                .bind(Uuid::now_v7().to_string())
+                .bind(url)
+                .bind(&offered)
+                .bind(types)
+                .bind(config_key)
+                .bind(now)
+                .bind(secret.is_some())
+                .bind(secret.map(fingerprint))
+                .bind(grace_until)
+                .bind(CONFIG_UNSET_REASON)
+                .fetch_one(&mut *tx)
+                .await?;
+        if enabled {
+            resume_endpoint(&mut tx, &id, now).await?;
+        }
+        tx.commit().await?;
         Ok(EnsuredEndpoint {
             id: parse_uuid(&id)?,
             secret_generated: secret.is_none() && stored == generated.expose_whsec(),
@@ -146,6 +163,27 @@ impl Store {
             secret_rotated: expires == Some(grace_until),
             secret: Secret::parse(&stored)?,
         })
+    }
+
+    /// Disables the endpoint configured under `config_key`, if there is one and it is enabled,
+    /// with [`CONFIG_UNSET_REASON`], pausing its pending deliveries. Returns its id if it was
+    /// disabled now. Setting the URL again ([`Store::ensure_config_endpoint`]) re-enables it.
+    pub async fn disable_config_endpoint(&self, config_key: &str) -> anyhow::Result<Option<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<(String,)> = sqlx::query_as(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 \
+             WHERE config_key = $3 AND enabled = 1 RETURNING id",
+        )
+        .bind(CONFIG_UNSET_REASON)
+        .bind(now_ms())
+        .bind(config_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id,)) = &row {
+            pause_endpoint(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        row.map(|(id,)| parse_uuid(&id)).transpose()
     }
 
     /// Stores a new subscription signed with `secret`.
@@ -219,6 +257,7 @@ impl Store {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()?;
+        let mut tx = self.pool.begin().await?;
         let row: Option<EndpointRow> = sqlx::query_as(&format!(
             "UPDATE endpoints SET \
                url = COALESCE($1, url), \
@@ -237,16 +276,77 @@ impl Store {
         .bind(patch.description.clone().flatten())
         .bind(now_ms())
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        // Disabling pauses its pending deliveries; enabling makes them due now.
+        match (&row, patch.enabled) {
+            (Some(_), Some(false)) => {
+                pause_endpoint(&mut tx, &id.to_string()).await?;
+            }
+            (Some(_), Some(true)) => {
+                resume_endpoint(&mut tx, &id.to_string(), now_ms()).await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
         row.map(Endpoint::try_from).transpose()
     }
 
     /// Deletes an endpoint with its deliveries and their attempts (the events stay); `false`
     /// if there was none.
-    pub async fn delete_endpoint(&self, id: Uuid) -> anyhow::Result<bool> {
+    ///
+    /// One cascading DELETE would hold SQLite's write lock for as long as it takes to remove
+    /// every delivery and attempt, making orders and attempt records wait (or fail). So the
+    /// endpoint is disabled first (nothing new is claimed or queued for it), then its attempts
+    /// and deliveries go in batches of `batch`, each its own short transaction, and the
+    /// endpoint row last. An interrupted delete leaves a disabled endpoint; deleting it again
+    /// finishes the job.
+    pub async fn delete_endpoint(&self, id: Uuid, batch: u32) -> anyhow::Result<bool> {
+        let id = id.to_string();
+        let disabled = sqlx::query(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = 'being deleted', updated_at = $1 \
+             WHERE id = $2",
+        )
+        .bind(now_ms())
+        .bind(&id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if disabled == 0 {
+            return Ok(false);
+        }
+        let batch = i64::from(batch.max(1));
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM delivery_attempts WHERE id IN (SELECT a.id FROM delivery_attempts a \
+                 JOIN deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1 LIMIT $2)",
+            )
+            .bind(&id)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                break;
+            }
+        }
+        loop {
+            // Attempts recorded since the loop above (an attempt in flight) cascade here.
+            let n = sqlx::query(
+                "DELETE FROM deliveries WHERE id IN \
+                 (SELECT id FROM deliveries WHERE endpoint_id = $1 LIMIT $2)",
+            )
+            .bind(&id)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                break;
+            }
+        }
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1")
-            .bind(id.to_string())
+            .bind(&id)
             .execute(&self.pool)
             .await?
             .rows_affected();

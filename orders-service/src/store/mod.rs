@@ -18,7 +18,8 @@ use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use endpoints::{EndpointSecret, EnsuredEndpoint};
+pub use deliveries::PAUSED_AT;
+pub use endpoints::{EndpointSecret, EnsuredEndpoint, CONFIG_UNSET_REASON, DELETE_BATCH};
 pub use orders::CreatedOrder;
 
 /// A handle on the database; cheap to clone.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use clap::Parser as _;
 use orders_service::dispatcher::{Dispatcher, DispatcherSettings};
-use orders_service::domain::{DeliveryStatus, NewEvent, Order, OrderStatus};
+use orders_service::domain::{
+    Attempt, AttemptOutcome, DeliveryStatus, NewEvent, Order, OrderStatus,
+};
 use orders_service::store::{now_ms, Store};
 use orders_service::Config;
 use uuid::Uuid;
@@ -179,7 +181,7 @@ async fn a_delivery_left_in_flight_by_a_crashed_worker_is_retried_after_its_leas
     let order = write_order(&store).await;
 
     // A worker claims the delivery and dies without finishing it.
-    let crashed = store.claim_due(10, 300).await.unwrap();
+    let crashed = store.claim_due(10, 300, 4).await.unwrap();
     assert_eq!(crashed.len(), 1);
 
     let dispatcher = Dispatcher::new(store.clone(), settings(300)).unwrap();
@@ -196,12 +198,113 @@ async fn a_delivery_left_in_flight_by_a_crashed_worker_is_retried_after_its_leas
     let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
     assert_eq!(delivery.status, DeliveryStatus::Delivered);
 
-    // The crashed worker's late report is refused: its claim is no longer valid.
-    let (id, token) = crashed[0];
-    store.release(id, token).await.unwrap();
+    assert_eq!(dispatcher.drain().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_dead_workers_late_report_is_refused_while_the_new_owner_is_still_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("o.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+        .ensure_config_endpoint(
+            "test",
+            "http://127.0.0.1:9/webhook",
+            Some(&Secret::generate()),
+            &["order.paid"],
+        )
+        .await
+        .unwrap();
+    let order = write_order(&store).await;
+
+    // The first worker claims with a short lease and stalls; its lease expires and a second
+    // worker claims the delivery, which is now in flight under the second claim.
+    let first = store.claim_due(10, 100, 4).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let (id, old_token) = first[0];
+    let first_job = store.load_job(id, old_token).await.unwrap().unwrap();
+    let (_, new_token) = eventually("the expired lease is claimed again", || async {
+        store.claim_due(10, 60_000, 4).await.unwrap().pop()
+    })
+    .await;
+    assert_ne!(new_token, old_token);
+
+    // The first worker wakes up and reports: refused, nothing recorded, still in flight.
+    let attempt = Attempt {
+        attempt: 1,
+        started_at: now_ms(),
+        duration_ms: 1,
+        status_code: Some(200),
+        error_kind: None,
+        response_body: None,
+        outcome: "delivered".into(),
+    };
+    let recorded = store
+        .finish_attempt(&first_job, &attempt, &AttemptOutcome::Delivered, None)
+        .await
+        .unwrap();
+    assert!(!recorded, "a report under an expired claim must be refused");
+    let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
+    assert_eq!(delivery.status, DeliveryStatus::InFlight);
+    assert_eq!(delivery.attempts, 0);
+    assert!(store.attempts(id).await.unwrap().is_empty());
+    // Releasing under the old claim does not take the row from its new owner either.
+    store.release(id, old_token, 0).await.unwrap();
+    assert_eq!(
+        store.deliveries_for_order(order).await.unwrap()[0].status,
+        DeliveryStatus::InFlight
+    );
+
+    // The current owner's report is recorded.
+    let second_job = store.load_job(id, new_token).await.unwrap().unwrap();
+    assert!(store
+        .finish_attempt(&second_job, &attempt, &AttemptOutcome::Delivered, None)
+        .await
+        .unwrap());
     let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
     assert_eq!(delivery.status, DeliveryStatus::Delivered);
-    assert_eq!(dispatcher.drain().await.unwrap(), 0);
+    assert_eq!(store.attempts(id).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_that_fails_to_load_is_released_for_later_not_retried_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("o.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .ensure_config_endpoint(
+            "test",
+            "http://127.0.0.1:9/webhook",
+            Some(&Secret::generate()),
+            &["order.paid"],
+        )
+        .await
+        .unwrap();
+    let order = write_order(&store).await;
+    // A stored secret that no longer parses makes every load of the delivery fail.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE endpoints SET secret = 'not a secret'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let dispatcher = Dispatcher::new(store.clone(), settings(300)).unwrap();
+    assert_eq!(dispatcher.run_once().await.unwrap(), 1);
+    // Released with a backoff: not due again at once, so the loop cannot spin on it.
+    assert_eq!(dispatcher.run_once().await.unwrap(), 0);
+    let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
+    assert_eq!(delivery.status, DeliveryStatus::Pending);
+    assert_eq!(delivery.attempts, 0);
+    assert!(
+        delivery.next_attempt_at >= now_ms() + 30_000,
+        "due again too soon: {} vs now {}",
+        delivery.next_attempt_at,
+        now_ms()
+    );
+    pool.close().await;
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod binary;
 mod delivery;
 mod durability;
 mod endpoints;
+mod fairness;
 mod history;
 mod limits;
 mod recovery;
