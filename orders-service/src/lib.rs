@@ -148,9 +148,21 @@ pub async fn run(
 
 async fn ensure_configured_subscription(config: &Config, store: &Store) -> anyhow::Result<()> {
     let Some(url) = &config.notification_webhook_url else {
-        tracing::info!(
-            "NOTIFICATION_WEBHOOK_URL is not set: no subscription comes from configuration"
-        );
+        // An endpoint ensured on an earlier start would otherwise keep receiving events.
+        let disabled = store
+            .disable_config_endpoint(CONFIG_ENDPOINT_KEY)
+            .await
+            .context("disabling the subscription from NOTIFICATION_WEBHOOK_URL")?;
+        match disabled {
+            Some(id) => tracing::warn!(
+                endpoint_id = %id,
+                "NOTIFICATION_WEBHOOK_URL is no longer set: disabled the subscription it created; \
+                 its pending deliveries wait until it is set again"
+            ),
+            None => tracing::info!(
+                "NOTIFICATION_WEBHOOK_URL is not set: no subscription comes from configuration"
+            ),
+        }
         return Ok(());
     };
     let secret = config.webhook_secret()?;

@@ -398,3 +398,57 @@ async fn two_dispatchers_sharing_one_database_never_claim_the_same_delivery() {
     let counts = store.delivery_counts().await.unwrap();
     assert_eq!(counts, [("delivered".to_owned(), 60)]);
 }
+
+#[tokio::test]
+async fn unsetting_the_webhook_url_disables_the_configured_subscription_and_setting_it_again_enables_it(
+) {
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let first = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let order = first.create_order().await;
+    assert!(receiver.next().await.verified);
+    let endpoint = first
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await
+        .endpoint_id;
+    let dir = first.dir.clone();
+    first.stop().await;
+
+    // Started without NOTIFICATION_WEBHOOK_URL: the endpoint from the earlier start is off.
+    let unset = TestApp::spawn(AppOptions {
+        dir: Some(dir.clone()),
+        ..AppOptions::default()
+    })
+    .await;
+    let shown = unset.store.endpoint(endpoint).await.unwrap().unwrap();
+    assert!(!shown.enabled);
+    assert_eq!(
+        shown.disabled_reason.as_deref(),
+        Some("NOTIFICATION_WEBHOOK_URL is no longer set")
+    );
+    let quiet = unset.create_order().await;
+    assert!(
+        unset.deliveries(quiet).await.is_empty(),
+        "no delivery queued"
+    );
+    assert!(receiver
+        .next_within(std::time::Duration::from_millis(300))
+        .await
+        .is_none());
+    unset.stop().await;
+
+    // Set again (same URL): enabled again and delivering.
+    let again = TestApp::spawn(AppOptions {
+        dir: Some(dir),
+        ..AppOptions::to(&receiver)
+    })
+    .await;
+    let shown = again.store.endpoint(endpoint).await.unwrap().unwrap();
+    assert!(shown.enabled);
+    assert_eq!(shown.disabled_reason, None);
+    let order = again.create_order().await;
+    assert!(receiver.next().await.verified);
+    again
+        .wait_for_delivery(order, DeliveryStatus::Delivered)
+        .await;
+    again.stop().await;
+}
