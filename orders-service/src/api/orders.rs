@@ -4,6 +4,11 @@
 //! deliveries in one transaction (the outbox); the answer never waits for a webhook.
 //! `"simulate_payment": "declined"` in the body makes the payment fail, which yields an
 //! order with status `payment_failed` and an `order.payment_failed` event.
+//!
+//! `price_per_item` is a JSON number or a decimal string. A number is read from its literal
+//! digits, never through `f64`: `12.5000000000000001` is refused as too precise rather than
+//! rounded to 12.50, and exponent notation (`1e2`, `1.25E1`) is refused with a message asking
+//! for plain digits (`100`, `12.50`).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +19,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use validator::ValidateEmail as _;
@@ -143,14 +149,18 @@ fn take_string(body: &Map<String, Value>, field: &str, fields: &mut Fields) -> O
     }
 }
 
-/// Checks every field and reports all problems at once.
-fn parse_new_order(body: Value) -> Result<NewOrder, ApiError> {
-    let Value::Object(body) = body else {
-        return Err(ApiError::BadBody {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: "the request body must be a JSON object".into(),
-        });
+/// Checks every field and reports all problems at once. Takes the raw body so that a price
+/// given as a number is read from its literal digits.
+fn parse_new_order(raw: &RawValue) -> Result<NewOrder, ApiError> {
+    let not_object = || ApiError::BadBody {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: "the request body must be a JSON object".into(),
     };
+    let body: Map<String, Value> = serde_json::from_str(raw.get()).map_err(|_| not_object())?;
+    // The same object again, each value as its source text. A duplicated key keeps its last
+    // value in both maps.
+    let raw_fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| not_object())?;
     let mut fields = Fields::new();
     for key in body.keys() {
         if !KNOWN_FIELDS.contains(&key.as_str()) {
@@ -220,9 +230,24 @@ fn parse_new_order(body: Value) -> Result<NewOrder, ApiError> {
             complain(&mut fields, "price_per_item", "is required");
             None
         }
-        // serde_json prints a parsed number in its shortest exact form ("12.5"), so its text
-        // is parsed as a decimal and never goes through floating-point arithmetic.
-        Some(Value::Number(n)) => Some(n.to_string()),
+        // The number's literal text, not the f64 serde_json made of it: "12.5000000000000001"
+        // must be refused as too precise, not rounded to 12.50.
+        Some(Value::Number(_)) => {
+            let text = raw_fields
+                .get("price_per_item")
+                .map(|r| r.get().trim().to_owned())
+                .unwrap_or_default();
+            if text.contains(['e', 'E']) {
+                complain(
+                    &mut fields,
+                    "price_per_item",
+                    "must be written without an exponent, e.g. 100 or 12.50",
+                );
+                None
+            } else {
+                Some(text)
+            }
+        }
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
             complain(
@@ -311,10 +336,10 @@ fn parse_new_order(body: Value) -> Result<NewOrder, ApiError> {
 #[tracing::instrument(skip_all, fields(order_id))]
 async fn create_order(
     State(state): State<AppState>,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Json<Box<RawValue>>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body?;
-    let new = parse_new_order(body)?;
+    let new = parse_new_order(&body)?;
     let order = place_order(&state, new).await?;
     tracing::Span::current().record("order_id", tracing::field::display(order.id));
     tracing::info!(status = order.status.as_str(), total = %order.total, "order created");

@@ -174,6 +174,39 @@ async fn every_invalid_field_gets_a_422_naming_it_and_nothing_is_stored() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_price_number_with_more_precision_than_f64_keeps_is_refused_not_rounded() {
+    let app = app().await;
+    let json_ct = Some("application/json");
+    let body = |price: &str| {
+        format!(
+            r#"{{"product_name": "Lamp", "quantity": 1, "price_per_item": {price},
+                "customer_email": "ada@example.com"}}"#
+        )
+    };
+    for price in ["12.5000000000000001", "0.001", "1e2", "1.25E1", "12.5e0"] {
+        let (status, v) = raw_post(&app, json_ct, body(price)).await;
+        assert_eq!(status, 422, "{price}: {v}");
+        assert!(
+            v["error"]["fields"]["price_per_item"].is_array(),
+            "{price}: {v}"
+        );
+    }
+    let (_, v) = raw_post(&app, json_ct, body("1e2")).await;
+    assert!(
+        v["error"]["fields"]["price_per_item"][0]
+            .as_str()
+            .unwrap()
+            .contains("exponent"),
+        "{v}"
+    );
+    // Exact literals with trailing zeros are fine.
+    let (status, v) = raw_post(&app, json_ct, body("12.500000000000000000")).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["price_per_item"], "12.50");
+    app.stop().await;
+}
+
 async fn raw_post(
     app: &TestApp,
     content_type: Option<&str>,
