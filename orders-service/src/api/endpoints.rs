@@ -296,26 +296,14 @@ async fn list_endpoints(
 ) -> Result<Json<Page<EndpointResponse>>, ApiError> {
     let Query(params) = query?;
     let limit = page_limit(params.limit)?;
-    let after = params
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::BadQuery("cursor is not one this API issued".into()))
-        })
-        .transpose()?;
-    let mut endpoints = state.store.list_endpoints(after, limit + 1).await?;
-    let next_cursor = if endpoints.len() > limit as usize {
-        endpoints.truncate(limit as usize);
-        endpoints.last().map(|e| e.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items: endpoints.iter().map(EndpointResponse::from).collect(),
-        next_cursor,
-    }))
+    let after: Option<Uuid> = super::parse_cursor(params.cursor.as_deref(), "cursor")?;
+    let endpoints = state.store.list_endpoints(after, limit + 1).await?;
+    Ok(Json(Page::from_overfetched(
+        endpoints,
+        limit,
+        |e| e.id.to_string(),
+        |e| EndpointResponse::from(e),
+    )))
 }
 
 async fn find(state: &AppState, id: &str) -> Result<(Uuid, Endpoint), ApiError> {

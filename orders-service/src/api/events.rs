@@ -6,18 +6,21 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 use webhook_common::EventType;
 
 use super::deliveries::DeliveryResponse;
-use super::{page_limit, path_id, rfc3339, Page};
+use super::{page_limit, parse_cursor, path_id, rfc3339, Page};
 use crate::domain::EventRecord;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Most attempts shown per delivery (the latest ones).
-pub const MAX_ATTEMPTS_SHOWN: u32 = 100;
+/// Most deliveries `GET /events/{id}` lists (the first ones created); `delivery_count` gives
+/// them all.
+pub const MAX_DELIVERIES_SHOWN: u32 = 100;
+/// Most attempts shown per delivery there (the latest ones); `attempt_count` gives them all.
+pub const MAX_ATTEMPTS_SHOWN: u32 = 20;
 
 /// The history routes.
 pub fn router() -> Router<AppState> {
@@ -42,8 +45,8 @@ pub struct EventResponse {
     pub order_id: Option<Uuid>,
     /// RFC 3339.
     pub created_at: String,
-    /// The webhook body, exactly as signed and sent.
-    pub payload: Value,
+    /// The webhook body, exactly as signed and sent (the stored bytes, keys in their order).
+    pub payload: Box<RawValue>,
 }
 
 impl From<&EventRecord> for EventResponse {
@@ -55,19 +58,33 @@ impl From<&EventRecord> for EventResponse {
             webhook_id: e.msg_id.clone(),
             order_id: e.order_id,
             created_at: rfc3339(e.created_at),
-            payload: serde_json::from_slice(&e.payload)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.payload).into())),
+            payload: raw_payload(&e.payload),
         }
     }
 }
 
+/// The stored payload verbatim; bytes that are not JSON (never written by this service) are
+/// shown as a JSON string rather than failing the whole answer.
+fn raw_payload(bytes: &[u8]) -> Box<RawValue> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+        .unwrap_or_else(|| {
+            serde_json::value::to_raw_value(&String::from_utf8_lossy(bytes))
+                .unwrap_or_else(|_| RawValue::NULL.to_owned())
+        })
+}
+
 /// One event with its deliveries.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct EventDetail {
     /// The event.
     #[serde(flatten)]
     pub event: EventResponse,
-    /// One per endpoint it was queued for, each with its latest attempts.
+    /// How many deliveries the event has (one per endpoint it was queued for).
+    pub delivery_count: u64,
+    /// The first [`MAX_DELIVERIES_SHOWN`] of them, each with its latest
+    /// [`MAX_ATTEMPTS_SHOWN`] attempts (`attempt_count` says how many there are).
     pub deliveries: Vec<DeliveryResponse>,
 }
 
@@ -90,13 +107,8 @@ async fn list_events(
 ) -> Result<Json<Page<EventResponse>>, ApiError> {
     let Query(params) = query?;
     let limit = page_limit(params.limit)?;
-    let after =
-        match params.after.as_deref().filter(|a| !a.is_empty()) {
-            None => 0,
-            Some(a) => a.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                ApiError::BadQuery("after is not a cursor this API issued".into())
-            })?,
-        };
+    let after = parse_cursor::<u64>(params.after.as_deref(), "after")?
+        .map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
     let event_type = params
         .event_type
         .as_deref()
@@ -106,20 +118,16 @@ async fn list_events(
                 .map_err(|e| ApiError::field("type", e.to_string()))
         })
         .transpose()?;
-    let mut events = state
+    let events = state
         .store
         .list_events(after, event_type.as_ref().map(EventType::as_str), limit + 1)
         .await?;
-    let next_cursor = if events.len() > limit as usize {
-        events.truncate(limit as usize);
-        events.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items: events.iter().map(EventResponse::from).collect(),
-        next_cursor,
-    }))
+    Ok(Json(Page::from_overfetched(
+        events,
+        limit,
+        |e| e.seq.to_string(),
+        |e| EventResponse::from(e),
+    )))
 }
 
 /// `GET /events/{id}`.
@@ -133,8 +141,14 @@ async fn get_event(
         .event(uuid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event with id {id:?}")))?;
+    // Bounded: one query per listed delivery, at most MAX_DELIVERIES_SHOWN of them.
+    let delivery_count = state.store.count_deliveries_for_event(uuid).await?;
     let mut deliveries = Vec::new();
-    for delivery in state.store.deliveries_for_event(uuid).await? {
+    for delivery in state
+        .store
+        .deliveries_for_event(uuid, MAX_DELIVERIES_SHOWN)
+        .await?
+    {
         let attempts = state
             .store
             .last_attempts(delivery.id, MAX_ATTEMPTS_SHOWN)
@@ -143,6 +157,7 @@ async fn get_event(
     }
     Ok(Json(EventDetail {
         event: EventResponse::from(&event),
+        delivery_count,
         deliveries,
     }))
 }

@@ -47,6 +47,43 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from `rows` fetched with a limit of `limit + 1`: the extra row only says that
+    /// more follow, so it is dropped and the last row kept names the next cursor.
+    pub fn from_overfetched<R>(
+        mut rows: Vec<R>,
+        limit: u32,
+        cursor_of: impl Fn(&R) -> String,
+        item_of: impl FnMut(&R) -> T,
+    ) -> Self {
+        let limit = limit as usize;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page {
+            items: rows.iter().map(item_of).collect(),
+            next_cursor,
+        }
+    }
+}
+
+/// Parses an optional cursor query parameter named `name`; absent or empty means "from the
+/// start". Anything that does not parse is a 400: only cursors this API issued are valid.
+pub fn parse_cursor<C: std::str::FromStr>(
+    raw: Option<&str>,
+    name: &str,
+) -> Result<Option<C>, ApiError> {
+    raw.filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<C>()
+                .map_err(|_| ApiError::BadQuery(format!("{name} is not a cursor this API issued")))
+        })
+        .transpose()
+}
+
 /// Checks a `limit` query parameter.
 pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE);

@@ -38,9 +38,9 @@ pub const MAX_PRICE_MAJOR: i64 = 1_000_000;
 /// Longest product name, in characters.
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
 /// Default page size of `GET /orders`.
-pub const DEFAULT_PAGE: u32 = 20;
+pub const DEFAULT_PAGE: u32 = super::DEFAULT_PAGE;
 /// Largest page size of `GET /orders`.
-pub const MAX_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = super::MAX_PAGE;
 /// The reason given for a simulated declined payment.
 pub const DECLINED_REASON: &str = "card declined (simulated)";
 
@@ -108,14 +108,9 @@ impl From<&Order> for OrderResponse {
     }
 }
 
-/// A page of orders: `{"items": [...], "next_cursor": "..." | null}`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct OrderPage {
-    /// Orders, newest first.
-    pub items: Vec<OrderResponse>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
+/// A page of orders: `{"items": [...], "next_cursor": "..." | null}`, newest first; pass
+/// `next_cursor` as `cursor` for the next page.
+pub type OrderPage = super::Page<OrderResponse>;
 
 /// What a valid `POST /orders` body asks for.
 struct NewOrder {
@@ -437,31 +432,13 @@ async fn list_orders(
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let Query(params) = query?;
-    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::field(
-            "limit",
-            format!("must be from 1 to {MAX_PAGE}"),
-        ));
-    }
-    let before = params
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::BadQuery("cursor is not one this API issued".into()))
-        })
-        .transpose()?;
-    let mut orders = state.store.list_orders(before, limit + 1).await?;
-    let next_cursor = if orders.len() > limit as usize {
-        orders.truncate(limit as usize);
-        orders.last().map(|o| o.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(OrderPage {
-        items: orders.iter().map(OrderResponse::from).collect(),
-        next_cursor,
-    }))
+    let limit = super::page_limit(params.limit)?;
+    let before: Option<Uuid> = super::parse_cursor(params.cursor.as_deref(), "cursor")?;
+    let orders = state.store.list_orders(before, limit + 1).await?;
+    Ok(Json(OrderPage::from_overfetched(
+        orders,
+        limit,
+        |o| o.id.to_string(),
+        |o| OrderResponse::from(o),
+    )))
 }

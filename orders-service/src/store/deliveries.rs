@@ -347,16 +347,30 @@ impl Store {
         rows.into_iter().map(Delivery::try_from).collect()
     }
 
-    /// The deliveries of one event (one per subscribed endpoint, so bounded by the endpoints).
-    pub async fn deliveries_for_event(&self, event_id: Uuid) -> anyhow::Result<Vec<Delivery>> {
+    /// The first `limit` deliveries of one event (one per subscribed endpoint), oldest first.
+    pub async fn deliveries_for_event(
+        &self,
+        event_id: Uuid,
+        limit: u32,
+    ) -> anyhow::Result<Vec<Delivery>> {
         let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.event_id = $1 \
-             ORDER BY d.created_at, d.id"
+             ORDER BY d.created_at, d.id LIMIT $2"
         ))
         .bind(event_id.to_string())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    /// How many deliveries one event has.
+    pub async fn count_deliveries_for_event(&self, event_id: Uuid) -> anyhow::Result<u64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE event_id = $1")
+            .bind(event_id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n)?)
     }
 
     /// One delivery by id.

@@ -19,15 +19,22 @@ const ORDERS_PER_WRITER: usize = 30;
 #[tokio::test]
 async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_order() {
     let app = Arc::new(TestApp::spawn(AppOptions::default()).await);
+    // Writers stop halfway until the reader has read a page, so paging is sure to overlap
+    // the inserts.
+    let (paged_tx, paged_rx) = tokio::sync::watch::channel(false);
     let writers = {
         let app = app.clone();
         tokio::spawn(async move {
             let mut set = tokio::task::JoinSet::new();
             for w in 0..WRITERS {
                 let app = app.clone();
+                let mut paged = paged_rx.clone();
                 set.spawn(async move {
                     let mut ids = Vec::new();
                     for i in 0..ORDERS_PER_WRITER {
+                        if i == ORDERS_PER_WRITER / 2 {
+                            paged.wait_for(|p| *p).await.unwrap();
+                        }
                         let body = if (w + i) % 3 == 0 {
                             declined_order_body()
                         } else {
@@ -61,6 +68,7 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
         let items = page["items"].as_array().unwrap();
         if !writers_done && !items.is_empty() {
             pages_while_writing += 1;
+            paged_tx.send_replace(true);
         }
         for item in items {
             let cursor: i64 = item["cursor"].as_str().unwrap().parse().unwrap();
@@ -78,8 +86,10 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
         }
         assert!(start.elapsed() < DEADLINE, "paging did not finish");
     }
-    // Reported, not asserted: how much paging actually overlapped the inserts.
-    eprintln!("{pages_while_writing} non-empty pages were read while orders were being written");
+    assert!(
+        pages_while_writing > 0,
+        "no page was read while orders were being written"
+    );
     let created = writers.await.unwrap();
     assert_eq!(created.len(), WRITERS * ORDERS_PER_WRITER);
     let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
@@ -129,6 +139,22 @@ async fn an_event_shows_its_payload_deliveries_and_attempts() {
         event["payload"],
         serde_json::from_slice::<Value>(&sent.body).unwrap()
     );
+    // Byte for byte what was signed and sent, keys in their order, not re-serialised.
+    let raw = app
+        .admin(Method::GET, &format!("/events/{event_id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sent_text = std::str::from_utf8(&sent.body).unwrap();
+    assert!(
+        raw.contains(&format!("\"payload\":{sent_text}")),
+        "{raw}\n does not hold\n{sent_text}"
+    );
+    let (_, listed) = app.admin_json(Method::GET, "/events", None).await;
+    assert_eq!(listed["items"][0]["payload"], event["payload"]);
     let deliveries = event["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 1);
     let delivery = &deliveries[0];
@@ -157,5 +183,65 @@ async fn an_event_shows_its_payload_deliveries_and_attempts() {
         )
         .await;
     assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_lists_at_most_100_deliveries_and_the_last_20_attempts_of_each() {
+    // Many endpoints: one order fans out to 101 deliveries (their URL refuses connections;
+    // retries are an hour apart).
+    let app = TestApp::spawn(AppOptions {
+        schedule: "1h".into(),
+        ..AppOptions::default()
+    })
+    .await;
+    for _ in 0..101 {
+        let new = orders_service::domain::NewEndpoint {
+            url: "http://127.0.0.1:9/webhook".into(),
+            description: None,
+            event_types: vec!["order.paid".into()],
+        };
+        app.store
+            .create_endpoint(&new, &webhook_common::Secret::generate())
+            .await
+            .unwrap();
+    }
+    let order = app.order_json(order_body()).await;
+    let (status, event) = app
+        .admin_json(
+            Method::GET,
+            &format!("/events/{}", order["event_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(event["delivery_count"], 101);
+    assert_eq!(event["deliveries"].as_array().unwrap().len(), 100);
+    app.stop().await;
+
+    // One delivery with 25 attempts: the last 20 are listed, the count says 25.
+    let receiver = Receiver::always(Reply::status(500)).await;
+    let app = TestApp::spawn(AppOptions {
+        schedule: vec!["1ms"; 24].join(","),
+        ..AppOptions::to(&receiver)
+    })
+    .await;
+    let order = app.order_json(order_body()).await;
+    let order_id = order["id"].as_str().unwrap().parse().unwrap();
+    app.wait_for_delivery(order_id, DeliveryStatus::Failed)
+        .await;
+    let (_, event) = app
+        .admin_json(
+            Method::GET,
+            &format!("/events/{}", order["event_id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    let delivery = &event["deliveries"][0];
+    assert_eq!(delivery["attempt_count"], 25);
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 20);
+    assert_eq!(attempts[0]["attempt"], 6);
+    assert_eq!(attempts[19]["attempt"], 25);
     app.stop().await;
 }
