@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use orders_service::store::Store;
@@ -21,13 +20,16 @@ struct Service {
 
 impl Service {
     async fn start(dir: &Path, webhook_url: &str, secret: &Secret, run: u32) -> Service {
-        let port = free_port().await;
         let log = std::fs::File::create(dir.join(format!("service-{run}.log"))).unwrap();
+        // The child binds port 0 itself and says where in its `listening on` line, so no
+        // port is picked here and released for someone else to take.
+        let out_path = dir.join(format!("service-{run}.out"));
+        let out = std::fs::File::create(&out_path).unwrap();
         // Generous retries in milliseconds: the receiver stays down for a while.
         let mut schedule = vec!["100ms", "200ms", "400ms", "800ms"];
         schedule.extend(["1s"; 90]);
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orders-service"))
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("LISTEN_ADDR", "127.0.0.1:0")
             .env(
                 "DATABASE_URL",
                 format!("sqlite://{}", dir.join("orders.db").display()),
@@ -40,18 +42,46 @@ impl Service {
             .env("DISPATCH_LEASE", "6s")
             .env("DISPATCH_SWEEP_INTERVAL", "100ms")
             .env("ALLOW_PRIVATE_WEBHOOK_TARGETS", "true")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "warn,orders_service=info")
+            .env("NO_COLOR", "1")
+            .stdout(out)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .expect("start the orders-service binary");
         let mut service = Service {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
         };
+        service.base = service.wait_listening(&out_path).await;
         service.wait_healthy().await;
         service
+    }
+
+    /// The `http://addr` from the child's `listening on http://…` log line.
+    async fn wait_listening(&mut self, out: &Path) -> String {
+        const MARK: &str = "listening on http://";
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("orders-service exited early with {status}");
+            }
+            let text = std::fs::read_to_string(out).unwrap_or_default();
+            if let Some(at) = text.find(MARK) {
+                let addr: String = text[at + MARK.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+                    .collect();
+                if addr.contains(':') {
+                    return format!("http://{addr}");
+                }
+            }
+            assert!(
+                start.elapsed() < crate::support::DEADLINE,
+                "orders-service never logged its address"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn wait_healthy(&mut self) {
