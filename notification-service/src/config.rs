@@ -125,6 +125,20 @@ pub struct Config {
     /// Webhook deliveries handled at the same time, at most; more get 503 with `Retry-After`.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
     pub max_concurrent_requests: usize,
+
+    /// Longest time a client may take to send a request's line and headers, in seconds,
+    /// counted from when its connection is ready for a request; the connection is closed
+    /// after it. Also how long an idle keep-alive connection stays open. Guards against
+    /// clients that trickle headers to hold connections (slowloris); `REQUEST_TIMEOUT_SECS`
+    /// only starts once the headers are in.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// HTTP connections open at the same time, at most; beyond it no more are accepted until
+    /// one closes (clients wait in the listen backlog). Keep it below the process's file
+    /// descriptor limit (`ulimit -n`).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 /// Longest accepted `SHUTDOWN_GRACE_SECS`.
@@ -132,6 +146,12 @@ pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
 
 /// Longest accepted `REQUEST_TIMEOUT_SECS`.
 pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
+
+/// Longest accepted `HEADER_READ_TIMEOUT_SECS`.
+pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
+
+/// Largest accepted `MAX_CONNECTIONS`.
+pub const MAX_MAX_CONNECTIONS: usize = 100_000;
 
 /// `url` with any `user:password@` replaced, fit for logs and error messages.
 pub fn redact_url(url: &str) -> String {
@@ -179,6 +199,8 @@ impl fmt::Debug for Config {
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -336,6 +358,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Webhook deliveries handled at the same time, at most.
     pub max_concurrent_requests: usize,
+    /// Connection limits of the HTTP server (`HEADER_READ_TIMEOUT_SECS`, `MAX_CONNECTIONS`).
+    pub serve_limits: webhook_common::server::ServeLimits,
 }
 
 impl fmt::Debug for Settings {
@@ -353,6 +377,7 @@ impl fmt::Debug for Settings {
             .field("worker", &self.worker)
             .field("request_timeout", &self.request_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("serve_limits", &self.serve_limits)
             .finish_non_exhaustive()
     }
 }
@@ -479,6 +504,18 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        if !(1..=MAX_HEADER_READ_TIMEOUT_SECS).contains(&self.header_read_timeout_secs) {
+            return Err(bad(
+                "HEADER_READ_TIMEOUT_SECS",
+                format!("must be between 1 and {MAX_HEADER_READ_TIMEOUT_SECS}"),
+            ));
+        }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(bad(
+                "MAX_CONNECTIONS",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
         // A send still running when the worker cuts it off is retried; if it was in fact
         // delivered, the customer gets it twice. So the cut-off (a share of the lease, see
         // `WorkerSettings::send_limit`) must exceed the longest legitimate send.
@@ -529,6 +566,10 @@ impl Config {
             worker,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_concurrent_requests: self.max_concurrent_requests,
+            serve_limits: webhook_common::server::ServeLimits {
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+                max_connections: self.max_connections,
+            },
         })
     }
 }
@@ -750,7 +791,7 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_grace_request_timeout_and_concurrency_are_bounded() {
+    fn shutdown_grace_timeouts_and_concurrency_are_bounded() {
         assert_eq!(
             setting_of(parse(&["--shutdown-grace-secs", &u64::MAX.to_string()])),
             "SHUTDOWN_GRACE_SECS"
@@ -763,7 +804,25 @@ mod tests {
             setting_of(parse(&["--max-concurrent-requests", "0"])),
             "MAX_CONCURRENT_REQUESTS"
         );
+        for (flag, value, setting) in [
+            (
+                "--header-read-timeout-secs",
+                "0",
+                "HEADER_READ_TIMEOUT_SECS",
+            ),
+            (
+                "--header-read-timeout-secs",
+                "301",
+                "HEADER_READ_TIMEOUT_SECS",
+            ),
+            ("--max-connections", "0", "MAX_CONNECTIONS"),
+            ("--max-connections", "100001", "MAX_CONNECTIONS"),
+        ] {
+            assert_eq!(setting_of(parse(&[flag, value])), setting, "{flag} {value}");
+        }
         let s = parse(&[]).unwrap();
+        assert_eq!(s.serve_limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.serve_limits.max_connections, 1024);
         assert_eq!(s.request_timeout, Duration::from_secs(10));
         assert_eq!(s.max_concurrent_requests, 64);
         assert_eq!(s.worker.shutdown_grace, Duration::from_secs(10));

@@ -19,7 +19,6 @@ pub mod mailer;
 pub mod store;
 pub mod worker;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,8 +90,8 @@ impl FromRef<AppState> for WebhookIntake {
     }
 }
 
-/// The whole HTTP application. Pure: no I/O. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()` so the intake sees client IPs.
+/// The whole HTTP application. Pure: no I/O. Serve it with [`webhook_common::server::serve`]
+/// (or `into_make_service_with_connect_info::<SocketAddr>()`) so the intake sees client IPs.
 pub fn build_app(state: AppState) -> Router {
     Router::new()
         .merge(api::health::router())
@@ -157,11 +156,13 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .context("reading the listener address")?;
-    let server = axum::serve(
+    // Puts the client address (`ConnectInfo<SocketAddr>`) on every request for the guard.
+    let server = webhook_common::server::serve(
         listener,
-        build_app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        build_app(state),
+        settings.serve_limits,
+        shutdown.clone().cancelled_owned(),
+    );
     tracing::info!("listening on http://{addr}");
 
     let drain_deadline = async {

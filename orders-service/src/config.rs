@@ -112,10 +112,30 @@ pub struct Config {
     /// receiver cannot hold every dispatch slot.
     #[arg(long, env = "DISPATCH_PER_ENDPOINT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub dispatch_per_endpoint_concurrency: u32,
+
+    /// Longest time a client may take to send a request's line and headers, in seconds,
+    /// counted from when its connection is ready for a request; the connection is closed
+    /// after it. Also how long an idle keep-alive connection stays open. Guards against
+    /// clients that trickle headers to hold connections (slowloris); `REQUEST_TIMEOUT_SECS`
+    /// only starts once the headers are in.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
+    /// HTTP connections open at the same time, at most; beyond it no more are accepted until
+    /// one closes (clients wait in the listen backlog). Keep it below the process's file
+    /// descriptor limit (`ulimit -n`).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
 }
 
 /// Longest accepted `REQUEST_TIMEOUT_SECS`.
 pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
+
+/// Longest accepted `HEADER_READ_TIMEOUT_SECS`.
+pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
+
+/// Largest accepted `MAX_CONNECTIONS`.
+pub const MAX_MAX_CONNECTIONS: usize = 100_000;
 
 /// How much longer than `WEBHOOK_TIMEOUT` a lease must be: an attempt that times out still
 /// has to record its outcome (retrying a busy database) before another worker may claim it.
@@ -193,6 +213,18 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        if !(1..=MAX_HEADER_READ_TIMEOUT_SECS).contains(&self.header_read_timeout_secs) {
+            return Err(invalid(
+                "HEADER_READ_TIMEOUT_SECS",
+                format!("must be between 1 and {MAX_HEADER_READ_TIMEOUT_SECS}"),
+            ));
+        }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(invalid(
+                "MAX_CONNECTIONS",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
         if self.dispatch_sweep_interval.is_zero() {
             return Err(invalid(
                 "DISPATCH_SWEEP_INTERVAL",
@@ -245,6 +277,8 @@ impl fmt::Debug for Config {
                 "dispatch_per_endpoint_concurrency",
                 &self.dispatch_per_endpoint_concurrency,
             )
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -359,7 +393,23 @@ mod tests {
 
     #[test]
     fn bad_settings_fail_validation_naming_the_setting() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 13] = [
+            (
+                &["--admin-token", TOKEN, "--header-read-timeout-secs", "0"],
+                "HEADER_READ_TIMEOUT_SECS",
+            ),
+            (
+                &["--admin-token", TOKEN, "--header-read-timeout-secs", "301"],
+                "HEADER_READ_TIMEOUT_SECS",
+            ),
+            (
+                &["--admin-token", TOKEN, "--max-connections", "0"],
+                "MAX_CONNECTIONS",
+            ),
+            (
+                &["--admin-token", TOKEN, "--max-connections", "100001"],
+                "MAX_CONNECTIONS",
+            ),
             (
                 &[
                     "--admin-token",
@@ -455,6 +505,8 @@ mod tests {
         assert_eq!(defaults.request_timeout_secs, 10);
         assert_eq!(defaults.max_concurrent_requests, 64);
         assert_eq!(defaults.dispatch_per_endpoint_concurrency, 4);
+        assert_eq!(defaults.header_read_timeout_secs, 10);
+        assert_eq!(defaults.max_connections, 1024);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use webhook_common::server::ServeLimits;
 use webhook_common::EventType;
 
 pub use config::Config;
@@ -129,8 +130,12 @@ pub async fn run(
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!("listening on http://{addr}");
+    let limits = ServeLimits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        max_connections: config.max_connections,
+    };
     let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        webhook_common::server::serve(listener, app, limits, shutdown.clone().cancelled_owned());
     let grace = config.shutdown_grace;
     let served = tokio::select! {
         r = serve => r.context("serving HTTP"),

@@ -7,7 +7,9 @@
 //!   key rotation, timestamp tolerance, constant-time comparison);
 //! - [`extract`] (feature `axum`): an axum extractor that verifies and parses a webhook;
 //! - [`client`] (feature `reqwest`): build a signed webhook request with reqwest;
-//! - [`error_body`]: the JSON error body every HTTP error of this project uses.
+//! - [`error_body`]: the JSON error body every HTTP error of this project uses;
+//! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
+//!   connection cap.
 
 pub mod error_body;
 pub mod event;
@@ -18,6 +20,8 @@ pub mod signing;
 pub mod client;
 #[cfg(feature = "axum")]
 pub mod extract;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use event::{Event, EventPayload, EventType, OrderPaid, OrderPaymentFailed};
 pub use money::{Currency, Money};
