@@ -120,6 +120,10 @@ impl Dispatcher {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orders-service/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(settings.concurrency as usize)
+            // Receivers close idle keep-alive connections (ours after HEADER_READ_TIMEOUT_SECS,
+            // 10 s by default); dropping ours sooner avoids reusing one the server is closing,
+            // which would cost the attempt a spurious connection error and a retry.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
         Ok(Dispatcher {
