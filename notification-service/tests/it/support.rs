@@ -1,8 +1,7 @@
 //! Helpers: spawn the app on 127.0.0.1:0 with a temporary database and a recording mailer,
 //! build and sign events, read the API, and wait on conditions with a deadline.
 
-use std::future::{Future, IntoFuture as _};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,12 +96,13 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let app = build_app(state).into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .into_future(),
-        );
+        // The same server `run` uses, so tests see its limits and client addresses.
+        tokio::spawn(webhook_common::server::serve(
+            listener,
+            build_app(state),
+            webhook_common::server::ServeLimits::default(),
+            shutdown.clone().cancelled_owned(),
+        ));
         TestApp {
             base: format!("http://{addr}"),
             store,
