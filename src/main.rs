@@ -69,9 +69,11 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Colours only on a terminal, so log files and `docker logs` stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let cli = Cli::parse();
-    let shutdown = shutdown_on_signal();
+    let shutdown = webhook_common::server::shutdown_on_signals();
     let result = match cli.command {
         Some(Command::OrdersService(config)) => {
             let listener = bind(config.listen_addr, "LISTEN_ADDR").await;
@@ -200,37 +202,6 @@ fn sqlite_url(dir: &Path, file: &str) -> String {
 fn generate_token() -> String {
     use rand::distr::{Alphanumeric, SampleString as _};
     Alphanumeric.sample_string(&mut rand::rng(), 40)
-}
-
-/// Cancelled on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!("cannot listen for SIGTERM: {e}");
-                        let _ = ctrl_c.await;
-                        cancel.cancel();
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested; finishing in-flight work");
-        cancel.cancel();
-    });
-    token
 }
 
 #[allow(clippy::print_stdout)] // The banner is for the person at the terminal, not the log.

@@ -3,7 +3,6 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use orders_service::Config;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -12,6 +11,8 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Colours only on a terminal, so log files and `docker logs` stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match start().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -29,33 +30,6 @@ async fn start() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.listen_addr))?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_to_cancel(shutdown.clone()));
+    let shutdown = webhook_common::server::shutdown_on_signals();
     orders_service::run(config, listener, shutdown).await
-}
-
-/// Turns the first SIGINT or SIGTERM into a cancellation.
-async fn signal_to_cancel(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    let _ = ctrl_c.await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

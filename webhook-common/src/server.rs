@@ -223,3 +223,47 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
     )
 }
+
+/// A token cancelled on the first Ctrl-C (SIGINT) or SIGTERM: the shutdown signal of a service
+/// binary, handed to its `run`, whose [`serve`] then stops accepting and drains.
+///
+/// The listening task lives until the first signal; there is nothing to join.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        first_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight work");
+        cancel.cancel();
+    });
+    token
+}
+
+/// Resolves on the first SIGINT or SIGTERM. A signal that cannot be listened for is logged and
+/// never fires, so the other still works.
+async fn first_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
