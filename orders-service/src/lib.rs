@@ -92,7 +92,7 @@ pub fn build_app(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             state.request_timeout,
         ))
-        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn(webhook_common::error_body::json_errors))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

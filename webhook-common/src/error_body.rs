@@ -84,3 +84,89 @@ fn collect(errors: &ValidationErrors, prefix: &str, out: &mut BTreeMap<String, V
         }
     }
 }
+
+#[cfg(feature = "axum")]
+pub use middleware::json_errors;
+
+/// Every error response as JSON, whoever produced it.
+#[cfg(feature = "axum")]
+mod middleware {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::middleware::Next;
+    use axum::response::Response;
+
+    use super::ErrorBody;
+
+    /// Largest plain-text rejection body read to reuse as the message; axum's are one line.
+    const MAX_REJECTION_TEXT: usize = 4096;
+
+    /// Middleware (`axum::middleware::from_fn(json_errors)`) that rewrites any 4xx/5xx response
+    /// that is not already JSON into an [`ErrorBody`]: axum's extractor rejections (a bad path
+    /// or query, a body over the limit), the 404/405 fallbacks, tower's timeout and load-shed
+    /// answers, a caught panic. Status and headers such as `Allow` and `Retry-After` are kept;
+    /// a 503 without `Retry-After` gets one. 5xx texts are never echoed, so no internals leak.
+    pub async fn json_errors(request: Request, next: Next) -> Response {
+        let response = next.run(request).await;
+        let status = response.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return response;
+        }
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if is_json {
+            return response;
+        }
+        let (mut parts, body) = response.into_parts();
+        let text = match status {
+            StatusCode::REQUEST_TIMEOUT => {
+                "the request was not completed in time; send it again without pauses".to_owned()
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                "too many requests in progress; please retry shortly".to_owned()
+            }
+            s if s.is_server_error() => "internal error".to_owned(),
+            _ => match axum::body::to_bytes(body, MAX_REJECTION_TEXT).await {
+                Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_owned(),
+                _ => status
+                    .canonical_reason()
+                    .unwrap_or("request refused")
+                    .to_owned(),
+            },
+        };
+        let bytes = serde_json::to_vec(&ErrorBody::new(code_for(status), text)).unwrap_or_default();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            parts
+                .headers
+                .entry(header::RETRY_AFTER)
+                .or_insert(HeaderValue::from_static("1"));
+        }
+        Response::from_parts(parts, Body::from(bytes))
+    }
+
+    /// A stable code for a status that axum or tower produced on its own.
+    fn code_for(status: StatusCode) -> &'static str {
+        match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+            s if s.is_server_error() => "internal_error",
+            _ => "error",
+        }
+    }
+}

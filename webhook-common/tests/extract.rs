@@ -218,3 +218,49 @@ async fn unknown_event_types_pass_through() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["type"], "order.shipped");
 }
+
+#[tokio::test]
+async fn json_errors_turns_axum_plain_text_rejections_into_error_bodies() {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(|Path(id): Path<u32>| async move { id.to_string() }),
+        )
+        .layer(axum::middleware::from_fn(
+            webhook_common::error_body::json_errors,
+        ));
+    let cases = [
+        (
+            Request::get("/items/abc"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (Request::get("/nowhere"), StatusCode::NOT_FOUND, "not_found"),
+        (
+            Request::delete("/items/1"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (request, status, expected_code) in cases {
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let keeps_allow = response.headers().contains_key("allow");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: ErrorBody = serde_json::from_slice(&bytes).expect("a JSON error body");
+        assert_eq!(body.error.code, expected_code);
+        assert!(!body.error.message.is_empty());
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(keeps_allow, "the Allow header survives the rewrite");
+        }
+    }
+}
