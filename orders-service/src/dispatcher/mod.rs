@@ -399,7 +399,7 @@ impl Inner {
 }
 
 /// Runs `write` until it succeeds or a pause before the next try would pass `deadline`,
-/// pausing [`RECORD_RETRY_FIRST`], doubling up to [`RECORD_RETRY_MAX`]; the last error is
+/// pausing 100 ms, doubling up to 2 s; the last error is
 /// returned if it never succeeds.
 pub async fn retry_until<T, F, Fut>(deadline: Instant, mut write: F) -> anyhow::Result<T>
 where
