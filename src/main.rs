@@ -76,18 +76,18 @@ async fn main() -> std::process::ExitCode {
     let shutdown = webhook_common::server::shutdown_on_signals();
     let result = match cli.command {
         Some(Command::OrdersService(config)) => {
-            let listener = bind(config.listen_addr, "LISTEN_ADDR").await;
-            match listener {
-                Ok(l) => orders_service::run(config, l, shutdown).await,
-                Err(e) => Err(e),
+            async {
+                let listener = bind(config.listen_addr, "LISTEN_ADDR").await?;
+                orders_service::run(config, listener, shutdown).await
             }
+            .await
         }
         Some(Command::NotificationService(config)) => {
-            let listener = bind(config.listen_addr, "LISTEN_ADDR").await;
-            match listener {
-                Ok(l) => notification_service::run(config, l, shutdown).await,
-                Err(e) => Err(e),
+            async {
+                let listener = bind(config.listen_addr, "LISTEN_ADDR").await?;
+                notification_service::run(config, listener, shutdown).await
             }
+            .await
         }
         None => run_demo(cli.demo, shutdown).await,
     };

@@ -50,7 +50,7 @@ async fn kill_mid_stream(demo: Arc<Demo>, victim: impl Fn(&Demo) -> &Service) {
         async move { acked.load(Ordering::SeqCst) >= ORDERS / 2 }
     })
     .await;
-    let emails_at_kill = demo.notifications().await.len();
+    let emails_at_kill = demo.notifications().await.map_or(0, |all| all.len());
     let service = victim(&demo);
     service.kill9();
     service.start();

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -194,18 +195,10 @@ fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String, Str
 impl Demo {
     /// Starts notification-service then orders-service, both healthy.
     pub async fn start() -> Demo {
-        Self::start_with(|_| {}).await
-    }
-
-    /// Like [`Demo::start`], letting the test add settings to the notification-service.
-    pub async fn start_with(
-        extra_notifications_env: impl FnOnce(&mut Vec<(String, String)>),
-    ) -> Demo {
         let dir = tempfile::tempdir().unwrap();
         let admin_token = "e2e-admin-token-0123456789".to_owned();
         let secret = Secret::generate();
-        let mut n_env = notifications_env(dir.path(), &admin_token, &secret.expose_whsec());
-        extra_notifications_env(&mut n_env);
+        let n_env = notifications_env(dir.path(), &admin_token, &secret.expose_whsec());
         let notifications = Service::spawn(Kind::Notifications, dir.path(), n_env);
         let receiver = notifications.url("/webhooks/orders");
         let orders = Service::spawn(
@@ -270,21 +263,63 @@ impl Demo {
         );
     }
 
-    /// `POST /orders`; returns the created order.
-    pub async fn create_order(&self, body: Value) -> Value {
-        let response = self
-            .http
-            .post(self.orders.url("/orders"))
-            .json_body(&body)
+    /// Sends `request` and returns its JSON body; `Err` saying what happened unless the status
+    /// is in `expected` (a lost connection included, so callers decide whether that fails the
+    /// test or is something to poll through).
+    async fn call(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+        expected: RangeInclusive<u16>,
+    ) -> Result<Value, String> {
+        let response = request
             .send()
             .await
-            .unwrap_or_else(|e| self.fail(&format!("POST /orders failed: {e}")));
+            .map_err(|e| format!("{what} failed: {e}"))?;
         let status = response.status();
         let json = read_json(response).await;
-        if status.as_u16() != 201 {
-            self.fail(&format!("POST /orders answered {status}: {json}"));
+        if expected.contains(&status.as_u16()) {
+            Ok(json)
+        } else {
+            Err(format!(
+                "{what} answered {status}, expected {expected:?}: {json}"
+            ))
         }
-        json
+    }
+
+    /// Every item of a list route, following `next_cursor` to the end.
+    async fn all_pages(
+        &self,
+        service: &Service,
+        path: &str,
+        admin: bool,
+    ) -> Result<Vec<Value>, String> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = service.url(&format!("{path}?limit=100"));
+            if let Some(c) = &cursor {
+                url.push_str(&format!("&cursor={c}"));
+            }
+            let mut request = self.http.get(&url);
+            if admin {
+                request = request.bearer_auth(&self.admin_token);
+            }
+            let page = self.call(&format!("GET {url}"), request, 200..=200).await?;
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(items),
+            }
+        }
+    }
+
+    /// `POST /orders`; returns the created order.
+    pub async fn create_order(&self, body: Value) -> Value {
+        let request = self.http.post(self.orders.url("/orders")).json_body(&body);
+        self.call("POST /orders", request, 201..=201)
+            .await
+            .unwrap_or_else(|e| self.fail(&e))
     }
 
     /// `POST /orders` from a client that may lose its connection (the service is being
@@ -306,30 +341,16 @@ impl Demo {
         Some(json)
     }
 
-    /// Every order orders-service has committed, by id, following `next_cursor`.
+    /// Every order orders-service has committed, by id.
     pub async fn committed_order_ids(&self) -> Vec<String> {
-        let mut ids = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = self.orders.url("/orders?limit=100");
-            if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
-            }
-            let response = self
-                .http
-                .get(&url)
-                .send()
-                .await
-                .unwrap_or_else(|e| self.fail(&format!("GET /orders: {e}")));
-            let page = read_json(response).await;
-            for order in page["items"].as_array().cloned().unwrap_or_default() {
-                ids.push(order["id"].as_str().unwrap().to_owned());
-            }
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => return ids,
-            }
-        }
+        let orders = self
+            .all_pages(&self.orders, "/orders", false)
+            .await
+            .unwrap_or_else(|e| self.fail(&e));
+        orders
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// A typical order for `email`.
@@ -342,34 +363,12 @@ impl Demo {
         })
     }
 
-    /// Every notification, following `next_cursor` to the end.
-    pub async fn notifications(&self) -> Vec<Value> {
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut url = self.notifications.url("/notifications?limit=100");
-            if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
-            }
-            let Ok(response) = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.admin_token)
-                .send()
-                .await
-            else {
-                return items; // service restarting: the caller polls again
-            };
-            if !response.status().is_success() {
-                return items;
-            }
-            let page = read_json(response).await;
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => return items,
-            }
-        }
+    /// Every notification; `None` while notification-service cannot answer (restarting), so
+    /// callers poll again rather than judge a partial list.
+    pub async fn notifications(&self) -> Option<Vec<Value>> {
+        self.all_pages(&self.notifications, "/notifications", true)
+            .await
+            .ok()
     }
 
     /// Waits until every order in `order_ids` has exactly one *sent* notification and none
@@ -377,25 +376,28 @@ impl Demo {
     /// or duplicated.
     pub async fn wait_for_one_sent_email_per_order(&self, order_ids: &[String]) -> Vec<Value> {
         let deadline = Instant::now() + DEADLINE * 2;
+        let mut last = String::from("notification-service never answered GET /notifications");
         loop {
-            let all = self.notifications().await;
-            let report = EmailReport::new(order_ids, &all);
-            if !report.duplicated.is_empty() {
-                self.fail(&format!(
-                    "orders with more than one email: {:?}",
-                    report.duplicated
-                ));
-            }
-            if report.missing.is_empty() && report.unsent.is_empty() {
-                return all;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!(
+            if let Some(all) = self.notifications().await {
+                let report = EmailReport::new(order_ids, &all);
+                if !report.duplicated.is_empty() {
+                    self.fail(&format!(
+                        "orders with more than one email: {:?}",
+                        report.duplicated
+                    ));
+                }
+                if report.missing.is_empty() && report.unsent.is_empty() {
+                    return all;
+                }
+                last = format!(
                     "not every order got its email: {} missing (first: {:?}), {} not yet sent",
                     report.missing.len(),
                     report.missing.first(),
                     report.unsent.len()
-                ));
+                );
+            }
+            if Instant::now() > deadline {
+                self.fail(&last);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -458,36 +460,25 @@ impl JsonBody for reqwest::RequestBuilder {
 /// The management API of orders-service, as the tests use it.
 impl Demo {
     async fn admin_get(&self, path: &str) -> Value {
-        let response = self
+        let request = self
             .http
             .get(self.orders.url(path))
-            .bearer_auth(&self.admin_token)
-            .send()
+            .bearer_auth(&self.admin_token);
+        self.call(&format!("GET {path}"), request, 200..=200)
             .await
-            .unwrap_or_else(|e| self.fail(&format!("GET {path} failed: {e}")));
-        let status = response.status();
-        let json = read_json(response).await;
-        if !status.is_success() {
-            self.fail(&format!("GET {path} answered {status}: {json}"));
-        }
-        json
+            .unwrap_or_else(|e| self.fail(&e))
     }
 
+    /// `POST` to a management route; any 2xx is success.
     pub async fn admin_post(&self, path: &str, body: Value) -> Value {
-        let response = self
+        let request = self
             .http
             .post(self.orders.url(path))
             .bearer_auth(&self.admin_token)
-            .json_body(&body)
-            .send()
+            .json_body(&body);
+        self.call(&format!("POST {path}"), request, 200..=299)
             .await
-            .unwrap_or_else(|e| self.fail(&format!("POST {path} failed: {e}")));
-        let status = response.status();
-        let json = read_json(response).await;
-        if !status.is_success() {
-            self.fail(&format!("POST {path} answered {status}: {json}"));
-        }
-        json
+            .unwrap_or_else(|e| self.fail(&e))
     }
 
     /// `GET /events/{id}` of an order's event: the event with its deliveries and attempts.
