@@ -59,21 +59,23 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
 
-    /// How many deliveries are attempted at once.
-    #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// How many deliveries are attempted at once. Each waits on a receiver, not on a CPU, so
+    /// many are cheap; they share keep-alive connections.
+    #[arg(long, env = "DISPATCH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub dispatch_concurrency: u32,
 
     /// How many due deliveries are claimed from the database at a time.
-    #[arg(long, env = "DISPATCH_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "DISPATCH_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub dispatch_batch_size: u32,
 
     /// Longest wait between sweeps for due retries and expired leases.
     #[arg(long, env = "DISPATCH_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub dispatch_sweep_interval: Duration,
 
-    /// How long a claimed delivery belongs to its worker; after that (a crash) it is retried.
-    /// Must exceed `WEBHOOK_TIMEOUT`.
-    #[arg(long, env = "DISPATCH_LEASE", default_value = "60s", value_parser = parse_duration)]
+    /// How long a claimed delivery belongs to its worker: one attempt and the recording of its
+    /// outcome. After a crash, the dead process's deliveries are retried once their leases
+    /// run out, so shorter means faster recovery. Must be at least `WEBHOOK_TIMEOUT` + 5 s.
+    #[arg(long, env = "DISPATCH_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub dispatch_lease: Duration,
 
     /// How long shutdown waits for in-flight attempts before releasing their leases.
@@ -105,13 +107,15 @@ pub struct Config {
 
     /// HTTP requests handled at the same time, at most (`/healthz` aside); more get 503 with
     /// `Retry-After`.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
 
-    /// Deliveries to one endpoint attempted at the same time, at most, so that one slow
-    /// receiver cannot hold every dispatch slot.
-    #[arg(long, env = "DISPATCH_PER_ENDPOINT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub dispatch_per_endpoint_concurrency: u32,
+    /// Deliveries to one endpoint attempted at the same time, at most (counted across every
+    /// replica sharing the database), so that one slow receiver cannot hold every dispatch
+    /// slot. Half of `DISPATCH_CONCURRENCY` when unset: a healthy endpoint alone still gets
+    /// plenty, a stuck one leaves the other half to the rest.
+    #[arg(long, env = "DISPATCH_PER_ENDPOINT_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub dispatch_per_endpoint_concurrency: Option<u32>,
 
     /// Longest time a client may take to send a request's line and headers, in seconds,
     /// counted from when its connection is ready for a request; the connection is closed
@@ -162,6 +166,13 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// `DISPATCH_PER_ENDPOINT_CONCURRENCY`, or half of `DISPATCH_CONCURRENCY` (at least 1)
+    /// when it is not set.
+    pub fn per_endpoint_cap(&self) -> u32 {
+        self.dispatch_per_endpoint_concurrency
+            .unwrap_or((self.dispatch_concurrency / 2).max(1))
+    }
+
     /// Checks what clap cannot: relations between settings and the shape of URLs and secrets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let token = self.admin_token.expose_secret();
@@ -503,8 +514,19 @@ mod tests {
         let defaults = Config::try_parse_from(["orders-service", "--admin-token", TOKEN]).unwrap();
         defaults.validate().unwrap();
         assert_eq!(defaults.request_timeout_secs, 10);
-        assert_eq!(defaults.max_concurrent_requests, 64);
-        assert_eq!(defaults.dispatch_per_endpoint_concurrency, 4);
+        assert_eq!(defaults.max_concurrent_requests, 256);
+        assert_eq!(defaults.dispatch_per_endpoint_concurrency, None);
+        assert_eq!(defaults.per_endpoint_cap(), 32);
+        let small = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            TOKEN,
+            "--dispatch-concurrency",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(small.per_endpoint_cap(), 1);
+        assert_eq!(defaults.dispatch_lease, Duration::from_secs(15));
         assert_eq!(defaults.header_read_timeout_secs, 10);
         assert_eq!(defaults.max_connections, 1024);
     }

@@ -2,6 +2,7 @@
 //! JSON body in the project's shape (`webhook_common::error_body::ErrorBody`).
 
 use std::collections::BTreeMap;
+use webhook_common::group_commit::WriteError;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -69,10 +70,19 @@ pub fn is_transient_db_error(e: &sqlx::Error) -> bool {
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        let transient = e
-            .chain()
-            .filter_map(|c| c.downcast_ref::<sqlx::Error>())
-            .any(is_transient_db_error);
+        // A write refused because the writer is stopping (shutdown) is worth retrying
+        // elsewhere or later, like a busy database; so is a batch that failed to commit for
+        // being busy.
+        let transient = e.chain().any(|c| {
+            if let Some(e) = c.downcast_ref::<sqlx::Error>() {
+                return is_transient_db_error(e);
+            }
+            match c.downcast_ref::<WriteError>() {
+                Some(WriteError::Closed) => true,
+                Some(w) => w.sqlx().is_some_and(is_transient_db_error),
+                None => false,
+            }
+        });
         if transient {
             ApiError::Unavailable(e)
         } else {

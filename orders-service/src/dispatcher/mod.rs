@@ -4,6 +4,12 @@
 //! It wakes as soon as an order's transaction commits (a [`Notify`]), when a retry or an
 //! expired lease falls due, when a worker slot frees up, and at least every sweep interval.
 //! Memory is bounded by the concurrency: at most that many deliveries are claimed and held.
+//!
+//! A lease covers one whole attempt and the recording of its outcome (`DISPATCH_LEASE` is at
+//! least `WEBHOOK_TIMEOUT` + 5 s; 15 s by default), so a crashed process's deliveries are
+//! taken over within one lease. An attempt starts only while its lease still covers the
+//! attempt timeout, so no request goes out that could outlive its lease and overlap another
+//! worker's attempt of the same delivery.
 
 mod attempt;
 pub mod retry;
@@ -24,8 +30,8 @@ pub use attempt::{FORBIDDEN_TARGET, RESPONSE_PREFIX_BYTES};
 use retry::RetryPolicy;
 
 use crate::config::Config;
-use crate::domain::AttemptOutcome;
-use crate::store::{now_ms, Store};
+use crate::domain::{AttemptOutcome, DeliveryJob};
+use crate::store::{now_ms, Claimed, Store};
 
 /// How long to wait after a failing claim before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
@@ -68,7 +74,7 @@ impl DispatcherSettings {
     pub fn from_config(config: &Config) -> Self {
         DispatcherSettings {
             concurrency: config.dispatch_concurrency,
-            per_endpoint: config.dispatch_per_endpoint_concurrency,
+            per_endpoint: config.per_endpoint_cap(),
             batch_size: config.dispatch_batch_size,
             sweep_interval: config.dispatch_sweep_interval,
             lease: config.dispatch_lease,
@@ -101,6 +107,21 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Poked when an attempt finishes, so the loop claims again and recomputes its wait.
     slot_freed: Notify,
+}
+
+/// The lease of one claim, shared by the attempts it claimed.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// Unix ms at which the claim's leases end.
+    until_ms: i64,
+}
+
+impl Lease {
+    /// Time left on the lease, as a deadline on the monotonic clock.
+    fn deadline(&self) -> Instant {
+        let left = u64::try_from(self.until_ms.saturating_sub(now_ms())).unwrap_or(0);
+        Instant::now() + Duration::from_millis(left)
+    }
 }
 
 impl Dispatcher {
@@ -151,15 +172,20 @@ impl Dispatcher {
             .settings
             .batch_size
             .min(self.inner.settings.concurrency);
-        let claimed_at = Instant::now();
         let claimed = self.claim(limit).await?;
-        let count = claimed.len();
+        let count = claimed.jobs.len() + claimed.unloadable.len();
+        let lease = Lease {
+            until_ms: claimed.lease_until,
+        };
+        self.inner
+            .release_unloadable(claimed.token, claimed.unloadable)
+            .await;
         let mut set = JoinSet::new();
         let never = CancellationToken::new();
-        for (id, token) in claimed {
+        for job in claimed.jobs {
             let inner = self.inner.clone();
             let never = never.clone();
-            set.spawn(async move { inner.process(id, token, claimed_at, never).await });
+            set.spawn(async move { inner.process(job, lease, never).await });
         }
         while set.join_next().await.is_some() {}
         Ok(count)
@@ -177,11 +203,14 @@ impl Dispatcher {
         }
     }
 
-    async fn claim(&self, limit: u32) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
-        let lease_ms = i64::try_from(self.inner.settings.lease.as_millis()).unwrap_or(i64::MAX);
+    async fn claim(&self, limit: u32) -> anyhow::Result<Claimed> {
         self.inner
             .store
-            .claim_due(limit, lease_ms, self.inner.settings.per_endpoint)
+            .claim_due(
+                limit,
+                self.inner.lease_ms(),
+                self.inner.settings.per_endpoint,
+            )
             .await
     }
 
@@ -203,24 +232,30 @@ impl Dispatcher {
                 .min(inner.settings.batch_size);
             let mut wait = inner.settings.sweep_interval;
             if limit > 0 {
-                let claimed_at = Instant::now();
                 let claimed_at_ms = now_ms();
                 match self.claim(limit).await {
                     Ok(claimed) => {
-                        let any = !claimed.is_empty();
-                        for (id, token) in claimed {
+                        let any = !claimed.jobs.is_empty() || !claimed.unloadable.is_empty();
+                        let lease = Lease {
+                            until_ms: claimed.lease_until,
+                        };
+                        inner
+                            .release_unloadable(claimed.token, claimed.unloadable)
+                            .await;
+                        for job in claimed.jobs {
                             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
                                 // Only this loop takes permits, so this cannot happen; hand
                                 // the row back rather than exceed the bound.
-                                let _ = inner.store.release(id, token, 0).await;
+                                let _ = inner
+                                    .store
+                                    .release(job.delivery_id, job.claim_token, 0)
+                                    .await;
                                 continue;
                             };
                             let worker = inner.clone();
                             let stop = hard_stop.clone();
                             tracker.spawn(async move {
-                                worker
-                                    .process_with_slot(id, token, claimed_at, stop, permit)
-                                    .await
+                                worker.process_with_slot(job, lease, stop, permit).await
                             });
                         }
                         if any {
@@ -288,55 +323,65 @@ impl Dispatcher {
 }
 
 impl Inner {
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Gives back, for [`LOAD_ERROR_BACKOFF`], deliveries whose job could not be built: a row
+    /// that always fails to load must not spin the loop.
+    async fn release_unloadable(&self, token: Uuid, unloadable: Vec<(Uuid, anyhow::Error)>) {
+        let backoff = i64::try_from(LOAD_ERROR_BACKOFF.as_millis()).unwrap_or(i64::MAX);
+        for (id, error) in unloadable {
+            tracing::warn!(
+                delivery_id = %id,
+                error = format!("{error:#}"),
+                retry_in_s = LOAD_ERROR_BACKOFF.as_secs(),
+                "loading the delivery failed; releasing it for later"
+            );
+            if let Err(e) = self.store.release(id, token, backoff).await {
+                tracing::warn!(error = format!("{e:#}"), delivery_id = %id, "releasing the delivery failed; its lease will expire");
+            }
+        }
+    }
+
     async fn process_with_slot(
         self: Arc<Self>,
-        id: Uuid,
-        token: Uuid,
-        claimed_at: Instant,
+        job: DeliveryJob,
+        lease: Lease,
         hard_stop: CancellationToken,
         permit: OwnedSemaphorePermit,
     ) {
-        self.process(id, token, claimed_at, hard_stop).await;
+        self.process(job, lease, hard_stop).await;
         drop(permit);
         self.slot_freed.notify_one();
     }
 
-    async fn process(
-        &self,
-        id: Uuid,
-        token: Uuid,
-        claimed_at: Instant,
-        hard_stop: CancellationToken,
-    ) {
-        let span =
-            tracing::info_span!("delivery", delivery_id = %id, attempt = tracing::field::Empty);
-        self.process_inner(id, token, claimed_at, hard_stop)
+    async fn process(&self, job: DeliveryJob, lease: Lease, hard_stop: CancellationToken) {
+        let span = tracing::info_span!(
+            "delivery",
+            delivery_id = %job.delivery_id,
+            attempt = job.attempts + 1
+        );
+        self.process_inner(job, lease, hard_stop)
             .instrument(span)
             .await;
     }
 
-    async fn process_inner(
-        &self,
-        id: Uuid,
-        token: Uuid,
-        claimed_at: Instant,
-        hard_stop: CancellationToken,
-    ) {
-        let job = match self.store.load_job(id, token).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return,
-            Err(e) => {
+    async fn process_inner(&self, job: DeliveryJob, lease: Lease, hard_stop: CancellationToken) {
+        let (id, token) = (job.delivery_id, job.claim_token);
+        // The request must end before the lease can: otherwise another worker could claim
+        // the delivery and send it while this attempt still runs.
+        let timeout_ms = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
+        if lease.until_ms < now_ms().saturating_add(timeout_ms) {
+            tracing::warn!("the lease no longer covers an attempt; giving the delivery back");
+            if let Err(e) = self.store.release(id, token, 0).await {
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    retry_in_s = LOAD_ERROR_BACKOFF.as_secs(),
-                    "loading the delivery failed; releasing it for later"
+                    "releasing the lease failed; it will expire"
                 );
-                let backoff = i64::try_from(LOAD_ERROR_BACKOFF.as_millis()).unwrap_or(i64::MAX);
-                let _ = self.store.release(id, token, backoff).await;
-                return;
             }
-        };
-        tracing::Span::current().record("attempt", job.attempts + 1);
+            return;
+        }
         let report = tokio::select! {
             report = attempt::attempt(
                 &self.client,
@@ -354,8 +399,7 @@ impl Inner {
         // The receiver has the request; losing its outcome to a database hiccup would send it
         // again after the lease. Nobody else may take the row while the lease lasts, so keep
         // trying that long (DISPATCH_LEASE exceeds WEBHOOK_TIMEOUT by at least 5 s for this).
-        let lease_ends = claimed_at + self.settings.lease;
-        let recorded = retry_until(lease_ends, || {
+        let recorded = retry_until(lease.deadline(), || {
             self.store.finish_attempt(
                 &job,
                 &report.attempt,

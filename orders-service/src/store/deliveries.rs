@@ -10,19 +10,6 @@ use crate::domain::{Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, R
 const MAX_ERROR_CHARS: usize = 500;
 
 #[derive(sqlx::FromRow)]
-struct JobRow {
-    attempts: i64,
-    retry_base: i64,
-    msg_id: String,
-    payload: Vec<u8>,
-    endpoint_id: String,
-    url: String,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<i64>,
-}
-
-#[derive(sqlx::FromRow)]
 struct DeliveryRow {
     id: String,
     event_id: String,
@@ -72,16 +59,6 @@ struct AttemptRow {
 /// and no claim or next-due query walks past them. Enabling the endpoint makes them due.
 pub const PAUSED_AT: i64 = i64::MAX;
 
-/// Due work: pending and due, or in flight with an expired lease (its worker died), and only
-/// for enabled endpoints (a backstop: pending rows of disabled endpoints are paused).
-const DUE: &str = "((d.status = 'pending' AND d.next_attempt_at <= $1) \
-     OR (d.status = 'in_flight' AND d.lease_expires_at <= $1)) \
-     AND d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)";
-
-/// Attempts running now (live leases) to the endpoint of the row `d`.
-const BUSY: &str = "(SELECT COUNT(*) FROM deliveries x WHERE x.endpoint_id = d.endpoint_id \
-     AND x.status = 'in_flight' AND x.lease_expires_at > $1)";
-
 /// The due time to store for a delivery of the row being updated: `at`, or [`PAUSED_AT`]
 /// while its endpoint is disabled. Both are placeholders, e.g. `due_or_paused("$1", "$9")`.
 pub(super) fn due_or_paused(at: &str, paused: &str) -> String {
@@ -95,7 +72,7 @@ pub(super) fn due_or_paused(at: &str, paused: &str) -> String {
 pub(super) async fn pause_endpoint(
     conn: &mut sqlx::SqliteConnection,
     endpoint_id: &str,
-) -> anyhow::Result<u64> {
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE deliveries SET next_attempt_at = $1 WHERE endpoint_id = $2 AND status = 'pending'",
     )
@@ -124,88 +101,288 @@ pub(super) async fn resume_endpoint(
     .rows_affected())
 }
 
+/// What one claim took: the jobs it can attempt, under one claim token.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The token every later update of these deliveries must present.
+    pub token: Uuid,
+    /// When the leases end, in unix milliseconds.
+    pub lease_until: i64,
+    /// Everything each attempt needs.
+    pub jobs: Vec<DeliveryJob>,
+    /// Deliveries that were claimed but whose job could not be built (a stored secret that
+    /// does not parse, say), with why; the caller gives them back for later.
+    pub unloadable: Vec<(Uuid, anyhow::Error)>,
+}
+
+/// An endpoint as a claim needs it.
+#[derive(sqlx::FromRow)]
+struct EndpointRow {
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_expires_at: Option<i64>,
+}
+
+/// A claimed delivery as read in the claim's transaction; turned into a [`DeliveryJob`]
+/// outside it.
+struct ClaimedRow {
+    id: String,
+    attempts: i64,
+    retry_base: i64,
+    msg_id: String,
+    payload: Vec<u8>,
+    endpoint_id: String,
+    endpoint: std::sync::Arc<EndpointRow>,
+}
+
+/// Enabled endpoints with work due at `$1`, oldest due first: one index probe each.
+const DUE_ENDPOINTS: &str = "SELECT id FROM (SELECT p.id, (SELECT d.due_at FROM deliveries d \
+         WHERE d.endpoint_id = p.id AND d.due_at IS NOT NULL \
+         ORDER BY d.due_at LIMIT 1) AS next \
+       FROM endpoints p WHERE p.enabled = 1) \
+     WHERE next <= $1 ORDER BY next";
+
+/// Attempts of endpoint `$1` running at `$2` under live leases, whoever holds them.
+const BUSY: &str = "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 \
+     AND status = 'in_flight' AND lease_expires_at > $2";
+
+/// Leases (`$1`, `$2`) the `$5` deliveries of endpoint `$4` that fell due first by `$3`.
+const CLAIM: &str = "UPDATE deliveries SET status = 'in_flight', lease_expires_at = $1, \
+     claim_token = $2, updated_at = $3 \
+     WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = $4 AND due_at <= $3 \
+                  ORDER BY due_at LIMIT $5) \
+     RETURNING id, attempts, retry_base, event_id";
+
+/// The earliest due time before `$1` (the paused mark) of any enabled endpoint.
+const NEXT_DUE: &str = "SELECT MIN(next) FROM (SELECT (SELECT d.due_at FROM deliveries d \
+         WHERE d.endpoint_id = p.id AND d.due_at < $1 \
+         ORDER BY d.due_at LIMIT 1) AS next \
+       FROM endpoints p WHERE p.enabled = 1)";
+
+/// The claim's statements. Costs O(enabled endpoints + rows claimed), never O(backlog):
+/// every lookup reads the `deliveries_endpoint_due` index in order and stops at its limit.
+///
+/// Fairness: endpoints are served oldest due work first, and each gets at most
+/// `per_endpoint` deliveries in flight, counting live leases of every worker and replica, so
+/// one slow receiver cannot hold every slot while the others wait.
+async fn claim_rows(
+    conn: &mut sqlx::SqliteConnection,
+    now: i64,
+    lease_until: i64,
+    token: &str,
+    limit: u32,
+    per_endpoint: u32,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    // One index probe per enabled endpoint: when its earliest open delivery falls due.
+    let due: Vec<(String,)> = sqlx::query_as(DUE_ENDPOINTS)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut left = i64::from(limit);
+    let mut claimed = Vec::new();
+    for (endpoint_id,) in due {
+        if left <= 0 {
+            break;
+        }
+        let (busy,): (i64,) = sqlx::query_as(BUSY)
+            .bind(&endpoint_id)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?;
+        let room = (i64::from(per_endpoint) - busy).min(left);
+        if room <= 0 {
+            continue;
+        }
+        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(CLAIM)
+            .bind(lease_until)
+            .bind(token)
+            .bind(now)
+            .bind(&endpoint_id)
+            .bind(room)
+            .fetch_all(&mut *conn)
+            .await?;
+        if rows.is_empty() {
+            continue;
+        }
+        left -= i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let endpoint: EndpointRow = sqlx::query_as(
+            "SELECT url, secret, previous_secret, previous_secret_expires_at \
+             FROM endpoints WHERE id = $1",
+        )
+        .bind(&endpoint_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let endpoint = std::sync::Arc::new(endpoint);
+        for (id, attempts, retry_base, event_id) in rows {
+            let (msg_id, payload): (String, Vec<u8>) =
+                sqlx::query_as("SELECT msg_id, payload FROM events WHERE id = $1")
+                    .bind(&event_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            claimed.push(ClaimedRow {
+                id,
+                attempts,
+                retry_base,
+                msg_id,
+                payload,
+                endpoint_id: endpoint_id.clone(),
+                endpoint: endpoint.clone(),
+            });
+        }
+    }
+    Ok(claimed)
+}
+
+impl ClaimedRow {
+    fn into_job(self, claim_token: Uuid, now: i64) -> anyhow::Result<DeliveryJob> {
+        let endpoint = &*self.endpoint;
+        let mut secrets = vec![Secret::parse(&endpoint.secret)?];
+        if let (Some(previous), Some(expires)) = (
+            &endpoint.previous_secret,
+            endpoint.previous_secret_expires_at,
+        ) {
+            if expires > now {
+                secrets.push(Secret::parse(previous)?);
+            }
+        }
+        Ok(DeliveryJob {
+            delivery_id: parse_uuid(&self.id)?,
+            claim_token,
+            attempts: u32::try_from(self.attempts)?,
+            retry_base: u32::try_from(self.retry_base)?,
+            msg_id: self.msg_id,
+            payload: self.payload.into(),
+            endpoint_id: parse_uuid(&self.endpoint_id)?,
+            url: endpoint.url.clone(),
+            secrets,
+        })
+    }
+}
+
+/// The statements of [`Store::finish_attempt`].
+async fn finish_rows(
+    conn: &mut sqlx::SqliteConnection,
+    job: &FinishedJob,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let (status, next_at, delivered_at) = match job.outcome {
+        AttemptOutcome::Delivered => ("delivered", now, Some(now)),
+        AttemptOutcome::Retry { at } => ("pending", at, None),
+        AttemptOutcome::Failed | AttemptOutcome::EndpointGone => ("failed", now, None),
+    };
+    // A retry of an endpoint disabled meanwhile is paused with the endpoint's other rows.
+    let next = "CASE WHEN $1 = 'pending' AND EXISTS (SELECT 1 FROM endpoints p \
+         WHERE p.id = deliveries.endpoint_id AND p.enabled = 0) THEN $9 ELSE $2 END";
+    let updated = sqlx::query(&format!(
+        "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = {next}, \
+         delivered_at = $3, last_status = $4, last_error = $5, lease_expires_at = NULL, \
+         claim_token = NULL, updated_at = $6 \
+         WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'"
+    ))
+    .bind(status)
+    .bind(next_at)
+    .bind(delivered_at)
+    .bind(job.attempt.status_code.map(i64::from))
+    .bind(&job.error)
+    .bind(now)
+    .bind(&job.delivery_id)
+    .bind(&job.claim_token)
+    .bind(PAUSED_AT)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    let attempt = &job.attempt;
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
+         status_code, error_kind, response_body, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&job.delivery_id)
+    .bind(i64::from(attempt.attempt))
+    .bind(attempt.started_at)
+    .bind(attempt.duration_ms)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(&attempt.error_kind)
+    .bind(&attempt.response_body)
+    .bind(job.outcome.as_str())
+    .execute(&mut *conn)
+    .await?;
+    if job.outcome == AttemptOutcome::EndpointGone {
+        sqlx::query(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind("the endpoint answered 410 Gone")
+        .bind(now)
+        .bind(&job.endpoint_id)
+        .execute(&mut *conn)
+        .await?;
+        pause_endpoint(conn, &job.endpoint_id).await?;
+    }
+    Ok(true)
+}
+
+/// What [`finish_rows`] records, owned so it can travel to the writer task.
+struct FinishedJob {
+    delivery_id: String,
+    claim_token: String,
+    endpoint_id: String,
+    attempt: Attempt,
+    outcome: AttemptOutcome,
+    error: Option<String>,
+}
+
 impl Store {
-    /// Claims up to `limit` due deliveries for `lease_ms`, returning their ids and the claim
-    /// token that every later update must present. At most `per_endpoint` deliveries to one
-    /// endpoint are in flight at once (counting live leases held by any worker or replica),
-    /// so a slow receiver cannot take every slot. A delivery claimed by another worker in the
-    /// meantime is simply not returned: the outer condition is re-checked by the UPDATE.
+    /// Claims up to `limit` due deliveries for `lease_ms` and returns everything their
+    /// attempts need, under one claim token that every later update must present. At most
+    /// `per_endpoint` deliveries to one endpoint are in flight at once (counting live leases
+    /// held by any worker or replica), so a slow receiver cannot take every slot.
     ///
-    /// One claim may return fewer rows than could be taken (its candidate window is the
-    /// `limit` oldest due rows of endpoints below the cap); claim again until none come back.
+    /// Due means pending with its retry time come, or in flight with an expired lease (its
+    /// worker died), for an enabled endpoint. The claim is one group-committed write; its
+    /// cost does not grow with the backlog.
     pub async fn claim_due(
         &self,
         limit: u32,
         lease_ms: i64,
         per_endpoint: u32,
-    ) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+    ) -> anyhow::Result<Claimed> {
         let now = now_ms();
         let token = Uuid::new_v4();
-        let sql = format!(
-            "UPDATE deliveries SET status = 'in_flight', lease_expires_at = $2, claim_token = $3, \
-             updated_at = $1 \
-             WHERE id IN ( \
-               SELECT id FROM ( \
-                 SELECT c.id, c.busy, ROW_NUMBER() OVER ( \
-                   PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS rn \
-                 FROM (SELECT d.id, d.endpoint_id, d.next_attempt_at, {BUSY} AS busy \
-                       FROM deliveries d WHERE {DUE} AND {BUSY} < $5 \
-                       ORDER BY d.next_attempt_at LIMIT $4) c \
-               ) r WHERE r.rn + r.busy <= $5) \
-             AND ((status = 'pending' AND next_attempt_at <= $1) \
-                  OR (status = 'in_flight' AND lease_expires_at <= $1)) \
-             RETURNING id"
-        );
-        let ids: Vec<(String,)> = sqlx::query_as(&sql)
-            .bind(now)
-            .bind(now.saturating_add(lease_ms))
-            .bind(token.to_string())
-            .bind(i64::from(limit))
-            .bind(i64::from(per_endpoint))
-            .fetch_all(&self.pool)
+        let lease_until = now.saturating_add(lease_ms);
+        let token_text = token.to_string();
+        let rows = self
+            .writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    claim_rows(conn, now, lease_until, &token_text, limit, per_endpoint).await
+                })
+            })
             .await?;
-        ids.into_iter()
-            .map(|(id,)| Ok((parse_uuid(&id)?, token)))
-            .collect()
-    }
-
-    /// Loads what an attempt of a claimed delivery needs; `None` if the claim was lost.
-    pub async fn load_job(
-        &self,
-        delivery_id: Uuid,
-        claim_token: Uuid,
-    ) -> anyhow::Result<Option<DeliveryJob>> {
-        let row: Option<JobRow> = sqlx::query_as(
-            "SELECT d.attempts, d.retry_base, e.msg_id, e.payload, d.endpoint_id, p.url, p.secret, \
-                    p.previous_secret, p.previous_secret_expires_at \
-             FROM deliveries d JOIN events e ON e.id = d.event_id \
-                               JOIN endpoints p ON p.id = d.endpoint_id \
-             WHERE d.id = $1 AND d.claim_token = $2 AND d.status = 'in_flight'",
-        )
-        .bind(delivery_id.to_string())
-        .bind(claim_token.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut secrets = vec![Secret::parse(&row.secret)?];
-        if let (Some(previous), Some(expires)) =
-            (row.previous_secret, row.previous_secret_expires_at)
-        {
-            if expires > now_ms() {
-                secrets.push(Secret::parse(&previous)?);
+        let mut claimed = Claimed {
+            token,
+            lease_until,
+            jobs: Vec::with_capacity(rows.len()),
+            unloadable: Vec::new(),
+        };
+        for row in rows {
+            let id = row.id.clone();
+            match row.into_job(token, now) {
+                Ok(job) => claimed.jobs.push(job),
+                Err(e) => match parse_uuid(&id) {
+                    Ok(id) => claimed.unloadable.push((id, e)),
+                    // Not even the id parses: nothing can address the row but its lease,
+                    // which expires; it is then claimed (and reported) again.
+                    Err(_) => {
+                        tracing::error!(error = format!("{e:#}"), delivery_id = %id, "a claimed delivery has an unreadable id")
+                    }
+                },
             }
         }
-        Ok(Some(DeliveryJob {
-            delivery_id,
-            claim_token,
-            attempts: u32::try_from(row.attempts)?,
-            retry_base: u32::try_from(row.retry_base)?,
-            msg_id: row.msg_id,
-            payload: row.payload.into(),
-            endpoint_id: parse_uuid(&row.endpoint_id)?,
-            url: row.url,
-            secrets,
-        }))
+        Ok(claimed)
     }
 
     /// Records one attempt and its outcome in one transaction. Returns `false`, recording
@@ -218,71 +395,24 @@ impl Store {
         outcome: &AttemptOutcome,
         error: Option<&str>,
     ) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let error: Option<String> = error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect());
-        let (status, next_at, delivered_at) = match outcome {
-            AttemptOutcome::Delivered => ("delivered", now, Some(now)),
-            AttemptOutcome::Retry { at } => ("pending", *at, None),
-            AttemptOutcome::Failed | AttemptOutcome::EndpointGone => ("failed", now, None),
+        let finished = FinishedJob {
+            delivery_id: job.delivery_id.to_string(),
+            claim_token: job.claim_token.to_string(),
+            endpoint_id: job.endpoint_id.to_string(),
+            attempt: attempt.clone(),
+            outcome: outcome.clone(),
+            error: error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect()),
         };
-        let mut tx = self.pool.begin().await?;
-        // A retry of an endpoint disabled meanwhile is paused with the endpoint's other rows.
-        let next = "CASE WHEN $1 = 'pending' AND EXISTS (SELECT 1 FROM endpoints p \
-             WHERE p.id = deliveries.endpoint_id AND p.enabled = 0) THEN $9 ELSE $2 END";
-        let updated = sqlx::query(&format!(
-            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = {next}, \
-             delivered_at = $3, last_status = $4, last_error = $5, lease_expires_at = NULL, \
-             claim_token = NULL, updated_at = $6 \
-             WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'"
-        ))
-        .bind(status)
-        .bind(next_at)
-        .bind(delivered_at)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(&error)
-        .bind(now)
-        .bind(job.delivery_id.to_string())
-        .bind(job.claim_token.to_string())
-        .bind(PAUSED_AT)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
-             status_code, error_kind, response_body, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(job.delivery_id.to_string())
-        .bind(i64::from(attempt.attempt))
-        .bind(attempt.started_at)
-        .bind(attempt.duration_ms)
-        .bind(attempt.status_code.map(i64::from))
-        .bind(&attempt.error_kind)
-        .bind(&attempt.response_body)
-        .bind(outcome.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if *outcome == AttemptOutcome::EndpointGone {
-            sqlx::query(
-                "UPDATE endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3",
-            )
-            .bind("the endpoint answered 410 Gone")
-            .bind(now)
-            .bind(job.endpoint_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-            pause_endpoint(&mut tx, &job.endpoint_id.to_string()).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        Ok(self
+            .writer
+            .write(move |conn| {
+                Box::pin(async move { finish_rows(conn, &finished, now_ms()).await })
+            })
+            .await?)
     }
 
-    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short, or
-    /// it could not be loaded), due again after `delay_ms`.
+    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short, its
+    /// lease no longer covered an attempt, or it could not be loaded), due again after `delay_ms`.
     pub async fn release(
         &self,
         delivery_id: Uuid,
@@ -290,49 +420,42 @@ impl Store {
         delay_ms: i64,
     ) -> anyhow::Result<()> {
         let now = now_ms();
-        let next = due_or_paused("$4", "$5");
-        sqlx::query(&format!(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
-             lease_expires_at = NULL, claim_token = NULL, updated_at = $1 \
-             WHERE id = $2 AND claim_token = $3 AND status = 'in_flight'"
-        ))
-        .bind(now)
-        .bind(delivery_id.to_string())
-        .bind(claim_token.to_string())
-        .bind(now.saturating_add(delay_ms.max(0)))
-        .bind(PAUSED_AT)
-        .execute(&self.pool)
-        .await?;
+        let due = now.saturating_add(delay_ms.max(0));
+        let (id, token) = (delivery_id.to_string(), claim_token.to_string());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let next = due_or_paused("$4", "$5");
+                    sqlx::query(&format!(
+                        "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
+                         lease_expires_at = NULL, claim_token = NULL, updated_at = $1 \
+                         WHERE id = $2 AND claim_token = $3 AND status = 'in_flight'"
+                    ))
+                    .bind(now)
+                    .bind(&id)
+                    .bind(&token)
+                    .bind(due)
+                    .bind(PAUSED_AT)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await?;
         Ok(())
     }
 
     /// When the earliest not-yet-due work falls due (a retry or an expiring lease), in unix
     /// milliseconds; `None` when there is none.
     ///
-    /// Two index-ordered lookups (`deliveries_due`, `deliveries_lease`) that stop at the
-    /// first row of an enabled endpoint, instead of one MIN over every pending and in-flight
-    /// row; paused rows lie beyond the range searched.
+    /// One index probe per enabled endpoint (`deliveries_endpoint_due`), whatever the
+    /// backlog; paused rows lie beyond the range searched.
     pub async fn next_due_at(&self) -> anyhow::Result<Option<i64>> {
-        let enabled = "d.endpoint_id IN (SELECT id FROM endpoints WHERE enabled = 1)";
-        let pending: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT d.next_attempt_at FROM deliveries d \
-             WHERE d.status = 'pending' AND d.next_attempt_at < $1 AND {enabled} \
-             ORDER BY d.next_attempt_at LIMIT 1"
-        ))
-        .bind(PAUSED_AT)
-        .fetch_optional(&self.pool)
-        .await?;
-        let lease: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT d.lease_expires_at FROM deliveries d \
-             WHERE d.status = 'in_flight' AND d.lease_expires_at IS NOT NULL AND {enabled} \
-             ORDER BY d.lease_expires_at LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match (pending, lease) {
-            (Some((a,)), Some((b,))) => Some(a.min(b)),
-            (a, b) => a.or(b).map(|(at,)| at),
-        })
+        let (next,): (Option<i64>,) = sqlx::query_as(NEXT_DUE)
+            .bind(PAUSED_AT)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(next)
     }
 
     /// The deliveries of an order's events, oldest first.
@@ -495,5 +618,54 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim path's statements must read indexes in order and stop at their limits: no
+    /// full scan of `deliveries`, no sort of its rows. A plan regression here is what turns a
+    /// claim from O(batch) into O(backlog), which no functional test would notice.
+    #[tokio::test]
+    async fn claim_queries_are_served_by_indexes_without_scans_or_sorts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("p.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        // A few rows and fresh statistics, so the planner cannot pick a plan just because
+        // the table is empty.
+        sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
+        for (name, sql) in [
+            ("due endpoints", DUE_ENDPOINTS),
+            ("busy", BUSY),
+            ("claim", CLAIM),
+            ("next due", NEXT_DUE),
+        ] {
+            let rows: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap();
+            let plan: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+            let text = plan.join("\n");
+            assert!(
+                !plan
+                    .iter()
+                    .any(|step| step.starts_with("SCAN d") || step.starts_with("SCAN deliveries")),
+                "{name}: full scan of deliveries:\n{text}"
+            );
+            assert!(
+                !text.contains("TEMP B-TREE FOR ORDER BY") || name == "due endpoints",
+                "{name}: sorts deliveries:\n{text}"
+            );
+            assert!(
+                text.contains("deliveries_endpoint_due") || name == "busy",
+                "{name}: not served by deliveries_endpoint_due:\n{text}"
+            );
+        }
+        store.close().await;
     }
 }

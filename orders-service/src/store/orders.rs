@@ -56,72 +56,21 @@ impl Store {
     /// Writes the order, its event and one pending delivery per enabled endpoint subscribed
     /// to the event's type, in ONE transaction: either all of it is stored or none. The
     /// number of endpoints is capped by the API, which bounds the fan-out here.
+    ///
+    /// The write is group-committed with others (see the module docs); it returns once its
+    /// batch is on disk.
     #[tracing::instrument(skip_all, fields(order_id = %order.id, event_type = %event.event_type))]
     pub async fn create_order_with_event(
         &self,
         order: &Order,
         event: &NewEvent,
     ) -> anyhow::Result<CreatedOrder> {
-        let mut tx = self.pool.begin().await?;
-        // The first statement writes, so SQLite takes the write lock here (waiting up to the
-        // busy timeout) instead of failing to upgrade a read lock later in the transaction.
-        sqlx::query(
-            "INSERT INTO orders (id, product_name, quantity, unit_price, total, currency, \
-             customer_email, status, failure_reason, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(order.id.to_string())
-        .bind(&order.product_name)
-        .bind(i64::from(order.quantity))
-        .bind(order.unit_price.minor_units)
-        .bind(order.total.minor_units)
-        .bind(order.total.currency.as_str())
-        .bind(&order.customer_email)
-        .bind(order.status.as_str())
-        .bind(&order.failure_reason)
-        .bind(order.created_at)
-        .execute(&mut *tx)
-        .await?;
-
-        sqlx::query(
-            "INSERT INTO events (id, msg_id, event_type, order_id, payload, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(event.id.to_string())
-        .bind(&event.msg_id)
-        .bind(&event.event_type)
-        .bind(event.order_id.map(|id| id.to_string()))
-        .bind(&event.payload)
-        .bind(event.created_at)
-        .execute(&mut *tx)
-        .await?;
-
-        let endpoints: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, event_types FROM endpoints WHERE enabled = 1")
-                .fetch_all(&mut *tx)
-                .await?;
-        let mut deliveries = 0;
-        for (endpoint_id, types) in endpoints {
-            let types: Vec<String> = serde_json::from_str(&types).unwrap_or_default();
-            if !types.iter().any(|t| t == &event.event_type) {
-                continue;
-            }
-            let inserted = sqlx::query(
-                "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
-                 next_attempt_at, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4) \
-                 ON CONFLICT (event_id, endpoint_id) DO NOTHING",
-            )
-            .bind(Uuid::now_v7().to_string())
-            .bind(event.id.to_string())
-            .bind(endpoint_id)
-            .bind(event.created_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            deliveries += usize::try_from(inserted).unwrap_or(0);
-        }
-        tx.commit().await?;
+        let order = order.clone();
+        let event = event.clone();
+        let deliveries = self
+            .writer
+            .write(move |conn| Box::pin(async move { insert_order(conn, &order, &event).await }))
+            .await?;
         Ok(CreatedOrder { deliveries })
     }
 
@@ -175,4 +124,69 @@ impl Store {
             .map(|(order, msg)| Ok((parse_uuid(&order)?, msg)))
             .collect()
     }
+}
+
+/// The statements of [`Store::create_order_with_event`]; returns how many deliveries it queued.
+async fn insert_order(
+    conn: &mut sqlx::SqliteConnection,
+    order: &Order,
+    event: &NewEvent,
+) -> Result<usize, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (id, product_name, quantity, unit_price, total, currency, \
+         customer_email, status, failure_reason, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(order.id.to_string())
+    .bind(&order.product_name)
+    .bind(i64::from(order.quantity))
+    .bind(order.unit_price.minor_units)
+    .bind(order.total.minor_units)
+    .bind(order.total.currency.as_str())
+    .bind(&order.customer_email)
+    .bind(order.status.as_str())
+    .bind(&order.failure_reason)
+    .bind(order.created_at)
+    .execute(&mut *conn)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO events (id, msg_id, event_type, order_id, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.id.to_string())
+    .bind(&event.msg_id)
+    .bind(&event.event_type)
+    .bind(event.order_id.map(|id| id.to_string()))
+    .bind(&event.payload)
+    .bind(event.created_at)
+    .execute(&mut *conn)
+    .await?;
+
+    let endpoints: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, event_types FROM endpoints WHERE enabled = 1")
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut deliveries = 0;
+    for (endpoint_id, types) in endpoints {
+        let types: Vec<String> = serde_json::from_str(&types).unwrap_or_default();
+        if !types.iter().any(|t| t == &event.event_type) {
+            continue;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
+             next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'pending', 0, $4, $4, $4) \
+             ON CONFLICT (event_id, endpoint_id) DO NOTHING",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(event.id.to_string())
+        .bind(endpoint_id)
+        .bind(event.created_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        deliveries += usize::try_from(inserted).unwrap_or(0);
+    }
+    Ok(deliveries)
 }

@@ -182,9 +182,9 @@ async fn a_delivery_left_in_flight_by_a_crashed_worker_is_retried_after_its_leas
 
     // A worker claims the delivery and dies without finishing it.
     let crashed = store.claim_due(10, 300, 4).await.unwrap();
-    assert_eq!(crashed.len(), 1);
+    assert_eq!(crashed.jobs.len(), 1);
 
-    let dispatcher = Dispatcher::new(store.clone(), settings(300)).unwrap();
+    let dispatcher = Dispatcher::new(store.clone(), settings(5_000)).unwrap();
     assert_eq!(
         dispatcher.run_once().await.unwrap(),
         0,
@@ -221,14 +221,16 @@ async fn a_dead_workers_late_report_is_refused_while_the_new_owner_is_still_send
 
     // The first worker claims with a short lease and stalls; its lease expires and a second
     // worker claims the delivery, which is now in flight under the second claim.
-    let first = store.claim_due(10, 100, 4).await.unwrap();
-    assert_eq!(first.len(), 1);
-    let (id, old_token) = first[0];
-    let first_job = store.load_job(id, old_token).await.unwrap().unwrap();
-    let (_, new_token) = eventually("the expired lease is claimed again", || async {
-        store.claim_due(10, 60_000, 4).await.unwrap().pop()
+    let mut first = store.claim_due(10, 100, 4).await.unwrap();
+    assert_eq!(first.jobs.len(), 1);
+    let first_job = first.jobs.remove(0);
+    let (id, old_token) = (first_job.delivery_id, first_job.claim_token);
+    let second_job = eventually("the expired lease is claimed again", || async {
+        store.claim_due(10, 60_000, 4).await.unwrap().jobs.pop()
     })
     .await;
+    let new_token = second_job.claim_token;
+    assert_eq!(second_job.delivery_id, id);
     assert_ne!(new_token, old_token);
 
     // The first worker wakes up and reports: refused, nothing recorded, still in flight.
@@ -258,7 +260,6 @@ async fn a_dead_workers_late_report_is_refused_while_the_new_owner_is_still_send
     );
 
     // The current owner's report is recorded.
-    let second_job = store.load_job(id, new_token).await.unwrap().unwrap();
     assert!(store
         .finish_attempt(&second_job, &attempt, &AttemptOutcome::Delivered, None)
         .await
@@ -291,7 +292,7 @@ async fn a_delivery_that_fails_to_load_is_released_for_later_not_retried_at_once
         .await
         .unwrap();
 
-    let dispatcher = Dispatcher::new(store.clone(), settings(300)).unwrap();
+    let dispatcher = Dispatcher::new(store.clone(), settings(5_000)).unwrap();
     assert_eq!(dispatcher.run_once().await.unwrap(), 1);
     // Released with a backoff: not due again at once, so the loop cannot spin on it.
     assert_eq!(dispatcher.run_once().await.unwrap(), 0);
