@@ -85,16 +85,21 @@ pub struct Config {
     #[arg(long, env = "MAILER_DELAY_MS", default_value_t = 0)]
     pub mailer_delay_ms: u64,
 
-    /// Emails sent at the same time, at most.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4)]
+    /// Emails sent at the same time, at most. Each one in flight holds a task and (with
+    /// SMTP) a connection, nothing else; 32 keeps a slow SMTP server from stalling the queue
+    /// while staying under common per-client connection limits (Postfix: 50).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
     pub worker_concurrency: usize,
 
-    /// Jobs claimed from the database per round trip, at most.
-    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 16)]
+    /// Jobs claimed from the database per round trip, at most. A claim takes no more jobs
+    /// than there are free sending slots, so with the defaults this cap does not bind.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 64)]
     pub worker_batch_size: usize,
 
-    /// How long a claimed job stays reserved before another worker may take it, in seconds.
-    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 60)]
+    /// How long a claimed job stays reserved without renewal before another worker may take
+    /// it, in seconds; a live worker renews it every fifth of that, so this is how soon the
+    /// jobs of a crashed worker are retried.
+    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 15)]
     pub worker_lease_secs: u64,
 
     /// Send attempts before a notification is marked failed.
@@ -269,9 +274,9 @@ impl fmt::Debug for MailerSettings {
 pub struct WorkerSettings {
     /// Sends in flight at most.
     pub concurrency: usize,
-    /// Jobs claimed per query at most.
+    /// Jobs claimed per query at most (and never more than the free sending slots).
     pub batch_size: usize,
-    /// Claim duration.
+    /// Claim duration without renewal; renewed every fifth of it while the worker lives.
     pub lease: Duration,
     /// Attempts before `failed`.
     pub max_attempts: u32,
@@ -286,20 +291,29 @@ pub struct WorkerSettings {
 }
 
 impl WorkerSettings {
-    /// How long one send may take before it is cut off: three quarters of the lease, so
-    /// the outcome is recorded while the lease still holds and no other worker can have
-    /// claimed the job meanwhile.
+    /// How long one send may take before it is cut off: three quarters of the lease. A
+    /// send starts only while the job's lease (as last renewed) lasts longer than this, so
+    /// it ends while the lease still holds and no other worker can have claimed the job
+    /// meanwhile. Renewals every [`WorkerSettings::renew_interval`] keep a held lease above
+    /// four fifths of its length, so a live worker's jobs always qualify.
     pub fn send_limit(&self) -> Duration {
         self.lease * 3 / 4
+    }
+
+    /// How often the worker renews the leases it holds: a fifth of the lease, so one
+    /// failed renewal is ridden out and a lease never runs below the send limit while the
+    /// database answers.
+    pub fn renew_interval(&self) -> Duration {
+        (self.lease / 5).max(Duration::from_millis(1))
     }
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
-            concurrency: 4,
-            batch_size: 16,
-            lease: Duration::from_secs(60),
+            concurrency: 32,
+            batch_size: 64,
+            lease: Duration::from_secs(15),
             max_attempts: 8,
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(600),
@@ -668,6 +682,14 @@ mod tests {
         assert_eq!(s.rate_limit.burst.get(), 60);
         assert!(matches!(s.mailer, MailerSettings::Simulated { .. }));
         assert_eq!(s.dedup_retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!((s.worker.concurrency, s.worker.batch_size), (32, 64));
+        // A crashed worker's jobs are retried within 15 s; a live one renews every 3 s.
+        assert_eq!(s.worker.lease, Duration::from_secs(15));
+        assert_eq!(s.worker.renew_interval(), Duration::from_secs(3));
+        // The default SMTP timeout (10 s) fits under the send cut-off (11.25 s), and a
+        // freshly renewed lease (at least 12 s left) always allows a send to start.
+        assert!(s.worker.send_limit() > Duration::from_secs(10));
+        assert!(s.worker.lease - s.worker.renew_interval() > s.worker.send_limit());
     }
 
     #[test]

@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use webhook_common::error_body::ErrorBody;
 
+use crate::store::WriteError;
+
 /// Everything a handler can fail with. The `#[error]` texts are safe to show a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,9 +22,10 @@ pub enum ApiError {
     /// 500: the database failed; the body is opaque, the cause is logged.
     #[error("internal error")]
     Database(#[from] sqlx::Error),
-    /// 503: a webhook could not be recorded right now; the sender should retry it.
+    /// 503: a webhook could not be recorded right now (its write or its batch failed, or the
+    /// writer has stopped for shutdown); nothing of it is stored and the sender should retry.
     #[error("the webhook could not be recorded right now; please retry")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] WriteError),
     /// 503: too many deliveries are in progress; the sender should retry shortly.
     #[error("too many webhook deliveries in progress; please retry shortly")]
     Overloaded,
@@ -53,9 +56,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Database(e) | ApiError::Unavailable(e) = &self {
-            // Logged once here, inside the request span; the client gets an opaque body.
-            tracing::error!(error = %e, "database error while handling a request");
+        // Logged once here, inside the request span; the client gets an opaque body.
+        match &self {
+            ApiError::Database(e) => {
+                tracing::error!(error = %e, "database error while handling a request");
+            }
+            ApiError::Unavailable(WriteError::Closed) => {
+                tracing::warn!("webhook refused: the database writer has stopped (shutdown)");
+            }
+            ApiError::Unavailable(e) => {
+                tracing::error!(error = %e, "database error while handling a request");
+            }
+            _ => {}
         }
         let mut response = (
             self.status(),

@@ -186,6 +186,8 @@ pub async fn run(
     {
         tracing::warn!("background tasks did not stop in time");
     }
+    // Last: the worker's final outcomes (sent, released) are writes, so the writer stops
+    // only once the worker has drained; whatever is still queued then is committed.
     store.close().await;
     tracing::info!("stopped");
     served

@@ -1,31 +1,52 @@
 //! All SQL of the service, behind methods that take and return domain types.
 //!
+//! Writes go through one group committer per database (see [`Store`]); [`intake`] records
+//! webhooks, [`queue`] claims email jobs and records what became of them.
+//!
 //! The SQL sticks to what SQLite and PostgreSQL share (`$n` placeholders, `ON CONFLICT`,
 //! `UPDATE ... RETURNING`, integer millisecond timestamps, text UUIDs) so a PostgreSQL backend
 //! can reuse it.
 
+mod intake;
+mod queue;
 mod rows;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Sqlite, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
+use webhook_common::group_commit::{GroupCommitSettings, GroupCommitStats, GroupCommitter};
 
+pub use queue::RenewedLease;
 pub use rows::{Notification, NotificationStatus, ReceivedWebhook};
 use rows::{NotificationRow, ReceivedWebhookRow};
+/// Why a write did not commit (re-exported from `webhook_common::group_commit`).
+pub use webhook_common::group_commit::WriteError;
 
-/// How long a statement waits for SQLite's write lock before giving up.
+/// How long a statement waits for SQLite's write lock before giving up. Within one process
+/// only the writer task writes, so this is for other processes on the same file (a second
+/// replica, an operator's `sqlite3` shell).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections of the pool the intake and the read API use.
 const REQUEST_POOL_CONNECTIONS: u32 = 8;
 
-/// Connections of the email worker's and cleanup's own pool, so a burst of deliveries that
-/// takes every request connection cannot keep the worker from recording what it sent.
+/// Connections of the email worker's own read pool, so a burst of reads that takes every
+/// request connection cannot keep the worker from finding due work. (Its writes, like every
+/// write, go through the writer's own connection.)
 const BACKGROUND_POOL_CONNECTIONS: u32 = 2;
+
+/// The writer's bounds. A batch holds at most 256 writes (intakes are bounded by
+/// `MAX_CONCURRENT_REQUESTS`, the worker's writes by `WORKER_CONCURRENCY`, so one batch
+/// usually holds everything queued); up to 1024 more may wait, beyond that callers wait to
+/// enqueue (backpressure) rather than being dropped.
+const WRITER: GroupCommitSettings = GroupCommitSettings {
+    max_batch: 256,
+    queue: 1024,
+};
 
 /// How long to wait for a free pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,7 +149,9 @@ pub struct OrderState {
 ///   cancelled at once;
 /// - one that a worker holds right now cannot be recalled, so the confirmation is queued to
 ///   become due only when that worker's lease ends (by then its send has finished or been
-///   cut off, see `WorkerSettings::send_limit`);
+///   cut off, see `WorkerSettings::send_limit`). That lease no longer grows:
+///   [`Store::renew_leases`] does not extend a failure notice of an order that has a
+///   confirmation, and a worker starts a send only while its lease outlasts the send limit;
 /// - whatever then happens to the held notice (a retry is scheduled, it is released at
 ///   shutdown, its worker dies and the lease expires), [`Store::claim_due`] cancels instead
 ///   of claiming any failure notice of an order that has a confirmation.
@@ -175,7 +198,8 @@ pub struct ClaimedJob {
     pub lease_token: Uuid,
     /// Attempts including this one.
     pub attempts: u32,
-    /// When the claim expires and another worker may take the job.
+    /// When the claim expires and another worker may take the job, unless the worker renews
+    /// it first (see [`Store::renew_leases`]).
     pub lease_until: OffsetDateTime,
     /// Recipient.
     pub to: String,
@@ -204,19 +228,28 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The database. Cheap to clone (two pool handles).
+/// The database. Cheap to clone (pool handles and the writer's handle).
 ///
-/// Requests (intake, read API) and background work (email worker, cleanup) use separate
-/// pools over the same database, so neither can starve the other of connections.
+/// Every hot write (the intake, claims, job outcomes, lease renewals, cleanup) goes through
+/// one [`GroupCommitter`]: a single writer task that commits everything queued in one
+/// `BEGIN IMMEDIATE` transaction, so one fsync serves many callers and nobody waits in
+/// SQLite's busy handler for a lock another caller of this process holds. Reads use pools:
+/// requests (read API) and background work (the worker's next-due query) have separate ones,
+/// so neither can starve the other of connections.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
     background: SqlitePool,
+    /// The one connection the writer task commits on.
+    writer_pool: SqlitePool,
+    /// Serialises and batches every write of this process; see [`Store`].
+    writer: GroupCommitter<Sqlite>,
 }
 
 impl Store {
     /// Opens (creating if missing, with its directory) the SQLite database at `url`, in WAL
-    /// mode with a busy timeout and foreign keys on.
+    /// mode with a busy timeout and foreign keys on, and starts its writer task. Must be
+    /// called inside a tokio runtime; [`Store::close`] stops the writer.
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         use anyhow::Context as _;
         // Messages show the URL with any `user:password@` redacted, never the raw URL or
@@ -231,7 +264,8 @@ impl Store {
             .with_context(|| format!("DATABASE_URL {shown:?} is not a valid sqlite:// URL"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an accepted webhook (we answered 202) survives a power cut, not only a crash.
+            // FULL: an accepted webhook (we answered 202 after its batch committed) survives
+            // a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
@@ -249,13 +283,20 @@ impl Store {
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options.clone())
         };
-        let pool = open(REQUEST_POOL_CONNECTIONS)
-            .await
-            .with_context(|| format!("DATABASE_URL {shown:?}: cannot open the database"))?;
-        let background = open(BACKGROUND_POOL_CONNECTIONS)
-            .await
-            .with_context(|| format!("DATABASE_URL {shown:?}: cannot open the database"))?;
-        Ok(Store { pool, background })
+        let opened = |e| {
+            anyhow::Error::new(e)
+                .context(format!("DATABASE_URL {shown:?}: cannot open the database"))
+        };
+        let pool = open(REQUEST_POOL_CONNECTIONS).await.map_err(opened)?;
+        let background = open(BACKGROUND_POOL_CONNECTIONS).await.map_err(opened)?;
+        let writer_pool = open(1).await.map_err(opened)?;
+        let writer = GroupCommitter::start(writer_pool.clone(), "BEGIN IMMEDIATE", WRITER);
+        Ok(Store {
+            pool,
+            background,
+            writer_pool,
+            writer,
+        })
     }
 
     /// Applies the embedded migrations.
@@ -269,304 +310,19 @@ impl Store {
         &self.pool
     }
 
-    /// Closes both pools, waiting for connections in use to be returned.
+    /// Batches and writes the writer has committed so far (for diagnostics and tests).
+    pub fn write_stats(&self) -> GroupCommitStats {
+        self.writer.stats()
+    }
+
+    /// Commits the writes still queued, stops the writer (later writes fail with
+    /// [`WriteError::Closed`]) and closes the pools, waiting for connections in use to be
+    /// returned. Call it after the worker has drained: its last outcomes are writes too.
     pub async fn close(&self) {
+        self.writer.close().await;
+        self.writer_pool.close().await;
         self.pool.close().await;
         self.background.close().await;
-    }
-
-    /// Records a verified webhook and, if it asks for an email that the ordering rule
-    /// ([`decide`]) allows, enqueues the email job — all in one transaction, so a webhook is
-    /// either fully recorded with its job or not at all, and a repeat of the same
-    /// `webhook-id` (even concurrent) finds the record and changes nothing.
-    #[tracing::instrument(skip_all, fields(webhook_id = %webhook.webhook_id))]
-    pub async fn record_webhook(
-        &self,
-        webhook: &IncomingWebhook,
-    ) -> Result<IntakeOutcome, sqlx::Error> {
-        let now = now_ms();
-        let event_at = to_ms(webhook.event_at);
-        let event_type: String = webhook
-            .event_type
-            .chars()
-            .take(MAX_RECORDED_TYPE_LEN)
-            .collect();
-        let order_id = webhook.email.as_ref().map(|e| e.order_id.to_string());
-
-        // IMMEDIATE takes SQLite's write lock up front (waiting up to the busy timeout), so
-        // concurrent deliveries queue instead of failing to upgrade a read transaction.
-        // PostgreSQL: a plain BEGIN is enough for the dedup (the unique insert below
-        // serialises duplicates), but NOT for the order_states read-modify-write further
-        // down: under READ COMMITTED two events of one order could both read the old state.
-        // There the state must be read with `SELECT ... FOR UPDATE` (after inserting the row
-        // if missing, with ON CONFLICT DO NOTHING) so events of one order take turns.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let inserted = sqlx::query(
-            "INSERT INTO received_webhooks (webhook_id, event_type, order_id, event_at, outcome, received_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5)
-             ON CONFLICT (webhook_id) DO NOTHING",
-        )
-        .bind(&webhook.webhook_id)
-        .bind(&event_type)
-        .bind(&order_id)
-        .bind(event_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // The notification outlives the dedup record: a delivery redelivered after cleanup
-        // is still recognised.
-        let notified: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM notifications WHERE webhook_id = $1")
-                .bind(&webhook.webhook_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if inserted == 0 || notified.is_some() {
-            tx.rollback().await?;
-            return Ok(IntakeOutcome::Duplicate);
-        }
-
-        let outcome = match &webhook.email {
-            None => IntakeOutcome::Ignored,
-            Some(email) => {
-                let order_key = email.order_id.to_string();
-                let state: OrderState = sqlx::query_as(
-                    "SELECT paid_at, last_failure_at FROM order_states WHERE order_id = $1",
-                )
-                .bind(&order_key)
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or_default();
-                if !decide(state, email.kind, event_at) {
-                    IntakeOutcome::Stale
-                } else {
-                    let (paid_at, last_failure_at) = match email.kind {
-                        OrderEventKind::Paid => (Some(event_at), state.last_failure_at),
-                        OrderEventKind::PaymentFailed => (state.paid_at, Some(event_at)),
-                    };
-                    sqlx::query(
-                        "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
-                         VALUES ($1, $2, $3, $4)
-                         ON CONFLICT (order_id) DO UPDATE
-                         SET paid_at = excluded.paid_at,
-                             last_failure_at = excluded.last_failure_at,
-                             updated_at = excluded.updated_at",
-                    )
-                    .bind(&order_key)
-                    .bind(paid_at)
-                    .bind(last_failure_at)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    // The confirmation waits until no worker holds a failure notice of
-                    // its order (see `decide`); everything else is due at once.
-                    let mut due_at = now;
-                    if email.kind == OrderEventKind::Paid {
-                        let held_until: Option<i64> = sqlx::query_scalar(
-                            "SELECT MAX(lease_until) FROM notifications
-                             WHERE order_id = $1 AND event_type = 'order.payment_failed'
-                               AND status = 'queued' AND lease_until >= $2",
-                        )
-                        .bind(&order_key)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        due_at = held_until.map_or(now, |t| t.saturating_add(1));
-                        // Rule 1's tail: a failure notice must not follow the confirmation.
-                        // Jobs under a live lease are being sent and cannot be recalled.
-                        sqlx::query(
-                            "UPDATE notifications
-                             SET status = 'cancelled', last_error = 'superseded by order.paid'
-                             WHERE order_id = $1 AND event_type = 'order.payment_failed'
-                               AND status = 'queued' AND (lease_until IS NULL OR lease_until < $2)",
-                        )
-                        .bind(&order_key)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    let id = Uuid::now_v7();
-                    let queued = sqlx::query(
-                        "INSERT INTO notifications
-                            (id, webhook_id, event_type, order_id, recipient, subject, body,
-                             status, attempts, next_attempt_at, created_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9)
-                         ON CONFLICT (webhook_id) DO NOTHING",
-                    )
-                    .bind(id.to_string())
-                    .bind(&webhook.webhook_id)
-                    .bind(&event_type)
-                    .bind(&order_key)
-                    .bind(&email.to)
-                    .bind(&email.subject)
-                    .bind(&email.body)
-                    .bind(due_at)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if queued == 0 {
-                        // The dedup record expired but the notification from the first
-                        // delivery is still here: still a duplicate.
-                        tx.rollback().await?;
-                        return Ok(IntakeOutcome::Duplicate);
-                    }
-                    IntakeOutcome::Queued {
-                        notification_id: id,
-                    }
-                }
-            }
-        };
-        sqlx::query("UPDATE received_webhooks SET outcome = $1 WHERE webhook_id = $2")
-            .bind(outcome.recorded_as())
-            .bind(&webhook.webhook_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    /// Claims up to `limit` due jobs for `lease`, counting an attempt on each. A job is due
-    /// when queued, its retry time has come and no live lease holds it; a lease left by a
-    /// crashed worker expires and the job is claimed again.
-    ///
-    /// Before claiming, in the same transaction, it settles jobs that must not be sent:
-    /// failure notices of an order that has a confirmation are cancelled (the ordering rule,
-    /// see [`decide`]), and due jobs that already used `max_attempts` (their worker died
-    /// during every attempt, so no outcome was ever recorded) are marked failed.
-    pub async fn claim_due(
-        &self,
-        limit: usize,
-        lease: Duration,
-        max_attempts: u32,
-    ) -> Result<Vec<ClaimedJob>, sqlx::Error> {
-        let now = now_ms();
-        let token = Uuid::new_v4();
-        let mut tx = self.background.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "UPDATE notifications
-             SET status = 'cancelled', last_error = 'superseded by order.paid',
-                 lease_token = NULL, lease_until = NULL
-             WHERE status = 'queued' AND event_type = 'order.payment_failed'
-               AND (lease_until IS NULL OR lease_until < $1)
-               AND EXISTS (SELECT 1 FROM notifications AS paid
-                           WHERE paid.order_id = notifications.order_id
-                             AND paid.event_type = 'order.paid')",
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE notifications
-             SET status = 'failed', lease_token = NULL, lease_until = NULL,
-                 last_error = 'gave up after ' || attempts || ' attempts; the last one never '
-                              || 'reported back (the worker stopped while sending)'
-             WHERE status = 'queued' AND next_attempt_at <= $1
-               AND (lease_until IS NULL OR lease_until < $1) AND attempts >= $2",
-        )
-        .bind(now)
-        .bind(i64::from(max_attempts))
-        .execute(&mut *tx)
-        .await?;
-        // The guard is repeated in the outer WHERE: of two racing claimers only one sees
-        // the row still unleased when it updates, the other updates nothing.
-        let rows: Vec<rows::ClaimRow> = sqlx::query_as(
-            "UPDATE notifications
-             SET lease_token = $1, lease_until = $2, attempts = attempts + 1
-             WHERE id IN (
-                 SELECT id FROM notifications
-                 WHERE status = 'queued' AND next_attempt_at <= $3
-                   AND (lease_until IS NULL OR lease_until < $3)
-                 ORDER BY next_attempt_at, created_at
-                 LIMIT $4)
-               AND status = 'queued' AND (lease_until IS NULL OR lease_until < $3)
-             RETURNING id, attempts, lease_until, recipient, subject, body",
-        )
-        .bind(token.to_string())
-        .bind(now.saturating_add(duration_ms(lease)))
-        .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows.into_iter().filter_map(|r| r.into_job(token)).collect())
-    }
-
-    /// Marks a claimed job sent. `false` if the lease was lost (another worker owns it now).
-    pub async fn mark_sent(&self, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications
-             SET status = 'sent', sent_at = $1, lease_token = NULL, lease_until = NULL, last_error = NULL
-             WHERE id = $2 AND lease_token = $3 AND status = 'queued'",
-        )
-        .bind(now_ms())
-        .bind(job.id.to_string())
-        .bind(job.lease_token.to_string())
-        .execute(&self.background)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Schedules another attempt of a claimed job at `retry_at`, recording why this one failed.
-    pub async fn schedule_retry(
-        &self,
-        job: &ClaimedJob,
-        retry_at: OffsetDateTime,
-        error: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications
-             SET next_attempt_at = $1, last_error = $2, lease_token = NULL, lease_until = NULL
-             WHERE id = $3 AND lease_token = $4 AND status = 'queued'",
-        )
-        .bind(to_ms(retry_at))
-        .bind(error)
-        .bind(job.id.to_string())
-        .bind(job.lease_token.to_string())
-        .execute(&self.background)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Gives up on a claimed job: it stays visible as `failed` with the last error.
-    pub async fn mark_failed(&self, job: &ClaimedJob, error: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications
-             SET status = 'failed', last_error = $1, lease_token = NULL, lease_until = NULL
-             WHERE id = $2 AND lease_token = $3 AND status = 'queued'",
-        )
-        .bind(error)
-        .bind(job.id.to_string())
-        .bind(job.lease_token.to_string())
-        .execute(&self.background)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Hands a claimed job back unsent (shutdown), refunding the attempt it was charged.
-    pub async fn release(&self, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications
-             SET lease_token = NULL, lease_until = NULL, attempts = attempts - 1
-             WHERE id = $1 AND lease_token = $2 AND status = 'queued'",
-        )
-        .bind(job.id.to_string())
-        .bind(job.lease_token.to_string())
-        .execute(&self.background)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// When the next queued job becomes claimable (its retry time or its lease expiry).
-    pub async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, sqlx::Error> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at
-                             THEN lease_until ELSE next_attempt_at END)
-             FROM notifications WHERE status = 'queued'",
-        )
-        .fetch_one(&self.background)
-        .await?;
-        Ok(next.map(from_ms))
     }
 
     /// A page of notifications, newest first, starting after `cursor`.
@@ -628,26 +384,30 @@ impl Store {
     }
 
     /// Deletes up to `batch` dedup records older than `retention`; returns how many went.
-    /// Bounded so one run never holds the write lock for long.
+    /// Bounded so one run never holds up the writer (and the intakes batched with it) for
+    /// long; it goes through the writer like every other write, so it never competes with
+    /// them for SQLite's lock.
     ///
     /// `order_states` is kept: it is what says an order was paid, and a late event under a
     /// new webhook id must still be judged against it (rows are small: one per order).
-    pub async fn delete_expired(
-        &self,
-        retention: Duration,
-        batch: u32,
-    ) -> Result<u64, sqlx::Error> {
+    pub async fn delete_expired(&self, retention: Duration, batch: u32) -> Result<u64, WriteError> {
         let cutoff = now_ms().saturating_sub(duration_ms(retention));
-        let deleted = sqlx::query(
-            "DELETE FROM received_webhooks WHERE webhook_id IN (
-                 SELECT webhook_id FROM received_webhooks WHERE received_at < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(i64::from(batch))
-        .execute(&self.background)
-        .await?
-        .rows_affected();
-        Ok(deleted)
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let deleted = sqlx::query(
+                        "DELETE FROM received_webhooks WHERE webhook_id IN (
+                             SELECT webhook_id FROM received_webhooks WHERE received_at < $1 LIMIT $2)",
+                    )
+                    .bind(cutoff)
+                    .bind(i64::from(batch))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    Ok(deleted)
+                })
+            })
+            .await
     }
 }
 

@@ -145,18 +145,28 @@ impl ReceivedWebhookRow {
     }
 }
 
+/// A due job as the claim reads it: what it needs to settle it, and to send it.
 #[derive(sqlx::FromRow)]
-pub(super) struct ClaimRow {
-    id: String,
-    attempts: i64,
-    lease_until: i64,
+pub(super) struct CandidateRow {
+    pub(super) id: String,
+    pub(super) event_type: String,
+    pub(super) order_id: String,
+    /// Attempts so far, not counting the one a claim would start.
+    pub(super) attempts: i64,
     recipient: String,
     subject: String,
     body: String,
 }
 
-impl ClaimRow {
-    pub(super) fn into_job(self, lease_token: Uuid) -> Option<ClaimedJob> {
+impl CandidateRow {
+    /// The job as leased under `lease_token` until `lease_until` (the claim counted an
+    /// attempt). `None` for a row this code could not have written; it is logged, and its
+    /// lease keeps it out of the way until it expires.
+    pub(super) fn into_job(
+        self,
+        lease_token: Uuid,
+        lease_until: OffsetDateTime,
+    ) -> Option<ClaimedJob> {
         let Ok(id) = Uuid::try_parse(&self.id) else {
             tracing::error!(id = %self.id, "skipping a claimed job with a malformed id");
             return None;
@@ -164,8 +174,8 @@ impl ClaimRow {
         Some(ClaimedJob {
             id,
             lease_token,
-            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
-            lease_until: from_ms(self.lease_until),
+            attempts: u32::try_from(self.attempts.saturating_add(1)).unwrap_or(u32::MAX),
+            lease_until,
             to: self.recipient,
             subject: self.subject,
             body: self.body,

@@ -35,7 +35,7 @@ pub async fn run_cleanup(
                     break;
                 }
             }
-            // Let intake transactions in between batches.
+            // Let other writes queue up between batches: the writer commits in arrival order.
             tokio::task::yield_now().await;
         }
         if total > 0 {

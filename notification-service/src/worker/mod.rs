@@ -2,6 +2,7 @@
 //! cleanup of expired deduplication records.
 
 mod cleanup;
+mod leases;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +19,11 @@ pub use cleanup::run_cleanup;
 
 use crate::config::WorkerSettings;
 use crate::mailer::{Email, MailError, Mailer};
-use crate::store::{ClaimedJob, Store};
+use crate::store::{ClaimedJob, Store, WriteError};
+use leases::{HeldLease, HeldLeases};
 
-/// First pause before retrying a failed outcome write; doubles up to [`RECORD_RETRY_MAX`].
+/// First pause before retrying a failed outcome write (or claim); doubles up to
+/// [`RECORD_RETRY_MAX`] (the poll interval for claims).
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// Longest pause between outcome write attempts.
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -34,7 +37,7 @@ pub enum JobOutcome {
     Retrying,
     /// Failed for good (permanent error or attempts exhausted); status `failed`.
     Failed,
-    /// Handed back unsent because of shutdown.
+    /// Handed back unsent: shutdown, or its lease ran too low to start a send safely.
     Released,
     /// The outcome could not be recorded (lease lost, or the database failed until the
     /// lease ran out); the lease expires and the job is tried again.
@@ -44,18 +47,23 @@ pub enum JobOutcome {
 /// Sends queued emails: claims due jobs from the database under expiring leases and sends
 /// at most `concurrency` at a time.
 ///
-/// Delivery is at-least-once: a job whose worker dies keeps its lease until it expires and
-/// is then claimed again. Every attempt of one notification carries the same Message-ID
-/// (see [`Email::message_id`]).
+/// Delivery is at-least-once: a job whose worker dies keeps its lease until it expires (at
+/// most `lease` after the worker's last renewal) and is then claimed again. Every attempt of
+/// one notification carries the same Message-ID (see [`Email::message_id`]).
 #[derive(Clone)]
 pub struct EmailWorker {
     store: Store,
     mailer: Arc<dyn Mailer>,
     settings: WorkerSettings,
-    /// Signalled by the intake after it commits a job, so an idle worker starts at once
-    /// instead of at its next poll. `Notify` keeps one wake-up if nobody is waiting yet,
+    /// Signalled by the intake after its write has committed, so an idle worker starts at
+    /// once instead of at its next poll. `Notify` keeps one wake-up if nobody is waiting yet,
     /// so a job committed while the worker is busy is not missed.
     wake: Arc<Notify>,
+    /// The leases of the jobs this worker (every clone of it) holds right now. The renewal
+    /// extends them every `lease / 5`; a job's task checks its lease before it sends, and
+    /// stops retrying its outcome write when the lease is over (someone else may own the
+    /// job by then).
+    leases: Arc<HeldLeases>,
 }
 
 impl EmailWorker {
@@ -71,12 +79,14 @@ impl EmailWorker {
             mailer,
             settings,
             wake,
+            leases: Arc::default(),
         }
     }
 
-    /// Claims one batch of due jobs (at most `concurrency`) and processes it to the end.
-    /// Returns how many jobs it claimed. For tests and tools that drive the worker.
-    pub async fn run_once(&self) -> Result<usize, sqlx::Error> {
+    /// Claims one batch of due jobs (at most `concurrency`, and at most `batch_size`) and
+    /// processes it to the end, renewing its leases meanwhile. Returns how many jobs it
+    /// claimed. For tests and tools that drive the worker.
+    pub async fn run_once(&self) -> Result<usize, WriteError> {
         let limit = self.settings.concurrency.min(self.settings.batch_size);
         let jobs = self
             .store
@@ -86,17 +96,22 @@ impl EmailWorker {
         let never = CancellationToken::new();
         let mut set = JoinSet::new();
         for job in jobs {
+            let lease = self.leases.hold(&job);
             let worker = self.clone();
             let never = never.clone();
-            set.spawn(async move { worker.process(job, never).await });
+            set.spawn(async move { worker.process(job, lease, never).await });
         }
-        while set.join_next().await.is_some() {}
+        let all_done = async { while set.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {},
+            () = self.renew_leases(&never) => {},
+        }
         Ok(claimed)
     }
 
     /// Runs [`EmailWorker::run_once`] until no job is due. Jobs waiting for a later retry
     /// are left for later.
-    pub async fn run_until_idle(&self) -> Result<usize, sqlx::Error> {
+    pub async fn run_until_idle(&self) -> Result<usize, WriteError> {
         let mut total = 0;
         loop {
             let n = self.run_once().await?;
@@ -108,15 +123,25 @@ impl EmailWorker {
     }
 
     /// Runs until `shutdown` is cancelled. Then it stops claiming, lets sends in flight
-    /// finish for up to the shutdown grace period, and releases (unclaims) the rest.
+    /// finish for up to the shutdown grace period, and releases (unclaims) the rest. It
+    /// renews the leases of the jobs it holds until the last one is done.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
+        let renewal_stop = CancellationToken::new();
+        let renewal = tokio::spawn({
+            let worker = self.clone();
+            let stop = renewal_stop.clone();
+            async move { worker.renew_leases(&stop).await }
+        });
         tracing::info!(
             concurrency = self.settings.concurrency,
+            batch_size = self.settings.batch_size,
+            lease_ms = self.settings.lease.as_millis() as u64,
             "email worker started"
         );
+        let mut claim_backoff = RECORD_RETRY_FIRST;
         loop {
             let first = tokio::select! {
                 biased;
@@ -126,6 +151,8 @@ impl EmailWorker {
                     Err(_) => break,
                 },
             };
+            // As many jobs as there are free slots (up to the batch size): under load many
+            // finish per commit, and one claim refills all their slots.
             let mut held: Vec<OwnedSemaphorePermit> = vec![first];
             while held.len() < self.settings.batch_size {
                 match permits.clone().try_acquire_owned() {
@@ -139,26 +166,45 @@ impl EmailWorker {
                 .await
             {
                 Ok(jobs) if jobs.is_empty() => {
+                    claim_backoff = RECORD_RETRY_FIRST;
                     drop(held);
                     self.idle(&shutdown).await;
                 }
                 Ok(jobs) => {
+                    claim_backoff = RECORD_RETRY_FIRST;
+                    let all_due_taken = jobs.len() < held.len();
                     for (job, permit) in jobs.into_iter().zip(held.drain(..)) {
+                        // Held before the task starts, so the next renewal includes it.
+                        let lease = self.leases.hold(&job);
                         let worker = self.clone();
                         let hard_stop = hard_stop.clone();
                         tracker.spawn(async move {
-                            worker.process(job, hard_stop).await;
+                            worker.process(job, lease, hard_stop).await;
                             drop(permit);
                         });
                     }
+                    if all_due_taken {
+                        // Fewer than asked: nothing else was due, so another claim now would
+                        // come back empty. New jobs wake the worker (`Notify` keeps the
+                        // wake-up of a commit that lands before `idle` waits).
+                        drop(held);
+                        self.idle(&shutdown).await;
+                    }
+                }
+                Err(WriteError::Closed) => {
+                    tracing::warn!(
+                        "the database writer has stopped; the email worker stops claiming"
+                    );
+                    break;
                 }
                 Err(e) => {
                     drop(held);
-                    tracing::error!(error = %e, "claiming email jobs failed; retrying after the poll interval");
+                    tracing::error!(error = %e, retry_in_ms = claim_backoff.as_millis() as u64, "claiming email jobs failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => {},
-                        () = tokio::time::sleep(self.settings.poll_interval) => {},
+                        () = tokio::time::sleep(claim_backoff) => {},
                     }
+                    claim_backoff = (claim_backoff * 2).min(self.settings.poll_interval);
                 }
             }
         }
@@ -178,6 +224,10 @@ impl EmailWorker {
             hard_stop.cancel();
             tracker.wait().await;
         }
+        renewal_stop.cancel();
+        if let Err(e) = renewal.await {
+            tracing::error!(error = %e, "the lease renewal task failed");
+        }
         tracing::info!("email worker stopped");
     }
 
@@ -186,10 +236,11 @@ impl EmailWorker {
     async fn idle(&self, shutdown: &CancellationToken) {
         let mut wait = self.settings.poll_interval;
         if let Ok(Some(due)) = self.store.next_due_at().await {
-            let until_due = due - OffsetDateTime::now_utc();
-            if let Ok(until_due) = Duration::try_from(until_due) {
-                wait = wait.min(until_due);
-            }
+            // Already due (a claim elsewhere passed it over): go again without waiting out
+            // the poll interval.
+            let until_due =
+                Duration::try_from(due - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
+            wait = wait.min(until_due);
         }
         // Never spin, even if a due job cannot be claimed for some reason.
         wait = wait.max(Duration::from_millis(10));
@@ -200,8 +251,36 @@ impl EmailWorker {
         }
     }
 
+    /// Every `lease / 5` until `stop`, extends the leases of the jobs this worker holds, all
+    /// in one write. A failed renewal is only logged: each job goes by the expiry it knows,
+    /// and a job whose lease runs low is not sent (see [`EmailWorker::process`]).
+    async fn renew_leases(&self, stop: &CancellationToken) {
+        let mut every = tokio::time::interval(self.settings.renew_interval());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await; // the first tick is immediate; fresh claims need no renewal
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {},
+            }
+            let tokens = self.leases.tokens();
+            if tokens.is_empty() {
+                continue;
+            }
+            match self.store.renew_leases(tokens, self.settings.lease).await {
+                Ok(renewed) => self.leases.extend(&renewed),
+                Err(e) => tracing::warn!(error = %e, "renewing the leases of email jobs failed"),
+            }
+        }
+    }
+
     /// Sends one claimed job and records the outcome.
-    async fn process(&self, job: ClaimedJob, hard_stop: CancellationToken) -> JobOutcome {
+    async fn process(
+        &self,
+        job: ClaimedJob,
+        lease: HeldLease,
+        hard_stop: CancellationToken,
+    ) -> JobOutcome {
         let span =
             tracing::info_span!("email_job", notification_id = %job.id, attempt = job.attempts);
         async move {
@@ -211,21 +290,31 @@ impl EmailWorker {
                 subject: job.subject.clone(),
                 body: job.body.clone(),
             };
-            // A send must end well inside the lease, or another worker could claim the job
-            // while it is still being sent (config validation keeps the send timeout below).
-            let result = tokio::select! {
-                () = hard_stop.cancelled() => None,
-                r = tokio::time::timeout(self.settings.send_limit(), self.mailer.send(&email)) => Some(
-                    r.unwrap_or_else(|_| Err(MailError::Transient("send timed out".into())))
-                ),
+            // A send must end inside the lease, or another worker could claim the job while
+            // it is still being sent. Sends are cut off after `send_limit`, so one may only
+            // start while the lease (as last renewed) outlasts that. A fresh claim always
+            // does; a job whose renewals failed may not, and goes back to the queue.
+            let result = if lease.remaining() <= self.settings.send_limit() {
+                tracing::warn!(
+                    lease_left_ms = lease.remaining().as_millis() as u64,
+                    "lease too short to send safely; handing the job back"
+                );
+                None
+            } else {
+                tokio::select! {
+                    () = hard_stop.cancelled() => None,
+                    r = tokio::time::timeout(self.settings.send_limit(), self.mailer.send(&email)) => Some(
+                        r.unwrap_or_else(|_| Err(MailError::Transient("send timed out".into())))
+                    ),
+                }
             };
             let recorded = match result {
                 None => self
-                    .record(&job, || self.store.release(&job))
+                    .record(&lease, || self.store.release(&job))
                     .await
                     .map(|ok| (ok, JobOutcome::Released)),
                 Some(Ok(())) => self
-                    .record(&job, || self.store.mark_sent(&job))
+                    .record(&lease, || self.store.mark_sent(&job))
                     .await
                     .map(|ok| (ok, JobOutcome::Sent)),
                 Some(Err(e)) => {
@@ -234,14 +323,14 @@ impl EmailWorker {
                     let message = e.to_string();
                     if give_up {
                         tracing::warn!(error = %message, "email failed for good");
-                        self.record(&job, || self.store.mark_failed(&job, &message))
+                        self.record(&lease, || self.store.mark_failed(&job, &message))
                             .await
                             .map(|ok| (ok, JobOutcome::Failed))
                     } else {
                         let delay = self.backoff(job.attempts);
                         tracing::info!(error = %message, retry_in_ms = delay.as_millis() as u64, "email failed; will retry");
                         let retry_at = OffsetDateTime::now_utc() + delay;
-                        self.record(&job, || self.store.schedule_retry(&job, retry_at, &message))
+                        self.record(&lease, || self.store.schedule_retry(&job, retry_at, &message))
                             .await
                             .map(|ok| (ok, JobOutcome::Retrying))
                     }
@@ -270,24 +359,28 @@ impl EmailWorker {
 
     /// Runs `write` (recording a job's outcome) until it succeeds or the job's lease ends.
     /// A database hiccup right after a successful send must not turn into a second email:
-    /// while the lease holds nobody else may send the job, so keep trying that long.
-    async fn record<F, Fut>(&self, job: &ClaimedJob, mut write: F) -> Result<bool, sqlx::Error>
+    /// while the lease holds nobody else may send the job, so keep trying that long. The
+    /// renewal keeps extending the lease meanwhile if the database lets it, so each pause is
+    /// at most half of what is left, and the retries stop only once the lease is really over.
+    async fn record<F, Fut>(&self, lease: &HeldLease, mut write: F) -> Result<bool, WriteError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+        Fut: std::future::Future<Output = Result<bool, WriteError>>,
     {
         let mut pause = RECORD_RETRY_FIRST;
         loop {
             match write().await {
                 Ok(done) => return Ok(done),
+                // Shutdown has stopped the writer: nothing will succeed; the lease expires.
+                Err(e @ WriteError::Closed) => return Err(e),
                 Err(e) => {
-                    let left = Duration::try_from(job.lease_until - OffsetDateTime::now_utc())
-                        .unwrap_or(Duration::ZERO);
-                    if left <= pause {
+                    let left = lease.remaining();
+                    if left < RECORD_RETRY_FIRST {
                         return Err(e);
                     }
-                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "recording the email job outcome failed; retrying");
-                    tokio::time::sleep(pause).await;
+                    let wait = pause.min(left / 2);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "recording the email job outcome failed; retrying");
+                    tokio::time::sleep(wait).await;
                     pause = (pause * 2).min(RECORD_RETRY_MAX);
                 }
             }
@@ -304,5 +397,61 @@ impl EmailWorker {
         let capped = exp.min(self.settings.retry_max);
         let half = capped / 2;
         half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailer::RecordingMailer;
+    use crate::store::{IncomingWebhook, OrderEmail, OrderEventKind};
+    use uuid::Uuid;
+
+    /// The pre-send check: a job whose lease (as last renewed) is shorter than the send
+    /// limit is handed back unsent, with its attempt refunded, instead of being sent with a
+    /// lease that could run out mid-send.
+    #[tokio::test]
+    async fn a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let order_id = Uuid::now_v7();
+        store
+            .record_webhook(&IncomingWebhook {
+                webhook_id: "msg_lease".into(),
+                event_type: "order.paid".into(),
+                event_at: OffsetDateTime::now_utc(),
+                email: Some(OrderEmail {
+                    kind: OrderEventKind::Paid,
+                    order_id,
+                    to: "ada@example.com".into(),
+                    subject: "Order confirmed".into(),
+                    body: "Thanks".into(),
+                }),
+            })
+            .await
+            .unwrap();
+        let mailer = RecordingMailer::new();
+        let settings = WorkerSettings::default();
+        let worker = EmailWorker::new(
+            store.clone(),
+            Arc::new(mailer.clone()),
+            settings.clone(),
+            Arc::new(Notify::new()),
+        );
+        // Held with a lease far below the worker's send limit, as after failed renewals.
+        let short = settings.send_limit() / 2;
+        let job = store.claim_due(1, short, 8).await.unwrap().pop().unwrap();
+        let lease = worker.leases.hold(&job);
+        let outcome = worker.process(job, lease, CancellationToken::new()).await;
+
+        assert_eq!(outcome, JobOutcome::Released);
+        assert!(mailer.sent().is_empty());
+        assert!(worker.leases.tokens().is_empty(), "no lease left to renew");
+        let again = store.claim_due(1, settings.lease, 8).await.unwrap();
+        assert_eq!(again.len(), 1, "due again at once");
+        assert_eq!(again[0].attempts, 1, "the unstarted attempt is refunded");
+        store.close().await;
     }
 }

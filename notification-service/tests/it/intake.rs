@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 use webhook_common::signing::unix_now;
 use webhook_common::Secret;
@@ -356,4 +357,37 @@ async fn a_sent_failure_notice_is_followed_by_the_confirmation_when_payment_succ
     assert_eq!(subjects.len(), 2, "{subjects:?}");
     assert!(subjects[0].starts_with("Payment failed"));
     assert!(subjects[1].contains("confirmed"));
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_share_commits_and_each_is_recorded_once() {
+    let app = TestApp::spawn().await;
+    let before = app.store.write_stats();
+    let limit = Arc::new(Semaphore::new(64));
+    let mut posts = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (http, url, limit) = (app.http.clone(), app.intake(), limit.clone());
+        posts.spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            let event = paid(Uuid::now_v7(), now());
+            webhook_common::client::signed_event_request(&http, url, &[secret()], &msg_id(), &event)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+    }
+    while let Some(status) = posts.join_next().await {
+        assert_eq!(status.unwrap(), 202);
+    }
+    let after = app.store.write_stats();
+    let (writes, batches) = (after.writes - before.writes, after.batches - before.batches);
+    eprintln!("200 concurrent deliveries: {writes} writes in {batches} transactions");
+    assert_eq!(writes, 200, "one write per delivery");
+    // Deliveries that arrive while a batch commits wait for the next one, together.
+    assert!(
+        batches < writes,
+        "{batches} transactions for {writes} writes"
+    );
+    assert_eq!(app.notifications().await.len(), 200);
 }

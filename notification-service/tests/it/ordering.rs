@@ -185,3 +185,47 @@ async fn an_order_stays_paid_after_its_dedup_records_are_cleaned_up() {
     }
     assert_eq!(app.notifications().await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation() {
+    let app = TestApp::spawn().await;
+    let (order, other, t) = (Uuid::now_v7(), Uuid::now_v7(), now());
+    app.deliver(&msg_id(), &payment_failed(order, t)).await;
+    app.deliver(&msg_id(), &paid(other, t)).await;
+    // One worker holds both jobs under one claim...
+    let held = app
+        .store
+        .claim_due(10, Duration::from_secs(1), 8)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 2);
+    // ...and the order of the failure notice is paid meanwhile.
+    let r = app
+        .deliver(&msg_id(), &paid(order, t + time::Duration::seconds(5)))
+        .await;
+    assert_eq!(r.status(), 202);
+
+    let renewed = app
+        .store
+        .renew_leases(vec![held[0].lease_token], Duration::from_secs(60))
+        .await
+        .unwrap();
+    // The confirmation waits for the failure notice's lease as it stood: that lease must
+    // not grow, or the notice could still be on its way when the confirmation goes out.
+    let failure = notification_of(&app, "order.payment_failed").await;
+    let failure_id: Uuid = failure["id"].as_str().unwrap().parse().unwrap();
+    let renewed_ids: Vec<Uuid> = renewed.iter().map(|l| l.id).collect();
+    assert_eq!(renewed.len(), 1, "{renewed:?}");
+    assert!(!renewed_ids.contains(&failure_id), "{renewed:?}");
+    let (failure_lease, confirmation_due): (i64, i64) = sqlx::query_as(
+        "SELECT f.lease_until, c.next_attempt_at FROM notifications AS f, notifications AS c
+         WHERE f.id = $1 AND c.order_id = f.order_id AND c.event_type = 'order.paid'",
+    )
+    .bind(failure_id.to_string())
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let claimed = held.iter().find(|j| j.id == failure_id).unwrap();
+    assert_eq!(failure_lease, to_ms(claimed.lease_until), "not extended");
+    assert!(confirmation_due > failure_lease);
+}

@@ -220,3 +220,66 @@ async fn the_worker_records_its_work_while_requests_hold_every_request_connectio
     assert_eq!(only_notification(&app).await["status"], "sent");
     assert_eq!(app.mailer.sent().len(), 1);
 }
+
+#[tokio::test]
+async fn a_live_worker_renews_its_lease_so_an_outage_longer_than_the_lease_sends_no_second_email() {
+    let app = TestApp::spawn_with(&["--worker-lease-secs", "1"], None).await;
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    // For three leases, recording a notification as sent fails; renewing its lease (which
+    // does not touch the status) still works.
+    for statement in [
+        "CREATE TABLE outage (until_ms INTEGER NOT NULL)",
+        "CREATE TRIGGER outage_blocks_sent BEFORE UPDATE OF status ON notifications
+         WHEN NEW.status = 'sent' AND EXISTS (
+             SELECT 1 FROM outage
+             WHERE until_ms > (julianday('now') - 2440587.5) * 86400000.0)
+         BEGIN SELECT RAISE(ABORT, 'simulated database outage'); END",
+    ] {
+        sqlx::query(statement)
+            .execute(app.store.pool())
+            .await
+            .unwrap();
+    }
+    let until = notification_service::store::to_ms(now() + time::Duration::seconds(3));
+    sqlx::query("INSERT INTO outage (until_ms) VALUES ($1)")
+        .bind(until)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+
+    let worker = app.worker.clone();
+    let running = tokio::spawn(async move { worker.run_once().await });
+    let lease_of_the_job = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT lease_until FROM notifications")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+    };
+    let first_lease = wait_for("the job to be claimed", lease_of_the_job).await;
+    wait_for("the first lease to be over", || async {
+        let now_ms = notification_service::store::to_ms(now());
+        (now_ms > first_lease + 200).then_some(())
+    })
+    .await;
+    // Its worker is alive and renewing: nobody else may take the job.
+    let other_worker = app
+        .store
+        .claim_due(10, Duration::from_secs(60), 8)
+        .await
+        .unwrap();
+    assert!(other_worker.is_empty(), "a renewed job must not be claimed");
+    assert!(lease_of_the_job().await.is_some_and(|l| l > first_lease));
+
+    assert_eq!(
+        tokio::time::timeout(DEADLINE, running)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        1
+    );
+    let n = only_notification(&app).await;
+    assert_eq!(n["status"], "sent", "{n}");
+    assert_eq!(n["attempts"], 1);
+    assert_eq!(app.mailer.sent().len(), 1, "no second email");
+}

@@ -1,0 +1,82 @@
+//! The leases a worker holds, as it last knows them. Leases are short (a crashed worker's
+//! jobs are retried soon) and renewed while the worker lives, so a live worker keeps its
+//! jobs for as long as it needs them; a job's task reads here how long it may still act.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::store::{to_ms, ClaimedJob, RenewedLease};
+
+/// A job is identified by its id and the claim that holds it: after a lost lease the same
+/// job may be claimed again under another token, and the two must not be confused.
+type Key = (Uuid, Uuid);
+
+/// Every lease this worker holds, with the expiry its last claim or renewal committed.
+#[derive(Debug, Default)]
+pub(super) struct HeldLeases {
+    held: Mutex<HashMap<Key, Arc<AtomicI64>>>,
+}
+
+impl HeldLeases {
+    /// Starts tracking `job`'s lease; it is renewed until the returned handle is dropped.
+    pub(super) fn hold(self: &Arc<Self>, job: &ClaimedJob) -> HeldLease {
+        let key = (job.id, job.lease_token);
+        let until = Arc::new(AtomicI64::new(to_ms(job.lease_until)));
+        self.lock().insert(key, until.clone());
+        HeldLease {
+            leases: self.clone(),
+            key,
+            until,
+        }
+    }
+
+    /// The claim tokens to renew: one per claim that still has a job in hand.
+    pub(super) fn tokens(&self) -> Vec<Uuid> {
+        let tokens: HashSet<Uuid> = self.lock().keys().map(|(_, token)| *token).collect();
+        tokens.into_iter().collect()
+    }
+
+    /// Records the expiries a renewal committed.
+    pub(super) fn extend(&self, renewed: &[RenewedLease]) {
+        let held = self.lock();
+        for lease in renewed {
+            if let Some(until) = held.get(&(lease.id, lease.lease_token)) {
+                until.fetch_max(to_ms(lease.lease_until), Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<AtomicI64>>> {
+        // The map stays consistent even if a holder panicked: every update is one insert,
+        // remove or atomic store.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One job's lease while its task runs. Dropping it ends the renewal of that job.
+#[derive(Debug)]
+pub(super) struct HeldLease {
+    leases: Arc<HeldLeases>,
+    key: Key,
+    /// Expiry in ms, raised by each renewal that included this job.
+    until: Arc<AtomicI64>,
+}
+
+impl HeldLease {
+    /// How long the lease is known to last from now; zero once it is over.
+    pub(super) fn remaining(&self) -> Duration {
+        let left = self.until.load(Ordering::Relaxed) - to_ms(OffsetDateTime::now_utc());
+        Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        self.leases.lock().remove(&self.key);
+    }
+}
