@@ -1,5 +1,7 @@
 //! `kill -9` in the middle of a stream of 500 orders, then restart: every order still yields
-//! exactly one email.
+//! exactly one email. The stream is concurrent enough that the victim is group-committing
+//! (several callers' writes per transaction) when it dies: an acknowledged write was in a
+//! committed batch, a batch cut off by the kill was never acknowledged to anyone.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,8 +13,9 @@ use crate::support::{Demo, Service};
 
 /// How many orders one stream sends.
 const ORDERS: usize = 500;
-/// Orders in flight at once while streaming.
-const CONCURRENCY: usize = 8;
+/// Orders in flight at once while streaming: enough that the services' writers commit many
+/// writes per transaction, so the kill lands among group commits, not between lone writes.
+const CONCURRENCY: usize = 32;
 
 /// Sends `ORDERS` orders with bounded concurrency, counting acknowledgements in `acked`.
 /// Returns the ids of the acknowledged orders; requests lost in transit (the service was
@@ -53,6 +56,12 @@ async fn kill_mid_stream(demo: Arc<Demo>, victim: impl Fn(&Demo) -> &Service) {
     let emails_at_kill = demo.notifications().await.map_or(0, |all| all.len());
     let service = victim(&demo);
     service.kill9();
+    let largest = largest_batch(&service.log());
+    assert!(
+        largest > 1,
+        "the victim never committed several writes at once before the kill (largest batch \
+         {largest}): the kill did not happen amid group commits"
+    );
     service.start();
     demo.wait_healthy(service).await;
     let acknowledged = stream.await.unwrap();
@@ -80,6 +89,21 @@ async fn kill_mid_stream(demo: Arc<Demo>, victim: impl Fn(&Demo) -> &Service) {
         committed.len(),
         "one email per committed order and nothing else"
     );
+}
+
+/// The most writes one of the service's commits held, from the writer's debug lines.
+fn largest_batch(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("batch committed"))
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("writes=")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

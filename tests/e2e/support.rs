@@ -83,7 +83,8 @@ impl Service {
         cmd.arg(self.kind.subcommand())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
+            // The writer's debug line says how many writes each commit held (see durability.rs).
+            .env("RUST_LOG", "info,webhook_common::group_commit=debug")
             .env("LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
             .envs(
                 self.env

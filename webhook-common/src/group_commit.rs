@@ -287,8 +287,9 @@ async fn run_batch<DB: Database>(pool: &Pool<DB>, begin: &'static str, batch: &m
         replies.push(job(Ok(&mut tx)).await);
     }
     let committed = tx.commit().await.map_err(Arc::new);
-    if let Err(e) = &committed {
-        tracing::warn!(error = %e, size, "committing a batch of writes failed");
+    match &committed {
+        Ok(()) => tracing::debug!(writes = size, "batch committed"),
+        Err(e) => tracing::warn!(error = %e, size, "committing a batch of writes failed"),
     }
     for reply in replies {
         reply(committed.clone());
