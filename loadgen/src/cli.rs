@@ -1,0 +1,355 @@
+//! Command-line interface: one subcommand per scenario, each with its own defaults, plus the
+//! hidden `baseline-server` that loadgen starts as its own child process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+Load driver for orders-service and notification-service.
+
+By default loadgen starts both services itself: the release binaries found next to the loadgen \
+executable (or in --bin-dir), each with a temporary SQLite database and a random port, default \
+settings otherwise. It sends orders (POST /orders), waits until every accepted order's email is \
+sent (or --deadline passes), reads the timestamps the services recorded from their databases and \
+prints a table followed by ONE line of JSON with every figure (`loadgen ... | tail -1 | jq`).
+
+It exits 0 when no email was lost or duplicated and every answer was 2xx; 1 when a check failed; \
+2 when the run could not be done. Build first with `cargo build --release --workspace`.";
+
+const EXAMPLES: &str = "\
+Examples (the binaries are in target/release, or in $CARGO_TARGET_DIR/release):
+  loadgen throughput -n 5000 -c 64 --baseline      closed loop, with ratios to the baseline
+  loadgen latency --rate 500 --duration 10s        open loop
+  loadgen backlog -n 20000 --compare               receiver down, then the drain
+  loadgen history --prefill 500000 -n 50000        a large database vs an empty one
+  loadgen throughput --orders-env RUST_LOG=warn    quieter service logs
+  loadgen throughput --orders-url http://127.0.0.1:8000 \\
+      --orders-db data/orders.db --notifications-db data/notifications.db";
+
+/// Load driver for the reliable-webhooks services; see `--help` of each scenario.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Closed loop: N orders from C concurrent clients, each sending its next order once the
+    /// previous one is answered. Measures the sustained rate.
+    #[command(
+        long_about = "Closed loop: N orders (-n, default 50,000) from C concurrent clients \
+        (-c, default 64), each client sending its next order as soon as the previous one is \
+        answered. Measures the sustained rate: orders accepted/s, API latency, end-to-end \
+        latency (order created -> webhook accepted by notification-service -> email sent) and \
+        emails sent/s (accepted orders / time from the first order to the last email)."
+    )]
+    Throughput(ThroughputArgs),
+
+    /// Open loop: orders at a fixed rate for a duration; latency counts from each request's
+    /// scheduled send time, so queueing delay is not hidden.
+    #[command(
+        long_about = "Open loop: orders at a fixed rate (--rate, default 1,000/s) for a \
+        duration (--duration, default 30s). Each request is sent at its scheduled time whatever \
+        happened to earlier ones, and its latency is counted from that scheduled time, so a \
+        stalled server shows as latency instead of a slower send rate (no coordinated \
+        omission). At most --max-in-flight requests are outstanding; a request that finds the \
+        limit reached is not sent and is counted as 'not sent on schedule'."
+    )]
+    Latency(LatencyArgs),
+
+    /// Receiver down: N orders pile up in orders-service, then notification-service starts and
+    /// the drain rate is measured.
+    #[command(
+        long_about = "Receiver down: orders-service starts with its webhook URL pointing \
+        at a port where notification-service is not running yet, and a retry schedule of a \
+        hundred 1s retries. N orders (-n, default 200,000) pile up while loadgen prints \
+        orders-service's memory; then notification-service starts on that port and loadgen \
+        measures the drain rate: emails sent/s from the receiver's start to the last email. \
+        With --compare a throughput run with the same -n and -c runs first, and the drain rate \
+        is also shown as a ratio to its emails sent/s."
+    )]
+    Backlog(BacklogArgs),
+
+    /// A database already holding many delivered orders, then the throughput scenario;
+    /// compared with the same run on an empty database.
+    #[command(
+        long_about = "History: the databases are pre-filled with --prefill delivered \
+        orders (default 500,000: orders, events, delivered deliveries and their attempts; \
+        received webhooks, sent notifications and order states), written directly with SQL \
+        while the services are stopped; then the throughput scenario runs. Unless \
+        --skip-empty is given, the same throughput run on empty databases runs first and every \
+        figure is also shown as a ratio to it."
+    )]
+    History(HistoryArgs),
+
+    /// Internal: the baseline server that --baseline starts as a child process.
+    #[command(hide = true)]
+    BaselineServer(BaselineServerArgs),
+}
+
+/// `throughput`.
+#[derive(Debug, Args)]
+pub struct ThroughputArgs {
+    /// Orders to send.
+    #[arg(short = 'n', long = "orders", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orders: u64,
+    /// Concurrent clients (requests in flight).
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: u64,
+    /// Also run the same load against the no-storage baseline and print ratios to it.
+    #[arg(long)]
+    pub baseline: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// `latency`.
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    /// Orders per second.
+    #[arg(short = 'r', long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rate: u64,
+    /// How long to send, e.g. `30s`, `2m`, `500ms`.
+    #[arg(short = 'd', long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Requests outstanding at most; a request due while this many are outstanding is not sent
+    /// and is counted.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub max_in_flight: u64,
+    /// Also run the same load against the no-storage baseline and print ratios to it.
+    #[arg(long)]
+    pub baseline: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// `backlog`.
+#[derive(Debug, Args)]
+pub struct BacklogArgs {
+    /// Orders that pile up while the receiver is down.
+    #[arg(short = 'n', long = "orders", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orders: u64,
+    /// Concurrent clients while the orders pile up.
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: u64,
+    /// First run the throughput scenario with the same -n and -c, and show the drain rate as
+    /// a ratio to its emails sent/s.
+    #[arg(long)]
+    pub compare: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Delivered orders written into the databases before the run.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub prefill: u64,
+    /// Orders to send after the pre-fill.
+    #[arg(short = 'n', long = "orders", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orders: u64,
+    /// Concurrent clients.
+    #[arg(short = 'c', long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: u64,
+    /// Do not run the comparison on empty databases first.
+    #[arg(long)]
+    pub skip_empty: bool,
+    /// Also run the same load against the no-storage baseline and print ratios to it.
+    #[arg(long)]
+    pub baseline: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Settings every scenario shares.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Longest wait, after the last order was answered, for every accepted order's email.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub deadline: Duration,
+    /// Directory holding the `orders-service` and `notification-service` binaries. Default:
+    /// the directory of the loadgen executable.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the temporary directory (databases and service logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Extra environment for orders-service, `KEY=VALUE`; repeatable. Applied last, so it can
+    /// override what loadgen sets (not LISTEN_ADDR or DATABASE_URL, which it needs).
+    #[arg(long = "orders-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub orders_env: Vec<(String, String)>,
+    /// Extra environment for notification-service, `KEY=VALUE`; repeatable.
+    #[arg(long = "notifications-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub notifications_env: Vec<(String, String)>,
+    /// Timeout of one `POST /orders`; a request that times out counts as a transport error.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+/// Running services to target instead of starting them (throughput and latency only). The
+/// databases are opened read-only, so loadgen must run on the services' machine.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Running services (instead of starting them)")]
+pub struct TargetArgs {
+    /// Base URL of a running orders-service, e.g. `http://127.0.0.1:8000`.
+    #[arg(long, requires_all = ["orders_db", "notifications_db"])]
+    pub orders_url: Option<String>,
+    /// Base URL of the running notification-service (checked with `/healthz`).
+    #[arg(long, requires = "orders_url")]
+    pub notifications_url: Option<String>,
+    /// orders-service's database, e.g. `sqlite://data/orders.db` or a path.
+    #[arg(long, requires = "orders_url")]
+    pub orders_db: Option<String>,
+    /// notification-service's database, e.g. `sqlite://data/notifications.db` or a path.
+    #[arg(long, requires = "orders_url")]
+    pub notifications_db: Option<String>,
+    /// orders-service's admin token; when given, loadgen first checks that an enabled
+    /// endpoint will receive the events.
+    #[arg(
+        long,
+        env = "LOADGEN_ADMIN_TOKEN",
+        hide_env_values = true,
+        requires = "orders_url"
+    )]
+    pub admin_token: Option<String>,
+}
+
+/// `baseline-server`: what the baseline child process runs.
+#[derive(Debug, Args)]
+pub struct BaselineServerArgs {
+    /// Forwards to the counter in flight at once; further orders wait for a slot before they
+    /// are answered (backpressure, like a bounded outbox).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub forward_concurrency: u64,
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number with a unit, e.g. 30s"))?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m or h")),
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// Parses `KEY=VALUE` (the value may contain `=`).
+pub fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains(char::is_whitespace) => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "1.5s", "-1s", "5d", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn env_pairs_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_env_pair("RUST_LOG=warn,orders_service=info"),
+            Ok(("RUST_LOG".into(), "warn,orders_service=info".into()))
+        );
+        assert_eq!(parse_env_pair("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(
+            parse_env_pair("EMPTY="),
+            Ok(("EMPTY".into(), String::new()))
+        );
+        assert!(parse_env_pair("=x").is_err());
+        assert!(parse_env_pair("novalue").is_err());
+    }
+
+    #[test]
+    fn scenarios_have_the_issue_defaults() {
+        let cli = Cli::try_parse_from(["loadgen", "throughput"]).unwrap();
+        let Command::Throughput(t) = cli.command else {
+            panic!("not throughput")
+        };
+        assert_eq!((t.orders, t.concurrency), (50_000, 64));
+        assert_eq!(t.run.deadline, Duration::from_secs(300));
+
+        let cli = Cli::try_parse_from(["loadgen", "latency"]).unwrap();
+        let Command::Latency(l) = cli.command else {
+            panic!("not latency")
+        };
+        assert_eq!((l.rate, l.duration), (1_000, Duration::from_secs(30)));
+
+        let cli = Cli::try_parse_from(["loadgen", "backlog"]).unwrap();
+        let Command::Backlog(b) = cli.command else {
+            panic!("not backlog")
+        };
+        assert_eq!(b.orders, 200_000);
+
+        let cli = Cli::try_parse_from(["loadgen", "history", "--prefill", "1000"]).unwrap();
+        let Command::History(h) = cli.command else {
+            panic!("not history")
+        };
+        assert_eq!((h.prefill, h.orders), (1_000, 50_000));
+    }
+
+    #[test]
+    fn a_target_needs_both_databases() {
+        assert!(Cli::try_parse_from([
+            "loadgen",
+            "throughput",
+            "--orders-url",
+            "http://127.0.0.1:8000"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "loadgen",
+            "throughput",
+            "--orders-url",
+            "http://127.0.0.1:8000",
+            "--orders-db",
+            "data/orders.db",
+            "--notifications-db",
+            "data/notifications.db",
+        ])
+        .is_ok());
+    }
+}

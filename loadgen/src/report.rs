@@ -1,0 +1,726 @@
+//! What a run found, as a human-readable table on stdout followed by exactly ONE line of JSON
+//! (the last line, nothing before it on that line, so `loadgen ... | tail -1 | jq` works).
+//! Progress goes to stderr.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::collect::Reconciled;
+use crate::driver::{Driven, Load, Tally};
+use crate::stats::{per_second, ratio, Percentiles};
+
+/// End-to-end latency legs, from the services' own timestamps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EndToEnd {
+    /// Order created → webhook accepted by notification-service.
+    pub created_to_received: Option<Percentiles>,
+    /// Webhook accepted → email sent.
+    pub received_to_sent: Option<Percentiles>,
+    /// Order created → email sent.
+    pub created_to_sent: Option<Percentiles>,
+}
+
+/// The backlog scenario's own figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Backlog {
+    /// How long the orders took to pile up, seconds.
+    pub pileup_s: f64,
+    /// orders-service's RSS when the pile-up ended, KiB.
+    pub orders_rss_kib_after_pileup: Option<u64>,
+    /// orders-service's peak RSS during the pile-up, KiB.
+    pub orders_peak_rss_kib_during_pileup: Option<u64>,
+    /// From the receiver's start to the last email, seconds.
+    pub drain_s: Option<f64>,
+    /// Emails sent per second from the receiver's start to the last email.
+    pub drain_emails_per_s: Option<f64>,
+}
+
+/// One run of one load against one target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunReport {
+    /// `services`, `baseline`, `empty_db`, `throughput`.
+    pub label: String,
+    /// The load, in words.
+    pub load: String,
+    /// Requests scheduled.
+    pub scheduled: u64,
+    /// Requests sent.
+    pub sent: u64,
+    /// Orders accepted (2xx with an id).
+    pub accepted: u64,
+    /// Open loop: requests due while the in-flight limit was reached, never sent.
+    pub not_sent_on_schedule: u64,
+    /// Accepted orders per second, first send to last answer.
+    pub orders_accepted_per_s: Option<f64>,
+    /// `POST /orders` latency (open loop: from the scheduled send time).
+    pub api_latency_ms: Option<Percentiles>,
+    /// End-to-end latency legs.
+    pub e2e_ms: EndToEnd,
+    /// Accepted orders whose email was sent.
+    pub emails_sent: u64,
+    /// Emails sent per second, from the first order to the last email.
+    pub emails_sent_per_s: Option<f64>,
+    /// Accepted orders without a sent email. Must be 0.
+    pub lost: u64,
+    /// Extra notifications of accepted orders plus notifications of unknown orders. Must be 0.
+    pub duplicated: u64,
+    /// Non-2xx answers by status code. Must be empty.
+    pub non_2xx: BTreeMap<String, u64>,
+    /// 2xx answers without an order id.
+    pub invalid_answers: u64,
+    /// Requests without an HTTP answer (refused, reset, timed out).
+    pub transport_errors: u64,
+    /// Whether the deadline passed before every email was sent.
+    pub timed_out: bool,
+    /// Peak RSS (`VmHWM`) of each process, KiB; empty for services loadgen did not start.
+    pub peak_rss_kib: BTreeMap<String, u64>,
+    /// The backlog scenario's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<Backlog>,
+}
+
+impl RunReport {
+    /// Puts together what the driver, the databases and `/proc` said.
+    pub fn build(
+        label: &str,
+        load: &Load,
+        driven: &Driven,
+        tally: &Tally,
+        reconciled: &Reconciled,
+        timed_out: bool,
+        peak_rss: Vec<(String, u64)>,
+    ) -> RunReport {
+        let accepted = tally.accepted.len() as u64;
+        let emails_span = reconciled.last_sent_us.map(|last| {
+            Duration::from_micros(u64::try_from(last - driven.started_us).unwrap_or(0))
+        });
+        RunReport {
+            label: label.to_owned(),
+            load: load.describe(),
+            scheduled: load.scheduled(),
+            sent: driven.samples.len() as u64,
+            accepted,
+            not_sent_on_schedule: driven.not_sent_on_schedule,
+            orders_accepted_per_s: per_second(accepted, driven.elapsed),
+            api_latency_ms: Percentiles::of_micros(driven.samples.iter().map(|s| s.latency_us)),
+            e2e_ms: EndToEnd {
+                created_to_received: Percentiles::of_micros(
+                    reconciled.created_to_received_us.iter().copied(),
+                ),
+                received_to_sent: Percentiles::of_micros(
+                    reconciled.received_to_sent_us.iter().copied(),
+                ),
+                created_to_sent: Percentiles::of_micros(
+                    reconciled.created_to_sent_us.iter().copied(),
+                ),
+            },
+            emails_sent: reconciled.emails_sent,
+            emails_sent_per_s: emails_span.and_then(|d| per_second(reconciled.emails_sent, d)),
+            lost: reconciled.lost,
+            duplicated: reconciled.duplicated,
+            non_2xx: tally
+                .non_2xx
+                .iter()
+                .map(|(code, n)| (code.to_string(), *n))
+                .collect(),
+            invalid_answers: tally.invalid,
+            transport_errors: tally.transport_errors,
+            timed_out,
+            peak_rss_kib: peak_rss.into_iter().collect(),
+            backlog: None,
+        }
+    }
+
+    /// Whether the run passed every check: nothing lost or duplicated, every answer a 2xx
+    /// with an id, and every email in before the deadline.
+    pub fn passed(&self) -> bool {
+        self.failures().is_empty()
+    }
+
+    /// What failed, in words.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.lost > 0 {
+            failures.push(format!("{} lost emails", fmt_count(self.lost)));
+        }
+        if self.duplicated > 0 {
+            failures.push(format!("{} duplicated emails", fmt_count(self.duplicated)));
+        }
+        if !self.non_2xx.is_empty() {
+            failures.push(format!("non-2xx answers ({})", fmt_statuses(&self.non_2xx)));
+        }
+        if self.invalid_answers > 0 {
+            failures.push(format!(
+                "{} answers without an order id",
+                fmt_count(self.invalid_answers)
+            ));
+        }
+        if self.transport_errors > 0 {
+            failures.push(format!(
+                "{} transport errors",
+                fmt_count(self.transport_errors)
+            ));
+        }
+        if self.timed_out {
+            failures.push("the deadline passed before every email was sent".to_owned());
+        }
+        failures
+    }
+
+    /// The figures compared across runs, in table order: (JSON key, label, unit, value).
+    fn metrics(&self) -> Vec<Metric> {
+        let mut metrics = vec![Metric::new(
+            "orders_accepted_per_s",
+            "orders accepted/s".into(),
+            Unit::Rate,
+            self.orders_accepted_per_s,
+        )];
+        let mut latency = |key: &str, label: &str, p: &Option<Percentiles>| {
+            for (i, name) in Percentiles::NAMES.iter().enumerate() {
+                metrics.push(Metric::new(
+                    &format!("{key}.{}", name.replace('.', "")),
+                    format!("{label} {name}"),
+                    Unit::Ms,
+                    p.map(|p| p.named()[i].1),
+                ));
+            }
+        };
+        latency("api_latency_ms", "API latency", &self.api_latency_ms);
+        latency(
+            "e2e_ms.created_to_received",
+            "created → webhook accepted",
+            &self.e2e_ms.created_to_received,
+        );
+        latency(
+            "e2e_ms.received_to_sent",
+            "webhook accepted → email sent",
+            &self.e2e_ms.received_to_sent,
+        );
+        latency(
+            "e2e_ms.created_to_sent",
+            "created → email sent",
+            &self.e2e_ms.created_to_sent,
+        );
+        metrics.push(Metric::new(
+            "emails_sent_per_s",
+            "emails sent/s".into(),
+            Unit::Rate,
+            self.emails_sent_per_s,
+        ));
+        if let Some(backlog) = &self.backlog {
+            let mut drain = Metric::new(
+                "backlog.drain_emails_per_s",
+                "drain: emails sent/s".into(),
+                Unit::Rate,
+                backlog.drain_emails_per_s,
+            );
+            // A run without a backlog is compared by its steady rate.
+            drain.fallback = Some("emails_sent_per_s");
+            metrics.push(drain);
+        }
+        for (process, kib) in &self.peak_rss_kib {
+            metrics.push(Metric::new(
+                &format!("peak_rss_kib.{process}"),
+                format!("peak RSS {process}"),
+                Unit::KiB,
+                Some(*kib as f64),
+            ));
+        }
+        if !self.peak_rss_kib.is_empty() {
+            // The one memory figure comparable across targets with different processes.
+            metrics.push(Metric::new(
+                "peak_rss_kib.total",
+                "peak RSS, all processes".into(),
+                Unit::KiB,
+                Some(self.peak_rss_kib.values().sum::<u64>() as f64),
+            ));
+        }
+        metrics
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Unit {
+    Rate,
+    Ms,
+    KiB,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Metric {
+    key: String,
+    /// Key to compare with in a run that lacks `key`.
+    fallback: Option<&'static str>,
+    label: String,
+    unit: Unit,
+    value: Option<f64>,
+}
+
+impl Metric {
+    fn new(key: &str, label: String, unit: Unit, value: Option<f64>) -> Metric {
+        Metric {
+            key: key.to_owned(),
+            fallback: None,
+            label,
+            unit,
+            value,
+        }
+    }
+
+    /// The same figure in another run's metrics.
+    fn counterpart<'m>(&self, theirs: &'m [Metric]) -> Option<&'m Metric> {
+        theirs.iter().find(|t| t.key == self.key).or_else(|| {
+            let fallback = self.fallback?;
+            theirs.iter().find(|t| t.key == fallback)
+        })
+    }
+
+    fn show(&self, value: Option<f64>) -> String {
+        match (value, self.unit) {
+            (None, _) => "n/a".to_owned(),
+            (Some(v), Unit::Rate) => fmt_rate(v),
+            (Some(v), Unit::Ms) => format!("{} ms", fmt_ms(v)),
+            (Some(v), Unit::KiB) => fmt_kib(v as u64),
+        }
+    }
+}
+
+/// A whole invocation: the scenario's main run and the runs it is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// `throughput`, `latency`, `backlog` or `history`.
+    pub scenario: &'static str,
+    /// The run the scenario is about.
+    pub main: RunReport,
+    /// Runs to compare it with (baseline, empty database, throughput), each by its label.
+    pub references: Vec<RunReport>,
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    scenario: &'a str,
+    ok: bool,
+    #[serde(flatten)]
+    main: &'a RunReport,
+    references: BTreeMap<&'a str, &'a RunReport>,
+    ratios: BTreeMap<&'a str, BTreeMap<String, f64>>,
+}
+
+impl Report {
+    /// Every run passed every check (see [`RunReport::passed`]).
+    pub fn passed(&self) -> bool {
+        self.main.passed() && self.references.iter().all(RunReport::passed)
+    }
+
+    /// Per reference label: main / reference for every figure both have.
+    pub fn ratios(&self) -> BTreeMap<&str, BTreeMap<String, f64>> {
+        let main = self.main.metrics();
+        self.references
+            .iter()
+            .map(|reference| {
+                let theirs = reference.metrics();
+                let ratios = main
+                    .iter()
+                    .filter_map(|m| {
+                        let other = m.counterpart(&theirs)?;
+                        Some((m.key.clone(), ratio(m.value, other.value)?))
+                    })
+                    .collect();
+                (reference.label.as_str(), ratios)
+            })
+            .collect()
+    }
+
+    /// The one-line JSON with every figure.
+    pub fn json_line(&self) -> String {
+        let line = JsonLine {
+            scenario: self.scenario,
+            ok: self.passed(),
+            main: &self.main,
+            references: self
+                .references
+                .iter()
+                .map(|r| (r.label.as_str(), r))
+                .collect(),
+            ratios: self.ratios(),
+        };
+        serde_json::to_string(&line).expect("a report always serialises")
+    }
+
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |label: &str, value: String| {
+            out.push_str(&format!("  {:<40} {value}\n", format!("{label}:")));
+        };
+        let header = format!(
+            "loadgen {} ({}) — {}\n",
+            self.scenario, self.main.label, self.main.load
+        );
+        line(
+            "orders accepted",
+            format!(
+                "{} of {} sent ({} scheduled)",
+                fmt_count(self.main.accepted),
+                fmt_count(self.main.sent),
+                fmt_count(self.main.scheduled)
+            ),
+        );
+        if self.main.not_sent_on_schedule > 0 {
+            line(
+                "not sent on schedule (in-flight limit)",
+                fmt_count(self.main.not_sent_on_schedule),
+            );
+        }
+        let references: Vec<(&RunReport, Vec<Metric>)> =
+            self.references.iter().map(|r| (r, r.metrics())).collect();
+        for metric in self.main.metrics() {
+            let mut shown = metric.show(metric.value);
+            let compared: Vec<String> = references
+                .iter()
+                .filter_map(|(reference, theirs)| {
+                    let other = metric.counterpart(theirs)?;
+                    let r = ratio(metric.value, other.value)?;
+                    Some(format!(
+                        "{} × {} {}",
+                        fmt_ratio(r),
+                        reference.label.replace('_', " "),
+                        metric.show(other.value)
+                    ))
+                })
+                .collect();
+            if !compared.is_empty() {
+                shown.push_str(&format!(" ({})", compared.join("; ")));
+            }
+            line(&metric.label, shown);
+        }
+        if let Some(backlog) = &self.main.backlog {
+            line("pile-up time", format!("{:.1} s", backlog.pileup_s));
+            line(
+                "orders-service RSS after pile-up",
+                backlog
+                    .orders_rss_kib_after_pileup
+                    .map_or("n/a".into(), fmt_kib),
+            );
+            line(
+                "drain time",
+                backlog
+                    .drain_s
+                    .map_or("n/a".into(), |s| format!("{s:.1} s")),
+            );
+        }
+        line("emails sent", fmt_count(self.main.emails_sent));
+        line("lost emails", fmt_count(self.main.lost));
+        line("duplicated emails", fmt_count(self.main.duplicated));
+        line("non-2xx answers", fmt_statuses(&self.main.non_2xx));
+        line("transport errors", fmt_count(self.main.transport_errors));
+        for reference in &self.references {
+            let failures = reference.failures();
+            if !failures.is_empty() {
+                line(
+                    &format!("{} run failed", reference.label.replace('_', " ")),
+                    failures.join(", "),
+                );
+            }
+        }
+        let failures = self.main.failures();
+        line(
+            "result",
+            if self.passed() && self.main.not_sent_on_schedule > 0 {
+                format!(
+                    "PASS, but {} requests were not sent on schedule: the rate offered was \
+                     not the rate asked for (raise --max-in-flight or lower --rate)",
+                    fmt_count(self.main.not_sent_on_schedule)
+                )
+            } else if self.passed() {
+                "PASS".to_owned()
+            } else if failures.is_empty() {
+                "FAIL (a reference run failed)".to_owned()
+            } else {
+                format!("FAIL: {}", failures.join(", "))
+            },
+        );
+        format!("{header}{out}")
+    }
+
+    /// Writes the table and then the JSON line to stdout.
+    pub fn print(&self) -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        write!(out, "{}", self.table())?;
+        writeln!(out, "{}", self.json_line())?;
+        out.flush()
+    }
+}
+
+/// A progress line on stderr.
+pub fn progress(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "loadgen: {message}");
+}
+
+/// `12345` → `12,345`.
+pub fn fmt_count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A rate: whole numbers with separators from 100 up, one decimal below.
+pub fn fmt_rate(v: f64) -> String {
+    if v >= 100.0 {
+        fmt_count(v.round() as u64)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// Milliseconds with about three significant digits.
+pub fn fmt_ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        fmt_count(v.round() as u64)
+    }
+}
+
+/// KiB as MiB with one decimal.
+pub fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// A ratio with two decimals (whole from 100 up).
+pub fn fmt_ratio(r: f64) -> String {
+    if r >= 100.0 {
+        fmt_count(r.round() as u64)
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+fn fmt_statuses(statuses: &BTreeMap<String, u64>) -> String {
+    if statuses.is_empty() {
+        return "none".to_owned();
+    }
+    statuses
+        .iter()
+        .map(|(code, n)| format!("{code}: {}", fmt_count(*n)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(label: &str, accepted_per_s: f64, p50: f64) -> RunReport {
+        let p = Percentiles {
+            count: 10,
+            p50,
+            p90: p50 * 2.0,
+            p99: p50 * 3.0,
+            p999: p50 * 4.0,
+            max: p50 * 5.0,
+        };
+        RunReport {
+            label: label.to_owned(),
+            load: "closed loop: 200 orders, concurrency 8".to_owned(),
+            scheduled: 200,
+            sent: 200,
+            accepted: 200,
+            orders_accepted_per_s: Some(accepted_per_s),
+            api_latency_ms: Some(p),
+            e2e_ms: EndToEnd {
+                created_to_received: Some(p),
+                received_to_sent: None,
+                created_to_sent: Some(p),
+            },
+            emails_sent: 200,
+            emails_sent_per_s: Some(accepted_per_s / 2.0),
+            peak_rss_kib: BTreeMap::from([("orders-service".to_owned(), 20_480)]),
+            ..RunReport::default()
+        }
+    }
+
+    #[test]
+    fn counts_get_thousands_separators() {
+        assert_eq!(fmt_count(0), "0");
+        assert_eq!(fmt_count(999), "999");
+        assert_eq!(fmt_count(1_000), "1,000");
+        assert_eq!(fmt_count(50_000), "50,000");
+        assert_eq!(fmt_count(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn rates_latencies_and_ratios_read_well() {
+        assert_eq!(fmt_rate(2_345.4), "2,345");
+        assert_eq!(fmt_rate(12.34), "12.3");
+        assert_eq!(fmt_ms(3.126), "3.13");
+        assert_eq!(fmt_ms(31.25), "31.2");
+        assert_eq!(fmt_ms(1_234.4), "1,234");
+        assert_eq!(fmt_ratio(2_345.0 / 5_720.0), "0.41");
+        assert_eq!(fmt_kib(20_480), "20.0 MiB");
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_any_loss_duplicate_or_error_fails_it() {
+        assert!(run("services", 100.0, 1.0).passed());
+        for broken in [
+            RunReport {
+                lost: 1,
+                ..run("services", 100.0, 1.0)
+            },
+            RunReport {
+                duplicated: 1,
+                ..run("services", 100.0, 1.0)
+            },
+            RunReport {
+                non_2xx: BTreeMap::from([("503".to_owned(), 1)]),
+                ..run("services", 100.0, 1.0)
+            },
+            RunReport {
+                transport_errors: 1,
+                ..run("services", 100.0, 1.0)
+            },
+            RunReport {
+                timed_out: true,
+                ..run("services", 100.0, 1.0)
+            },
+        ] {
+            assert!(!broken.passed(), "{broken:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_reference_fails_the_report() {
+        let report = Report {
+            scenario: "throughput",
+            main: run("services", 100.0, 1.0),
+            references: vec![RunReport {
+                lost: 3,
+                ..run("baseline", 400.0, 0.5)
+            }],
+        };
+        assert!(!report.passed());
+        assert!(report.table().contains("baseline run failed:"));
+    }
+
+    #[test]
+    fn ratios_divide_the_main_run_by_each_reference() {
+        let report = Report {
+            scenario: "throughput",
+            main: run("services", 100.0, 3.0),
+            references: vec![run("baseline", 400.0, 1.5)],
+        };
+        let ratios = report.ratios();
+        let baseline = &ratios["baseline"];
+        assert_eq!(baseline["orders_accepted_per_s"], 0.25);
+        assert_eq!(baseline["emails_sent_per_s"], 0.25);
+        assert_eq!(baseline["api_latency_ms.p50"], 2.0);
+        assert_eq!(baseline["api_latency_ms.p999"], 2.0);
+        assert_eq!(baseline["e2e_ms.created_to_sent.max"], 2.0);
+        assert_eq!(baseline["peak_rss_kib.orders-service"], 1.0);
+        // No figure on either side: no ratio rather than a made-up one.
+        assert!(!baseline.contains_key("e2e_ms.received_to_sent.p50"));
+    }
+
+    #[test]
+    fn the_table_shows_ratios_the_way_the_issue_asks() {
+        let report = Report {
+            scenario: "throughput",
+            main: run("services", 4_690.0, 3.0),
+            references: vec![run("baseline", 11_440.0, 1.5)],
+        };
+        let table = report.table();
+        assert!(
+            table.contains("emails sent/s:") && table.contains("2,345 (0.41 × baseline 5,720)"),
+            "{table}"
+        );
+        assert!(table.contains("API latency p99.9:"), "{table}");
+        assert!(table.contains("PASS"), "{table}");
+    }
+
+    #[test]
+    fn the_json_line_is_one_line_with_every_figure() {
+        let report = Report {
+            scenario: "throughput",
+            main: run("services", 100.0, 3.0),
+            references: vec![run("baseline", 400.0, 1.5)],
+        };
+        let line = report.json_line();
+        assert!(!line.contains('\n'));
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["scenario"], "throughput");
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["accepted"], 200);
+        assert_eq!(json["lost"], 0);
+        assert_eq!(json["duplicated"], 0);
+        assert_eq!(json["api_latency_ms"]["p50"], 3.0);
+        assert_eq!(json["api_latency_ms"]["p999"], 12.0);
+        assert_eq!(json["e2e_ms"]["received_to_sent"], serde_json::Value::Null);
+        assert_eq!(json["peak_rss_kib"]["orders-service"], 20_480);
+        assert_eq!(
+            json["references"]["baseline"]["orders_accepted_per_s"],
+            400.0
+        );
+        assert_eq!(json["ratios"]["baseline"]["orders_accepted_per_s"], 0.25);
+        assert!(json.get("backlog").is_none());
+    }
+
+    #[test]
+    fn building_a_run_report_from_parts() {
+        use crate::driver::{Answer, Sample};
+        let id = uuid::Uuid::now_v7();
+        let driven = Driven {
+            samples: vec![
+                Sample {
+                    answer: Answer::Accepted(id),
+                    latency_us: 2_000,
+                },
+                Sample {
+                    answer: Answer::Status(503),
+                    latency_us: 4_000,
+                },
+            ],
+            started_us: 10_000_000,
+            elapsed: Duration::from_millis(500),
+            not_sent_on_schedule: 0,
+        };
+        let tally = driven.tally();
+        let reconciled = Reconciled {
+            emails_sent: 1,
+            created_to_sent_us: vec![30_000],
+            last_sent_us: Some(10_250_000),
+            ..Reconciled::default()
+        };
+        let load = Load::Closed {
+            orders: 2,
+            concurrency: 1,
+        };
+        let report = RunReport::build(
+            "services",
+            &load,
+            &driven,
+            &tally,
+            &reconciled,
+            false,
+            vec![("orders-service".into(), 1_024)],
+        );
+        assert_eq!((report.sent, report.accepted), (2, 1));
+        assert_eq!(report.orders_accepted_per_s, Some(2.0));
+        assert_eq!(report.emails_sent_per_s, Some(4.0));
+        assert_eq!(report.non_2xx, BTreeMap::from([("503".to_owned(), 1)]));
+        assert_eq!(report.api_latency_ms.unwrap().max, 4.0);
+        assert_eq!(report.e2e_ms.created_to_sent.unwrap().max, 30.0);
+        assert!(!report.passed());
+    }
+}

@@ -1,0 +1,82 @@
+//! The real `loadgen` binary, a tiny throughput run against the real services' binaries.
+//!
+//! `cargo test --workspace` builds `orders-service` and `notification-service` into the same
+//! target directory as `loadgen` (their own integration tests need them), so `--bin-dir` is
+//! the loadgen executable's directory. No timing is asserted: only that nothing was lost or
+//! duplicated and that the JSON line says so.
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Longest the whole run may take (debug builds, a busy two-core machine).
+const DEADLINE: Duration = Duration::from_secs(300);
+/// After SIGTERM on a timeout, how long loadgen gets to stop the services it started.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// Waits for `child` until `deadline`; on timeout asks it to stop (SIGTERM, so it stops its
+/// own children too), then kills it, and returns `None`.
+fn wait_with_deadline(child: std::process::Child, deadline: Duration) -> Option<ExitStatus> {
+    let pid = rustix::process::Pid::from_child(&child);
+    let (done, finished) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let mut child = child;
+        let _ = done.send(child.wait());
+    });
+    if let Ok(status) = finished.recv_timeout(deadline) {
+        waiter.join().unwrap();
+        return Some(status.expect("waiting for loadgen"));
+    }
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    if finished.recv_timeout(STOP_GRACE).is_err() {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = finished.recv();
+    }
+    waiter.join().unwrap();
+    None
+}
+
+#[test]
+fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
+    let loadgen = Path::new(env!("CARGO_BIN_EXE_loadgen"));
+    let bin_dir = loadgen.parent().expect("the binary has a directory");
+    for service in ["orders-service", "notification-service"] {
+        assert!(
+            bin_dir.join(service).is_file(),
+            "{} is missing: `cargo test --workspace` builds it, or run `cargo build --workspace`",
+            bin_dir.join(service).display()
+        );
+    }
+    let out = tempfile::tempdir().unwrap();
+    let stdout_path = out.path().join("stdout");
+    let stderr_path = out.path().join("stderr");
+    let child = Command::new(loadgen)
+        .args(["throughput", "-n", "200", "-c", "8", "--deadline", "120s"])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("start loadgen");
+
+    let status = wait_with_deadline(child, DEADLINE);
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    let status =
+        status.unwrap_or_else(|| panic!("loadgen did not finish within {DEADLINE:?}\n{context}"));
+    assert!(status.success(), "loadgen exited with {status}\n{context}");
+
+    let last = stdout.lines().last().unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e})\n{context}"));
+    assert_eq!(json["scenario"], "throughput", "{context}");
+    assert_eq!(json["accepted"], 200, "{context}");
+    assert_eq!(json["lost"], 0, "{context}");
+    assert_eq!(json["duplicated"], 0, "{context}");
+    assert_eq!(json["emails_sent"], 200, "{context}");
+    assert_eq!(json["ok"], true, "{context}");
+    assert!(stdout.contains("lost emails:"), "{context}");
+}
