@@ -51,6 +51,9 @@ pub struct AppState {
     pub store: Store,
     /// Poked after an order's outbox write commits, so delivery starts at once.
     pub dispatch_wake: Arc<Notify>,
+    /// Lets a new order claim its delivery in its own transaction and hand it straight to
+    /// the dispatcher while a dispatch slot is free.
+    pub handoff: dispatcher::Handoff,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Guards the management routes.
@@ -114,6 +117,7 @@ pub async fn run(
     let state = AppState {
         store: store.clone(),
         dispatch_wake: dispatcher.waker(),
+        handoff: dispatcher.handoff(),
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         admin_token: api::admin::AdminToken::new(&config.admin_token),
         allow_private_targets: config.allow_private_webhook_targets,

@@ -399,8 +399,29 @@ async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError>
         payload: event.to_json_bytes(),
         created_at,
     };
-    let created = state.store.create_order_with_event(&order, &outbox).await?;
-    if created.deliveries > 0 {
+    // With a dispatch slot free, the order's transaction also claims its delivery and the
+    // attempt starts right after the commit; otherwise the dispatcher claims it.
+    let slot = state.handoff.reserve();
+    let claim = slot.as_ref().map(|_| state.handoff.claim_on_create());
+    let created = state
+        .store
+        .create_order_claiming(&order, &outbox, claim)
+        .await?;
+    let mut handed_over = 0;
+    if let (Some(claimed), Some(slot)) = (created.claimed, slot) {
+        handed_over = claimed.jobs.len();
+        if let Err(claimed) = state.handoff.hand_over(claimed, slot) {
+            // The dispatcher has stopped (shutdown): make the delivery due again at once.
+            handed_over = 0;
+            for job in claimed.jobs {
+                let _ = state
+                    .store
+                    .release(job.delivery_id, job.claim_token, 0)
+                    .await;
+            }
+        }
+    }
+    if created.deliveries > handed_over {
         state.dispatch_wake.notify_one();
     }
     Ok(order)

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use retry::RetryPolicy;
 
 use crate::config::Config;
 use crate::domain::{AttemptOutcome, DeliveryJob};
-use crate::store::{now_ms, Claimed, Store};
+use crate::store::{now_ms, ClaimOnCreate, Claimed, Store};
 
 /// How long to wait after a failing claim before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
@@ -94,6 +94,60 @@ impl DispatcherSettings {
 #[derive(Clone)]
 pub struct Dispatcher {
     inner: Arc<Inner>,
+    /// Where handed-off jobs arrive; taken by [`Dispatcher::run`].
+    handed_off: Arc<std::sync::Mutex<Option<mpsc::Receiver<HandedOff>>>>,
+    /// The sending side, for [`Dispatcher::handoff`].
+    hand_over: mpsc::Sender<HandedOff>,
+}
+
+/// A delivery claimed by an order's own transaction, with the slot reserved for it.
+struct HandedOff {
+    claimed: Claimed,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Lets the order handler claim a delivery in the order's own transaction and hand it
+/// straight to the dispatcher: one commit fewer between an order and its webhook. It may do
+/// so only while it holds a free dispatch slot ([`Handoff::reserve`]), so attempts in flight
+/// stay within `DISPATCH_CONCURRENCY`; without one, the delivery is written pending and the
+/// dispatcher claims it as usual. Cheap to clone.
+#[derive(Clone)]
+pub struct Handoff {
+    slots: Arc<Semaphore>,
+    hand_over: mpsc::Sender<HandedOff>,
+    claim: ClaimOnCreate,
+}
+
+/// A dispatch slot held for one handed-off delivery; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation(OwnedSemaphorePermit);
+
+impl Handoff {
+    /// A free dispatch slot, if there is one right now.
+    pub fn reserve(&self) -> Option<Reservation> {
+        self.slots.clone().try_acquire_owned().ok().map(Reservation)
+    }
+
+    /// What the order's transaction must do to claim for the dispatcher.
+    pub fn claim_on_create(&self) -> ClaimOnCreate {
+        self.claim
+    }
+
+    /// Hands a claim made by an order's transaction to the dispatcher, with its slot. Gives
+    /// the claim back when the dispatcher has stopped (shutdown): the caller then releases
+    /// its deliveries.
+    pub fn hand_over(&self, claimed: Claimed, slot: Reservation) -> Result<(), Claimed> {
+        self.hand_over
+            .try_send(HandedOff {
+                claimed,
+                permit: slot.0,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(h) | mpsc::error::TrySendError::Closed(h) => {
+                    h.claimed
+                }
+            })
+    }
 }
 
 struct Inner {
@@ -147,7 +201,11 @@ impl Dispatcher {
             .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
+        // Every message holds one of `concurrency` permits, so the channel never fills.
+        let (hand_over, handed_off) = mpsc::channel(settings.concurrency.max(1) as usize);
         Ok(Dispatcher {
+            handed_off: Arc::new(std::sync::Mutex::new(Some(handed_off))),
+            hand_over,
             inner: Arc::new(Inner {
                 store,
                 client,
@@ -162,6 +220,18 @@ impl Dispatcher {
     /// The signal to poke (`notify_one`) after new deliveries commit.
     pub fn waker(&self) -> Arc<Notify> {
         self.inner.wake.clone()
+    }
+
+    /// The handle through which new orders hand their deliveries over (see [`Handoff`]).
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            slots: self.inner.slots.clone(),
+            hand_over: self.hand_over.clone(),
+            claim: ClaimOnCreate {
+                lease_ms: self.inner.lease_ms(),
+                per_endpoint: self.inner.settings.per_endpoint,
+            },
+        }
     }
 
     /// Claims one batch of due deliveries (at most the concurrency), attempts them all and
@@ -225,6 +295,21 @@ impl Dispatcher {
             batch_size = inner.settings.batch_size,
             "dispatcher started"
         );
+        let handed_off = self
+            .handed_off
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // Handed-off jobs arrive with their slots; a task of their own starts them, so they
+        // never wait behind a claim (and the loop never waits for a slot they hold).
+        let handoffs = handed_off.map(|rx| {
+            tokio::spawn(inner.clone().run_handoffs(
+                rx,
+                tracker.clone(),
+                hard_stop.clone(),
+                shutdown.clone(),
+            ))
+        });
         while !shutdown.is_cancelled() {
             let free = inner.slots.available_permits();
             let limit = u32::try_from(free)
@@ -233,7 +318,21 @@ impl Dispatcher {
             let mut wait = inner.settings.sweep_interval;
             if limit > 0 {
                 let claimed_at_ms = now_ms();
-                match self.claim(limit).await {
+                // The limit is read again when the claim runs on the writer: slots freed while
+                // it waited for its batch are filled too. Only this loop takes permits, so
+                // they are all still free when the claimed jobs take them below.
+                let slots = inner.slots.clone();
+                let batch = inner.settings.batch_size;
+                let claim = inner.store.claim_due_with(
+                    move || {
+                        u32::try_from(slots.available_permits())
+                            .unwrap_or(u32::MAX)
+                            .min(batch)
+                    },
+                    inner.lease_ms(),
+                    inner.settings.per_endpoint,
+                );
+                match claim.await {
                     Ok(claimed) => {
                         let any = !claimed.jobs.is_empty() || !claimed.unloadable.is_empty();
                         let lease = Lease {
@@ -244,8 +343,9 @@ impl Dispatcher {
                             .await;
                         for job in claimed.jobs {
                             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
-                                // Only this loop takes permits, so this cannot happen; hand
-                                // the row back rather than exceed the bound.
+                                // An order handed off its delivery and took the slot after
+                                // the claim counted it: give the row back (due at once)
+                                // rather than exceed the bound; the next claim takes it.
                                 let _ = inner
                                     .store
                                     .release(job.delivery_id, job.claim_token, 0)
@@ -281,6 +381,11 @@ impl Dispatcher {
                 // than `wait`, so it is a reason to look again either way.
                 () = inner.slot_freed.notified() => {}
                 () = tokio::time::sleep(wait) => {}
+            }
+        }
+        if let Some(handoffs) = handoffs {
+            if let Err(e) = handoffs.await {
+                tracing::error!(error = %e, "the handoff task failed");
             }
         }
         tracker.close();
@@ -340,6 +445,49 @@ impl Inner {
             );
             if let Err(e) = self.store.release(id, token, backoff).await {
                 tracing::warn!(error = format!("{e:#}"), delivery_id = %id, "releasing the delivery failed; its lease will expire");
+            }
+        }
+    }
+
+    /// Starts handed-off jobs until `shutdown`; then refuses further handoffs and gives back
+    /// those still queued, so their deliveries are due again at once.
+    async fn run_handoffs(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<HandedOff>,
+        tracker: TaskTracker,
+        hard_stop: CancellationToken,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let handed = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                handed = rx.recv() => match handed {
+                    Some(handed) => handed,
+                    None => return,
+                },
+            };
+            let HandedOff { claimed, permit } = handed;
+            self.release_unloadable(claimed.token, claimed.unloadable)
+                .await;
+            let lease = Lease {
+                until_ms: claimed.lease_until,
+            };
+            // One delivery per handoff: one slot was reserved for it.
+            if let Some(job) = claimed.jobs.into_iter().next() {
+                let worker = self.clone();
+                let stop = hard_stop.clone();
+                tracker
+                    .spawn(async move { worker.process_with_slot(job, lease, stop, permit).await });
+            }
+        }
+        rx.close();
+        while let Some(HandedOff { claimed, .. }) = rx.recv().await {
+            for job in claimed.jobs {
+                let _ = self
+                    .store
+                    .release(job.delivery_id, job.claim_token, 0)
+                    .await;
             }
         }
     }

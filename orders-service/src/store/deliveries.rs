@@ -115,33 +115,73 @@ pub struct Claimed {
     pub unloadable: Vec<(Uuid, anyhow::Error)>,
 }
 
+impl Claimed {
+    /// Builds the jobs of claimed rows outside the writer (parsing secrets is not the
+    /// database's work); rows whose job cannot be built are set aside as unloadable.
+    pub(super) fn from_rows(
+        token: Uuid,
+        lease_until: i64,
+        now: i64,
+        rows: Vec<ClaimedRow>,
+    ) -> Self {
+        let mut claimed = Claimed {
+            token,
+            lease_until,
+            jobs: Vec::with_capacity(rows.len()),
+            unloadable: Vec::new(),
+        };
+        for row in rows {
+            let id = row.id.clone();
+            match row.into_job(token, now) {
+                Ok(job) => claimed.jobs.push(job),
+                Err(e) => match parse_uuid(&id) {
+                    Ok(id) => claimed.unloadable.push((id, e)),
+                    // Not even the id parses: nothing can address the row but its lease,
+                    // which expires; it is then claimed (and reported) again.
+                    Err(_) => {
+                        tracing::error!(error = format!("{e:#}"), delivery_id = %id, "a claimed delivery has an unreadable id")
+                    }
+                },
+            }
+        }
+        claimed
+    }
+}
+
 /// An endpoint as a claim needs it.
 #[derive(sqlx::FromRow)]
-struct EndpointRow {
-    url: String,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<i64>,
+pub(super) struct EndpointRow {
+    pub(super) id: String,
+    pub(super) url: String,
+    pub(super) secret: String,
+    pub(super) previous_secret: Option<String>,
+    pub(super) previous_secret_expires_at: Option<i64>,
 }
 
 /// A claimed delivery as read in the claim's transaction; turned into a [`DeliveryJob`]
 /// outside it.
-struct ClaimedRow {
-    id: String,
-    attempts: i64,
-    retry_base: i64,
-    msg_id: String,
-    payload: Vec<u8>,
-    endpoint_id: String,
-    endpoint: std::sync::Arc<EndpointRow>,
+pub(super) struct ClaimedRow {
+    pub(super) id: String,
+    pub(super) attempts: i64,
+    pub(super) retry_base: i64,
+    pub(super) msg_id: String,
+    pub(super) payload: Vec<u8>,
+    pub(super) endpoint_id: String,
+    pub(super) endpoint: std::sync::Arc<EndpointRow>,
 }
 
-/// Enabled endpoints with work due at `$1`, oldest due first: one index probe each.
-const DUE_ENDPOINTS: &str = "SELECT id FROM (SELECT p.id, (SELECT d.due_at FROM deliveries d \
+/// Enabled endpoints with work due at `$1`, oldest due first, with what an attempt needs of
+/// them: one index probe per endpoint.
+const DUE_ENDPOINTS: &str = "SELECT id, url, secret, previous_secret, previous_secret_expires_at \
+     FROM (SELECT p.*, (SELECT d.due_at FROM deliveries d \
          WHERE d.endpoint_id = p.id AND d.due_at IS NOT NULL \
          ORDER BY d.due_at LIMIT 1) AS next \
        FROM endpoints p WHERE p.enabled = 1) \
      WHERE next <= $1 ORDER BY next";
+
+/// The signed bytes and `webhook-id` of the events whose ids are in the JSON array `$1`.
+const EVENTS: &str =
+    "SELECT id, msg_id, payload FROM events WHERE id IN (SELECT value FROM json_each($1))";
 
 /// Attempts of endpoint `$1` running at `$2` under live leases, whoever holds them.
 const BUSY: &str = "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 \
@@ -174,19 +214,19 @@ async fn claim_rows(
     limit: u32,
     per_endpoint: u32,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-    // One index probe per enabled endpoint: when its earliest open delivery falls due.
-    let due: Vec<(String,)> = sqlx::query_as(DUE_ENDPOINTS)
+    let due: Vec<EndpointRow> = sqlx::query_as(DUE_ENDPOINTS)
         .bind(now)
         .fetch_all(&mut *conn)
         .await?;
     let mut left = i64::from(limit);
-    let mut claimed = Vec::new();
-    for (endpoint_id,) in due {
+    // (delivery id, attempts, retry_base, event id, endpoint)
+    let mut leased: Vec<(String, i64, i64, String, std::sync::Arc<EndpointRow>)> = Vec::new();
+    for endpoint in due {
         if left <= 0 {
             break;
         }
         let (busy,): (i64,) = sqlx::query_as(BUSY)
-            .bind(&endpoint_id)
+            .bind(&endpoint.id)
             .bind(now)
             .fetch_one(&mut *conn)
             .await?;
@@ -198,44 +238,56 @@ async fn claim_rows(
             .bind(lease_until)
             .bind(token)
             .bind(now)
-            .bind(&endpoint_id)
+            .bind(&endpoint.id)
             .bind(room)
             .fetch_all(&mut *conn)
             .await?;
-        if rows.is_empty() {
-            continue;
-        }
         left -= i64::try_from(rows.len()).unwrap_or(i64::MAX);
-        let endpoint: EndpointRow = sqlx::query_as(
-            "SELECT url, secret, previous_secret, previous_secret_expires_at \
-             FROM endpoints WHERE id = $1",
-        )
-        .bind(&endpoint_id)
-        .fetch_one(&mut *conn)
-        .await?;
         let endpoint = std::sync::Arc::new(endpoint);
-        for (id, attempts, retry_base, event_id) in rows {
-            let (msg_id, payload): (String, Vec<u8>) =
-                sqlx::query_as("SELECT msg_id, payload FROM events WHERE id = $1")
-                    .bind(&event_id)
-                    .fetch_one(&mut *conn)
-                    .await?;
-            claimed.push(ClaimedRow {
-                id,
-                attempts,
-                retry_base,
-                msg_id,
-                payload,
-                endpoint_id: endpoint_id.clone(),
-                endpoint: endpoint.clone(),
-            });
-        }
+        leased.extend(
+            rows.into_iter()
+                .map(|(id, attempts, retry_base, event_id)| {
+                    (id, attempts, retry_base, event_id, endpoint.clone())
+                }),
+        );
+    }
+    if leased.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Every claimed row's event in one lookup, not one round trip per row.
+    let ids: Vec<&str> = leased.iter().map(|l| l.3.as_str()).collect();
+    let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let events: Vec<(String, String, Vec<u8>)> = sqlx::query_as(EVENTS)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let events: std::collections::HashMap<String, (String, Vec<u8>)> = events
+        .into_iter()
+        .map(|(id, msg_id, payload)| (id, (msg_id, payload)))
+        .collect();
+    let mut claimed = Vec::with_capacity(leased.len());
+    for (id, attempts, retry_base, event_id, endpoint) in leased {
+        // A foreign key guarantees the event; an event shared by two deliveries (two
+        // endpoints) is cloned for the second.
+        let (msg_id, payload) = match events.get(&event_id) {
+            Some(found) => found.clone(),
+            None => return Err(sqlx::Error::RowNotFound),
+        };
+        claimed.push(ClaimedRow {
+            id,
+            attempts,
+            retry_base,
+            msg_id,
+            payload,
+            endpoint_id: endpoint.id.clone(),
+            endpoint,
+        });
     }
     Ok(claimed)
 }
 
 impl ClaimedRow {
-    fn into_job(self, claim_token: Uuid, now: i64) -> anyhow::Result<DeliveryJob> {
+    pub(super) fn into_job(self, claim_token: Uuid, now: i64) -> anyhow::Result<DeliveryJob> {
         let endpoint = &*self.endpoint;
         let mut secrets = vec![Secret::parse(&endpoint.secret)?];
         if let (Some(previous), Some(expires)) = (
@@ -271,46 +323,43 @@ async fn finish_rows(
         AttemptOutcome::Retry { at } => ("pending", at, None),
         AttemptOutcome::Failed | AttemptOutcome::EndpointGone => ("failed", now, None),
     };
-    // A retry of an endpoint disabled meanwhile is paused with the endpoint's other rows.
+    // One round trip: the guarded update, then the attempt's row only if the update took
+    // (`changes()` is the previous statement's row count). A retry of an endpoint disabled
+    // meanwhile is paused with the endpoint's other rows.
     let next = "CASE WHEN $1 = 'pending' AND EXISTS (SELECT 1 FROM endpoints p \
          WHERE p.id = deliveries.endpoint_id AND p.enabled = 0) THEN $9 ELSE $2 END";
-    let updated = sqlx::query(&format!(
+    let attempt = &job.attempt;
+    let written = sqlx::query(&format!(
         "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = {next}, \
          delivered_at = $3, last_status = $4, last_error = $5, lease_expires_at = NULL, \
          claim_token = NULL, updated_at = $6 \
-         WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'"
+         WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'; \
+         INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
+         status_code, error_kind, response_body, outcome) \
+         SELECT $7, $10, $11, $12, $4, $13, $14, $15 WHERE changes() = 1"
     ))
     .bind(status)
     .bind(next_at)
     .bind(delivered_at)
-    .bind(job.attempt.status_code.map(i64::from))
+    .bind(attempt.status_code.map(i64::from))
     .bind(&job.error)
     .bind(now)
     .bind(&job.delivery_id)
     .bind(&job.claim_token)
     .bind(PAUSED_AT)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Ok(false);
-    }
-    let attempt = &job.attempt;
-    sqlx::query(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
-         status_code, error_kind, response_body, outcome) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&job.delivery_id)
     .bind(i64::from(attempt.attempt))
     .bind(attempt.started_at)
     .bind(attempt.duration_ms)
-    .bind(attempt.status_code.map(i64::from))
     .bind(&attempt.error_kind)
     .bind(&attempt.response_body)
     .bind(job.outcome.as_str())
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected();
+    // Both statements took (1 + 1), or neither did (the claim was lost).
+    if written == 0 {
+        return Ok(false);
+    }
     if job.outcome == AttemptOutcome::EndpointGone {
         sqlx::query(
             "UPDATE endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3",
@@ -350,39 +399,34 @@ impl Store {
         lease_ms: i64,
         per_endpoint: u32,
     ) -> anyhow::Result<Claimed> {
+        self.claim_due_with(move || limit, lease_ms, per_endpoint)
+            .await
+    }
+
+    /// [`Store::claim_due`] with a limit read when the claim runs on the writer, not when it
+    /// is queued: a dispatcher passes its free slots, so slots freed while the claim waited
+    /// for its batch are filled too.
+    pub async fn claim_due_with(
+        &self,
+        limit: impl Fn() -> u32 + Send + Sync + 'static,
+        lease_ms: i64,
+        per_endpoint: u32,
+    ) -> anyhow::Result<Claimed> {
         let now = now_ms();
         let token = Uuid::new_v4();
         let lease_until = now.saturating_add(lease_ms);
-        let token_text = token.to_string();
+        let token_text: std::sync::Arc<str> = token.to_string().into();
         let rows = self
             .writer
             .write(move |conn| {
+                let token = token_text.clone();
+                let limit = limit();
                 Box::pin(async move {
-                    claim_rows(conn, now, lease_until, &token_text, limit, per_endpoint).await
+                    claim_rows(conn, now, lease_until, &token, limit, per_endpoint).await
                 })
             })
             .await?;
-        let mut claimed = Claimed {
-            token,
-            lease_until,
-            jobs: Vec::with_capacity(rows.len()),
-            unloadable: Vec::new(),
-        };
-        for row in rows {
-            let id = row.id.clone();
-            match row.into_job(token, now) {
-                Ok(job) => claimed.jobs.push(job),
-                Err(e) => match parse_uuid(&id) {
-                    Ok(id) => claimed.unloadable.push((id, e)),
-                    // Not even the id parses: nothing can address the row but its lease,
-                    // which expires; it is then claimed (and reported) again.
-                    Err(_) => {
-                        tracing::error!(error = format!("{e:#}"), delivery_id = %id, "a claimed delivery has an unreadable id")
-                    }
-                },
-            }
-        }
-        Ok(claimed)
+        Ok(Claimed::from_rows(token, lease_until, now, rows))
     }
 
     /// Records one attempt and its outcome in one transaction. Returns `false`, recording
@@ -403,9 +447,11 @@ impl Store {
             outcome: outcome.clone(),
             error: error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect()),
         };
+        let finished = std::sync::Arc::new(finished);
         Ok(self
             .writer
             .write(move |conn| {
+                let finished = finished.clone();
                 Box::pin(async move { finish_rows(conn, &finished, now_ms()).await })
             })
             .await?)
@@ -424,6 +470,7 @@ impl Store {
         let (id, token) = (delivery_id.to_string(), claim_token.to_string());
         self.writer
             .write(move |conn| {
+                let (id, token) = (id.clone(), token.clone());
                 Box::pin(async move {
                     let next = due_or_paused("$4", "$5");
                     sqlx::query(&format!(

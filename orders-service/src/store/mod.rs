@@ -26,7 +26,7 @@ use webhook_common::group_commit::{GroupCommitSettings, GroupCommitter};
 
 pub use deliveries::{Claimed, PAUSED_AT};
 pub use endpoints::{EndpointSecret, EnsuredEndpoint, CONFIG_UNSET_REASON, DELETE_BATCH};
-pub use orders::CreatedOrder;
+pub use orders::{ClaimOnCreate, CreatedOrder};
 
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
@@ -70,6 +70,9 @@ impl Store {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A local file cannot go stale like a network connection; the default ping on
+            // every acquire would cost the writer a round trip per batch.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await

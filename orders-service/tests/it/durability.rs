@@ -8,7 +8,7 @@ use orders_service::dispatcher::{Dispatcher, DispatcherSettings};
 use orders_service::domain::{
     Attempt, AttemptOutcome, DeliveryStatus, NewEvent, Order, OrderStatus,
 };
-use orders_service::store::{now_ms, Store};
+use orders_service::store::{now_ms, ClaimOnCreate, Store};
 use orders_service::Config;
 use uuid::Uuid;
 use webhook_common::{Currency, Money, Secret};
@@ -133,6 +133,15 @@ fn settings(lease_ms: u64) -> DispatcherSettings {
 
 /// Writes an order with its event and deliveries straight through the store.
 async fn write_order(store: &Store) -> Uuid {
+    write_order_claiming(store, None).await.0
+}
+
+/// [`write_order`], asking the order's transaction to claim its delivery; returns the order
+/// and the claim it made, if any.
+async fn write_order_claiming(
+    store: &Store,
+    claim: Option<ClaimOnCreate>,
+) -> (Uuid, Option<orders_service::store::Claimed>) {
     let id = Uuid::now_v7();
     let event_id = Uuid::now_v7();
     let total = Money::new(1000, Currency::EUR);
@@ -156,9 +165,86 @@ async fn write_order(store: &Store) -> Uuid {
         payload: br#"{"type":"order.paid"}"#.to_vec(),
         created_at: now_ms(),
     };
-    let created = store.create_order_with_event(&order, &event).await.unwrap();
+    let created = store
+        .create_order_claiming(&order, &event, claim)
+        .await
+        .unwrap();
     assert_eq!(created.deliveries, 1);
-    id
+    (id, created.claimed)
+}
+
+#[tokio::test]
+async fn an_order_claims_its_own_delivery_only_below_the_per_endpoint_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("o.db").display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let secret = Secret::generate();
+    store
+        .ensure_config_endpoint(
+            "test",
+            "http://127.0.0.1:9/webhook",
+            Some(&secret),
+            &["order.paid"],
+        )
+        .await
+        .unwrap();
+    let claim = ClaimOnCreate {
+        lease_ms: 60_000,
+        per_endpoint: 2,
+    };
+
+    // Below the cap: the order's own transaction leases its delivery and returns the job,
+    // complete (payload, URL, secret) and under a lease the store agrees with.
+    let (first, claimed) = write_order_claiming(&store, Some(claim)).await;
+    let claimed = claimed.expect("a claim below the cap");
+    assert_eq!(claimed.jobs.len(), 1);
+    assert!(claimed.unloadable.is_empty());
+    let job = &claimed.jobs[0];
+    assert_eq!(job.url, "http://127.0.0.1:9/webhook");
+    assert_eq!(job.secrets.len(), 1);
+    assert_eq!(job.attempts, 0);
+    assert_eq!(&job.payload[..], br#"{"type":"order.paid"}"#);
+    let delivery = store.deliveries_for_order(first).await.unwrap().remove(0);
+    assert_eq!(delivery.id, job.delivery_id);
+    assert_eq!(delivery.status, DeliveryStatus::InFlight);
+    // Nobody else can claim it while the lease lasts.
+    assert!(store
+        .claim_due(10, 60_000, 10)
+        .await
+        .unwrap()
+        .jobs
+        .is_empty());
+
+    // The second still fits; the third finds the endpoint at its cap and stays pending for
+    // the dispatcher.
+    assert!(write_order_claiming(&store, Some(claim)).await.1.is_some());
+    let (third, none) = write_order_claiming(&store, Some(claim)).await;
+    assert!(
+        none.is_none(),
+        "the cap counts deliveries claimed by orders too"
+    );
+    let delivery = store.deliveries_for_order(third).await.unwrap().remove(0);
+    assert_eq!(delivery.status, DeliveryStatus::Pending);
+
+    // The claimed delivery's outcome is recorded like any other claim's.
+    let attempt = Attempt {
+        attempt: 1,
+        started_at: now_ms(),
+        duration_ms: 1,
+        status_code: Some(200),
+        error_kind: None,
+        response_body: None,
+        outcome: "delivered".into(),
+    };
+    assert!(store
+        .finish_attempt(job, &attempt, &AttemptOutcome::Delivered, None)
+        .await
+        .unwrap());
+    let delivery = store.deliveries_for_order(first).await.unwrap().remove(0);
+    assert_eq!(delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(store.attempts(delivery.id).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
