@@ -3,12 +3,17 @@
 //!
 //! A caller hands its write (a closure over the transaction's connection) to the
 //! [`GroupCommitter`] and waits. The writer task takes everything queued (up to the batch
-//! limit), runs each write inside its own savepoint, commits once, and only then answers each
-//! caller: an `Ok` means the write is committed with whatever durability the database gives a
-//! commit (`synchronous=FULL` for our SQLite, the defaults for PostgreSQL). A write that fails
-//! on its own is rolled back to its savepoint and its caller gets the error; the others in the
-//! batch are unaffected. If the commit itself fails, every caller of that batch gets an error
-//! and nothing of the batch is stored.
+//! limit), runs the writes one after the other in one transaction, commits once, and only then
+//! answers each caller: an `Ok` means the write is committed with whatever durability the
+//! database gives a commit (`synchronous=FULL` for our SQLite, the defaults for PostgreSQL).
+//!
+//! A batch runs optimistically, without a savepoint per write: each savepoint costs two more
+//! round trips to the database, which is most of what a small write costs. If a write fails,
+//! the whole transaction is rolled back and the batch is run again with every write in its own
+//! savepoint, so the failing write is rolled back alone, its caller gets the error, and the
+//! others commit. That is why a write is a re-runnable closure (`Fn`): it may run twice, and
+//! only its last run counts. If the commit itself fails, every caller of the batch gets an
+//! error and nothing of the batch is stored.
 //!
 //! There is no artificial delay: while one batch commits (the fsync), new writes queue up and
 //! become the next batch, so batches grow with load and a lone write commits at once.
@@ -51,19 +56,50 @@ impl WriteError {
     }
 }
 
-/// What the writer calls once the batch's fate is known: `Ok` after the commit, or the
-/// batch's error.
-type Reply = Box<dyn FnOnce(Result<(), Arc<sqlx::Error>>) + Send>;
+/// A queued write, type-erased: it can be run (again) on the batch's connection, and answered
+/// once the batch's fate is known.
+trait QueuedWrite<DB: Database>: Send {
+    /// Runs the write, keeping its value or error; says whether it succeeded.
+    fn run<'c>(&'c mut self, conn: &'c mut DB::Connection) -> BoxFuture<'c, bool>;
+    /// Answers the caller: the value of the last run if `batch` committed, else the error.
+    fn answer(self: Box<Self>, batch: Result<(), Arc<sqlx::Error>>);
+}
 
-/// One queued write: runs on the transaction's connection (inside a savepoint) and returns
-/// how to answer its caller once the batch commits; given the batch's error instead when the
-/// transaction could not even begin.
-type Job<DB> = Box<
-    dyn for<'c> FnOnce(
-            Result<&'c mut <DB as Database>::Connection, Arc<sqlx::Error>>,
-        ) -> BoxFuture<'c, Reply>
-        + Send,
->;
+type Job<DB> = Box<dyn QueuedWrite<DB>>;
+
+struct Queued<F, T> {
+    write: F,
+    /// The outcome of the last run; `None` before the first.
+    outcome: Option<Result<T, sqlx::Error>>,
+    answer: oneshot::Sender<Result<T, WriteError>>,
+}
+
+impl<DB, F, T> QueuedWrite<DB> for Queued<F, T>
+where
+    DB: Database,
+    T: Send + 'static,
+    F: for<'c> Fn(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + 'static,
+{
+    fn run<'c>(&'c mut self, conn: &'c mut DB::Connection) -> BoxFuture<'c, bool> {
+        Box::pin(async move {
+            let outcome = (self.write)(conn).await;
+            let ok = outcome.is_ok();
+            self.outcome = Some(outcome);
+            ok
+        })
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), Arc<sqlx::Error>>) {
+        let reply = match (batch, self.outcome) {
+            (Err(batch), _) => Err(WriteError::Batch(batch)),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Ok(()), Some(Err(e))) => Err(WriteError::Database(e)),
+            // Not run: the batch failed before it (answered above), or the writer stopped.
+            (Ok(()), None) => Err(WriteError::Closed),
+        };
+        let _ = self.answer.send(reply);
+    }
+}
 
 /// Tuning of a [`GroupCommitter`].
 #[derive(Debug, Clone, Copy)]
@@ -163,51 +199,23 @@ impl<DB: Database> GroupCommitter<DB> {
 
     /// Queues `write`, waits for its batch to commit and returns its value.
     ///
-    /// `write` runs on the writer task inside a savepoint of the batch's transaction: it sees
-    /// the writes queued before it, and its own failure rolls back only itself. It must not
-    /// panic and should be short (every caller of the batch waits for it).
+    /// `write` runs on the writer task in the batch's transaction: it sees the writes queued
+    /// before it. It may run twice (see the module docs), so it must not move what it
+    /// captures into its future (clone it) and must have no effect outside the database.
+    /// Its failure rolls back only itself. It must not panic and should be short: every
+    /// caller of the batch waits for it.
     pub async fn write<T, F>(&self, write: F) -> Result<T, WriteError>
     where
         T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, sqlx::Error>>
+        F: for<'c> Fn(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, sqlx::Error>>
             + Send
             + 'static,
     {
         let (answer, answered) = oneshot::channel::<Result<T, WriteError>>();
-        let job: Job<DB> = Box::new(move |conn: Result<&mut DB::Connection, _>| {
-            Box::pin(async move {
-                let conn = match conn {
-                    Ok(conn) => conn,
-                    Err(batch) => {
-                        let _ = answer.send(Err(WriteError::Batch(batch)));
-                        let nothing: Reply = Box::new(|_| {});
-                        return nothing;
-                    }
-                };
-                let outcome = async {
-                    let mut savepoint = conn.begin().await?;
-                    match write(&mut savepoint).await {
-                        Ok(value) => {
-                            savepoint.commit().await?;
-                            Ok(value)
-                        }
-                        Err(e) => {
-                            savepoint.rollback().await?;
-                            Err(e)
-                        }
-                    }
-                }
-                .await;
-                let reply: Reply = match outcome {
-                    Ok(value) => Box::new(move |batch: Result<(), Arc<sqlx::Error>>| {
-                        let _ = answer.send(batch.map(|()| value).map_err(WriteError::Batch));
-                    }),
-                    Err(e) => Box::new(move |_| {
-                        let _ = answer.send(Err(WriteError::Database(e)));
-                    }),
-                };
-                reply
-            })
+        let job: Job<DB> = Box::new(Queued {
+            write,
+            outcome: None,
+            answer,
         });
         self.jobs.send(job).await.map_err(|_| WriteError::Closed)?;
         answered.await.unwrap_or(Err(WriteError::Closed))
@@ -266,32 +274,66 @@ async fn writer_loop<DB: Database>(
     tracing::debug!("database writer stopped");
 }
 
-/// Runs `batch` in one transaction and answers every caller after the commit.
+/// Runs `batch` in one transaction and answers every caller after the commit: first without
+/// savepoints, and if a write fails, again from the start with one savepoint per write.
 async fn run_batch<DB: Database>(pool: &Pool<DB>, begin: &'static str, batch: &mut Vec<Job<DB>>) {
     let size = batch.len();
-    let mut tx = match pool.begin_with(begin).await {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::warn!(error = %e, size, "beginning a batch of writes failed");
-            let e = Arc::new(e);
-            // Each caller learns the batch failed; none of their writes ran.
-            for job in batch.drain(..) {
-                let nothing_to_answer = job(Err(e.clone())).await;
-                nothing_to_answer(Err(e.clone()));
-            }
-            return;
+    let committed = match run_optimistically(pool, begin, batch).await {
+        Ok(committed) => committed,
+        Err(()) => {
+            tracing::debug!(
+                writes = size,
+                "a write failed; running the batch with savepoints"
+            );
+            run_with_savepoints(pool, begin, batch).await
         }
     };
-    let mut replies: Vec<Reply> = Vec::with_capacity(size);
-    for job in batch.drain(..) {
-        replies.push(job(Ok(&mut tx)).await);
-    }
-    let committed = tx.commit().await.map_err(Arc::new);
     match &committed {
         Ok(()) => tracing::debug!(writes = size, "batch committed"),
         Err(e) => tracing::warn!(error = %e, size, "committing a batch of writes failed"),
     }
-    for reply in replies {
-        reply(committed.clone());
+    for job in batch.drain(..) {
+        job.answer(committed.clone());
     }
+}
+
+/// Runs every write of `batch` in one transaction and commits. `Err(())` when a write failed:
+/// the transaction is rolled back (nothing of it stays) and the batch must be run again.
+async fn run_optimistically<DB: Database>(
+    pool: &Pool<DB>,
+    begin: &'static str,
+    batch: &mut [Job<DB>],
+) -> Result<Result<(), Arc<sqlx::Error>>, ()> {
+    let mut tx = match pool.begin_with(begin).await {
+        Ok(tx) => tx,
+        Err(e) => return Ok(Err(Arc::new(e))),
+    };
+    for job in batch.iter_mut() {
+        if !job.run(&mut tx).await {
+            if let Err(e) = tx.rollback().await {
+                tracing::warn!(error = %e, "rolling back a failed batch failed");
+            }
+            return Err(());
+        }
+    }
+    Ok(tx.commit().await.map_err(Arc::new))
+}
+
+/// Runs every write of `batch` in its own savepoint of one transaction, so a failing write is
+/// rolled back alone (its caller gets its error), and commits.
+async fn run_with_savepoints<DB: Database>(
+    pool: &Pool<DB>,
+    begin: &'static str,
+    batch: &mut [Job<DB>],
+) -> Result<(), Arc<sqlx::Error>> {
+    let mut tx = pool.begin_with(begin).await.map_err(Arc::new)?;
+    for job in batch.iter_mut() {
+        let mut savepoint = tx.begin().await.map_err(Arc::new)?;
+        if job.run(&mut savepoint).await {
+            savepoint.commit().await.map_err(Arc::new)?;
+        } else {
+            savepoint.rollback().await.map_err(Arc::new)?;
+        }
+    }
+    tx.commit().await.map_err(Arc::new)
 }

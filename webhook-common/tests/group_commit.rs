@@ -78,9 +78,18 @@ async fn a_failing_write_is_rolled_back_alone() {
     let pool = pool(&dir).await;
     let writer = GroupCommitter::start(pool.clone(), "BEGIN IMMEDIATE", Default::default());
     insert(&writer, 1).await.unwrap();
-    // Queue a good write, a duplicate key and another good write at once: they may well land
-    // in one batch, and the duplicate must not take the others down with it.
+    // Queue a good write, a duplicate key and another good write at once: they land in one
+    // batch, whose first run fails on the duplicate and is rolled back; the re-run with
+    // savepoints must commit the good two exactly once and fail only the duplicate.
+    let before = writer.stats();
     let (a, dup, b) = tokio::join!(insert(&writer, 2), insert(&writer, 1), insert(&writer, 3));
+    let after = writer.stats();
+    assert_eq!(after.writes - before.writes, 3);
+    assert_eq!(
+        after.batches - before.batches,
+        1,
+        "the three writes shared one batch"
+    );
     a.unwrap();
     b.unwrap();
     let err = dup.unwrap_err();

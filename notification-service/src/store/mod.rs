@@ -4,8 +4,12 @@
 //! webhooks, [`queue`] claims email jobs and records what became of them.
 //!
 //! The SQL sticks to what SQLite and PostgreSQL share (`$n` placeholders, `ON CONFLICT`,
-//! `UPDATE ... RETURNING`, integer millisecond timestamps, text UUIDs) so a PostgreSQL backend
-//! can reuse it.
+//! `UPDATE ... FROM ... RETURNING`, integer millisecond timestamps, text UUIDs) so a
+//! PostgreSQL backend can reuse most of it. Two things are SQLite's own, because every
+//! statement is a round trip to the connection's worker thread and the writer runs writes
+//! one after another: the intake sends several statements in one query string (they share
+//! the binds: `$n` is the n-th bind in each), and reads `changes()`. A PostgreSQL backend
+//! would fold those into one statement with data-modifying CTEs (see [`intake`]).
 
 mod intake;
 mod queue;
@@ -108,8 +112,9 @@ pub enum IntakeOutcome {
 }
 
 impl IntakeOutcome {
-    /// The `received_webhooks.outcome` it is recorded as. A row is inserted as `pending` and
-    /// set to one of these in the same transaction, so `pending` is never seen committed.
+    /// The `received_webhooks.outcome` it is recorded as. The row of a handled event is
+    /// inserted as `pending` and set to one of these in the same write, so `pending` is never
+    /// seen committed; an unhandled one is inserted as `ignored` at once.
     /// (The comment in migration 0001 calls the rule `decide_outcome`: it is [`decide`]; the
     /// applied migration is left unedited because sqlx refuses a changed checksum.)
     fn recorded_as(&self) -> &'static str {
@@ -281,6 +286,9 @@ impl Store {
             SqlitePoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                // A local file cannot go stale like a network connection; the default ping
+                // on every acquire would cost the writer a round trip per batch.
+                .test_before_acquire(false)
                 .connect_with(options.clone())
         };
         let opened = |e| {
@@ -454,6 +462,74 @@ mod tests {
         );
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T));
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T - 1));
+    }
+
+    /// What the store's multi-statement query strings rely on (sqlx-sqlite 0.8): every
+    /// statement of a string runs, in order, in one call; `$n` is the n-th bind in every
+    /// statement; `changes()` is the row count of the previous statement; `fetch_all` returns
+    /// the rows of every statement and `execute` sums their row counts; but `fetch_optional`
+    /// (and `fetch_one`) stop the string at its first row.
+    #[tokio::test]
+    async fn a_query_string_runs_every_statement_with_the_same_binds() {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let insert_then = "INSERT INTO t VALUES ($1, $2) ON CONFLICT (k) DO NOTHING;
+             INSERT INTO t SELECT $3, $2 + 1 WHERE changes() = 1;
+             SELECT changes() AS c, $3 AS k, $1 AS first FROM (SELECT 1) AS one";
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(insert_then)
+            .bind("a")
+            .bind(7)
+            .bind("b")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, [(1, "b".to_owned(), "a".to_owned())]);
+        // `a` exists: the first insert changes nothing, so the second does not run.
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(insert_then)
+            .bind("a")
+            .bind(9)
+            .bind("c")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, [(0, "c".to_owned(), "a".to_owned())]);
+        let all: Vec<(String, i64)> = sqlx::query_as("SELECT k, v FROM t ORDER BY k")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(all, [("a".to_owned(), 7), ("b".to_owned(), 8)]);
+
+        let done = sqlx::query("UPDATE t SET v = v + 1 WHERE k = $1; UPDATE t SET v = v + $2")
+            .bind("a")
+            .bind(10)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1 + 2);
+        let stopped = sqlx::query("SELECT 1; INSERT INTO t VALUES ('z', 0)")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        assert!(stopped.is_some());
+        let z: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE k = 'z'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            z, 0,
+            "fetch_optional ran the string only up to its first row"
+        );
+        let sums: (i64, i64) = sqlx::query_as("SELECT SUM(v), COUNT(*) FROM t")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(sums, (8 + 10 + 8 + 10, 2));
     }
 
     #[tokio::test]

@@ -4,7 +4,11 @@
 //!
 //! A claim costs O(batch), never O(backlog): due jobs are read from the partial index on
 //! `due_at` (migration 0002) in due order, stopping at the limit, and only those candidates
-//! are settled (cancelled, given up) or leased.
+//! are settled (cancelled, given up) or leased, all in one statement ([`CLAIM`]).
+//!
+//! Every statement is a round trip to the connection's worker thread, and the writer runs
+//! writes one after another, so each write here is as few statements as correctness allows:
+//! one per claim (unless it settles candidates), one per outcome.
 
 use std::time::Duration;
 
@@ -12,17 +16,51 @@ use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::rows::CandidateRow;
+use super::rows::ClaimedRow;
 use super::{duration_ms, from_ms, now_ms, to_ms, ClaimedJob, Store, WriteError};
 
-/// The due jobs, oldest due first, read from `notifications_due_at` in index order: no
-/// sort, and no row past the limit is looked at. `due_at <= now` is exactly "queued, its
-/// retry time has come and no live lease holds it" (see migration 0002).
-const DUE_CANDIDATES: &str = "SELECT id, event_type, order_id, attempts, recipient, subject, body
-     FROM notifications
-     WHERE due_at <= $1
-     ORDER BY due_at
-     LIMIT $2";
+/// One round of a claim, in one statement: the first `$2` due jobs, oldest due first, read
+/// from `notifications_due_at` in index order (no sort, and no row past the limit is looked
+/// at; `due_at <= now` is exactly "queued, its retry time has come and no live lease holds
+/// it", see migration 0002), each given its verdict and updated by it:
+/// - `cancelled`: a failure notice of an order that has a confirmation (any confirmation,
+///   whatever its status: once it exists no failure notice may follow, rule 1 of `decide`);
+/// - `failed`: a job that already used `$3` (max) attempts: its worker died during every
+///   one of them, so no outcome was ever recorded;
+/// - `queued`: leased under token `$4` until `$5`, with one more attempt counted.
+///
+/// `$1` is now. Returns every candidate with its new status; the leased ones are the jobs.
+/// The `status = 'queued'` of a candidate is guaranteed by `due_at` (NULL otherwise), also
+/// against other processes on the same file: the writer's transaction holds the write lock.
+const CLAIM: &str = "WITH candidates AS (
+         SELECT id,
+                CASE WHEN event_type = 'order.payment_failed'
+                          AND EXISTS (SELECT 1 FROM notifications AS paid
+                                      WHERE paid.order_id = candidate.order_id
+                                        AND paid.event_type = 'order.paid')
+                     THEN 'cancelled'
+                     WHEN attempts >= $3 THEN 'failed'
+                     ELSE 'queued'
+                END AS verdict
+         FROM notifications AS candidate
+         WHERE due_at <= $1
+         ORDER BY due_at
+         LIMIT $2)
+     UPDATE notifications
+     SET status = candidates.verdict,
+         lease_token = CASE WHEN candidates.verdict = 'queued' THEN $4 END,
+         lease_until = CASE WHEN candidates.verdict = 'queued' THEN $5 END,
+         attempts = CASE WHEN candidates.verdict = 'queued' THEN attempts + 1 ELSE attempts END,
+         last_error = CASE candidates.verdict
+             WHEN 'cancelled' THEN 'superseded by order.paid'
+             WHEN 'failed' THEN 'gave up after ' || attempts || ' attempts; the last one never '
+                                || 'reported back (the worker stopped while sending)'
+             ELSE last_error
+         END
+     FROM candidates
+     WHERE notifications.id = candidates.id
+     RETURNING notifications.id, notifications.status, notifications.attempts,
+               notifications.recipient, notifications.subject, notifications.body";
 
 /// When the next queued job becomes claimable: the first entry of `notifications_due_at`.
 const NEXT_DUE: &str = "SELECT due_at FROM notifications
@@ -65,14 +103,14 @@ impl Store {
     /// when queued, its retry time has come and no live lease holds it; a lease left by a
     /// crashed worker expires and the job is claimed again.
     ///
-    /// The due candidates (at most `limit`, read in due order from an index) are settled one
-    /// by one in the same transaction, so jobs that must not be sent never are: a failure
-    /// notice of an order that has a confirmation is cancelled (the ordering rule, see
-    /// [`decide`](super::decide)); a job that already used `max_attempts` (its worker died
-    /// during every attempt, so no outcome was ever recorded) is marked failed; the rest are
-    /// leased and returned. When some candidates were settled, the next ones are read, so a
-    /// claim returns fewer than `limit` jobs only when fewer are due (or after settling
-    /// [`MAX_SETTLED_PER_CLAIM`]; the worker then simply claims again).
+    /// The due candidates (at most `limit`, read in due order from an index) are settled in
+    /// the same statement that leases the others ([`CLAIM`]), so jobs that must not be sent
+    /// never are: a failure notice of an order that has a confirmation is cancelled (the
+    /// ordering rule, see [`decide`](super::decide)); a job that already used `max_attempts`
+    /// is marked failed; the rest are leased and returned, in no particular order. When some
+    /// candidates were settled, the next ones are claimed, so a claim returns fewer than
+    /// `limit` jobs only when fewer are due (or after settling [`MAX_SETTLED_PER_CLAIM`]; the
+    /// worker then simply claims again).
     pub async fn claim_due(
         &self,
         limit: usize,
@@ -88,7 +126,7 @@ impl Store {
 
     /// Marks a claimed job sent. `false` if the lease was lost (another worker owns it now).
     pub async fn mark_sent(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
-        let (id, token) = (job.id.to_string(), job.lease_token.to_string());
+        let (id, token) = (job.id, job.lease_token);
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
@@ -99,8 +137,8 @@ impl Store {
                          WHERE id = $2 AND lease_token = $3 AND status = 'queued'",
                     )
                     .bind(now_ms())
-                    .bind(id)
-                    .bind(token)
+                    .bind(id.to_string())
+                    .bind(token.to_string())
                     .execute(&mut *conn)
                     .await?;
                     Ok(done.rows_affected() == 1)
@@ -116,10 +154,11 @@ impl Store {
         retry_at: OffsetDateTime,
         error: &str,
     ) -> Result<bool, WriteError> {
-        let (id, token) = (job.id.to_string(), job.lease_token.to_string());
+        let (id, token) = (job.id, job.lease_token);
         let (retry_at, error) = (to_ms(retry_at), error.to_owned());
         self.writer
             .write(move |conn| {
+                let error = error.clone();
                 Box::pin(async move {
                     let done = sqlx::query(
                         "UPDATE notifications
@@ -129,8 +168,8 @@ impl Store {
                     )
                     .bind(retry_at)
                     .bind(error)
-                    .bind(id)
-                    .bind(token)
+                    .bind(id.to_string())
+                    .bind(token.to_string())
                     .execute(&mut *conn)
                     .await?;
                     Ok(done.rows_affected() == 1)
@@ -141,13 +180,10 @@ impl Store {
 
     /// Gives up on a claimed job: it stays visible as `failed` with the last error.
     pub async fn mark_failed(&self, job: &ClaimedJob, error: &str) -> Result<bool, WriteError> {
-        let (id, token, error) = (
-            job.id.to_string(),
-            job.lease_token.to_string(),
-            error.to_owned(),
-        );
+        let (id, token, error) = (job.id, job.lease_token, error.to_owned());
         self.writer
             .write(move |conn| {
+                let error = error.clone();
                 Box::pin(async move {
                     let done = sqlx::query(
                         "UPDATE notifications
@@ -156,8 +192,8 @@ impl Store {
                          WHERE id = $2 AND lease_token = $3 AND status = 'queued'",
                     )
                     .bind(error)
-                    .bind(id)
-                    .bind(token)
+                    .bind(id.to_string())
+                    .bind(token.to_string())
                     .execute(&mut *conn)
                     .await?;
                     Ok(done.rows_affected() == 1)
@@ -169,7 +205,7 @@ impl Store {
     /// Hands a claimed job back unsent (shutdown, or a lease too short to send in),
     /// refunding the attempt it was charged; it is due again at once.
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
-        let (id, token) = (job.id.to_string(), job.lease_token.to_string());
+        let (id, token) = (job.id, job.lease_token);
         self.writer
             .write(move |conn| {
                 Box::pin(async move {
@@ -178,8 +214,8 @@ impl Store {
                          SET lease_token = NULL, lease_until = NULL, attempts = attempts - 1
                          WHERE id = $1 AND lease_token = $2 AND status = 'queued'",
                     )
-                    .bind(id)
-                    .bind(token)
+                    .bind(id.to_string())
+                    .bind(token.to_string())
                     .execute(&mut *conn)
                     .await?;
                     Ok(done.rows_affected() == 1)
@@ -202,6 +238,7 @@ impl Store {
         let lease_ms = duration_ms(lease);
         self.writer
             .write(move |conn| {
+                let tokens = tokens.clone();
                 Box::pin(async move {
                     let until = now_ms().saturating_add(lease_ms);
                     let mut renewed = Vec::new();
@@ -235,7 +272,8 @@ impl Store {
     }
 }
 
-/// The claim, inside the writer's transaction (see [`Store::claim_due`]).
+/// The claim, inside the writer's transaction (see [`Store::claim_due`]): one statement,
+/// and one more per round that settled candidates.
 async fn claim_in(
     conn: &mut SqliteConnection,
     token: Uuid,
@@ -248,38 +286,24 @@ async fn claim_in(
     let lease_until = now.saturating_add(lease_ms);
     let token_text = token.to_string();
     let mut jobs = Vec::with_capacity(limit.min(1024));
-    // Candidates not returned (settled, or unexpectedly not leased): each leaves the due set,
-    // so every round makes progress; the bound keeps one claim short.
+    // Candidates not returned (settled, or unreadable): each leaves the due set, so every
+    // round makes progress; the bound keeps one claim short.
     let mut passed_over = 0;
     while jobs.len() < limit && passed_over < MAX_SETTLED_PER_CLAIM {
         let want = limit - jobs.len();
-        let candidates: Vec<CandidateRow> = sqlx::query_as(DUE_CANDIDATES)
+        let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
             .bind(now)
             .bind(i64::try_from(want).unwrap_or(i64::MAX))
-            .fetch_all(&mut *conn)
-            .await?;
-        let found = candidates.len();
-        for candidate in candidates {
-            if !settle(conn, &candidate, max_attempts).await? {
-                passed_over += 1;
-                continue;
-            }
-            // The guard on status is for other processes on the same file; within this one
-            // the writer's transaction already excludes every other write.
-            let leased = sqlx::query(
-                "UPDATE notifications
-                 SET lease_token = $1, lease_until = $2, attempts = attempts + 1
-                 WHERE id = $3 AND status = 'queued'",
-            )
+            .bind(i64::from(max_attempts))
             .bind(&token_text)
             .bind(lease_until)
-            .bind(&candidate.id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            match (leased == 1).then(|| candidate.into_job(token, from_ms(lease_until))) {
-                Some(Some(job)) => jobs.push(job),
-                _ => passed_over += 1,
+            .fetch_all(&mut *conn)
+            .await?;
+        let found = rows.len();
+        for row in rows {
+            match row.into_job(token, from_ms(lease_until)) {
+                Some(job) => jobs.push(job),
+                None => passed_over += 1,
             }
         }
         if found < want {
@@ -287,52 +311,6 @@ async fn claim_in(
         }
     }
     Ok(jobs)
-}
-
-/// Cancels or gives up `candidate` if it must not be sent (see [`Store::claim_due`]);
-/// `true` if it may be sent.
-async fn settle(
-    conn: &mut SqliteConnection,
-    candidate: &CandidateRow,
-    max_attempts: u32,
-) -> Result<bool, sqlx::Error> {
-    if candidate.event_type == "order.payment_failed" {
-        // Any confirmation of the order, whatever its status: once it exists, no failure
-        // notice may follow (rule 1 of `decide`).
-        let paid: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM notifications
-                            WHERE order_id = $1 AND event_type = 'order.paid')",
-        )
-        .bind(&candidate.order_id)
-        .fetch_one(&mut *conn)
-        .await?;
-        if paid {
-            sqlx::query(
-                "UPDATE notifications
-                 SET status = 'cancelled', last_error = 'superseded by order.paid',
-                     lease_token = NULL, lease_until = NULL
-                 WHERE id = $1",
-            )
-            .bind(&candidate.id)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(false);
-        }
-    }
-    if candidate.attempts >= i64::from(max_attempts) {
-        sqlx::query(
-            "UPDATE notifications
-             SET status = 'failed', lease_token = NULL, lease_until = NULL,
-                 last_error = 'gave up after ' || attempts || ' attempts; the last one never '
-                              || 'reported back (the worker stopped while sending)'
-             WHERE id = $1",
-        )
-        .bind(&candidate.id)
-        .execute(&mut *conn)
-        .await?;
-        return Ok(false);
-    }
-    Ok(true)
 }
 
 #[cfg(test)]
@@ -395,8 +373,21 @@ mod tests {
         }
         sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
 
-        let claim = plan(&store, DUE_CANDIDATES, &[now_ms(), 64]).await;
-        assert_index_ordered("claim", &claim, "INDEX notifications_due_at (due_at<?)");
+        // The claim: the candidates from the due index in order (materialized: at most the
+        // limit), then each one's row by primary key and its order's confirmation by index.
+        let claim = plan(&store, CLAIM, &[now_ms(), 64, 8, 0, 0]).await;
+        eprintln!("EXPLAIN QUERY PLAN (claim):\n  {}", claim.join("\n  "));
+        assert!(
+            claim
+                .iter()
+                .any(|s| s == "SEARCH candidate USING INDEX notifications_due_at (due_at<?)"),
+            "{claim:?}"
+        );
+        assert!(
+            claim.iter().all(|s| !s.contains("TEMP B-TREE")
+                && (!s.starts_with("SCAN") || s == "SCAN candidates")),
+            "{claim:?}"
+        );
         let next = plan(&store, NEXT_DUE, &[]).await;
         assert_index_ordered("next due", &next, "INDEX notifications_due_at (due_at>?)");
         let renew = plan(&store, RENEW, &[now_ms(), 0]).await;
@@ -451,6 +442,82 @@ mod tests {
                     .unwrap();
             assert_eq!(due, want, "{status} {next_attempt_at} {lease_until:?}");
         }
+        store.close().await;
+    }
+
+    /// One claim settles the candidates that must not be sent and goes on to the next due
+    /// jobs until it has `limit` of them: the settled ones do not count against it.
+    #[tokio::test]
+    async fn a_claim_settles_what_must_not_be_sent_and_leases_the_next_due_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let paid_order = Uuid::now_v7().to_string();
+        // (name, event type, order, attempts, due at): due in this order, the two that
+        // must not be sent first; the order's confirmation ("paid") is not due yet.
+        let jobs = [
+            ("notice", "order.payment_failed", paid_order.as_str(), 0, 1),
+            ("exhausted", "order.paid", "o2", 3, 2),
+            ("first", "order.paid", "o3", 1, 3),
+            ("second", "order.payment_failed", "o4", 0, 4),
+            ("third", "order.paid", "o5", 0, 5),
+            ("paid", "order.paid", paid_order.as_str(), 0, i64::MAX),
+        ];
+        for (name, event_type, order, attempts, due) in jobs {
+            sqlx::query(
+                "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
+                     subject, body, status, attempts, next_attempt_at, created_at)
+                 VALUES ($1, $2, $3, $4, 'a@example.com', $2, 'b', 'queued', $5, $6, 0)",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(name)
+            .bind(event_type)
+            .bind(order)
+            .bind(attempts)
+            .bind(due)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+
+        let before = now_ms();
+        let claimed = store
+            .claim_due(2, Duration::from_secs(60), 3)
+            .await
+            .unwrap();
+        let mut leased: Vec<(&str, u32)> = claimed
+            .iter()
+            .map(|j| (j.subject.as_str(), j.attempts))
+            .collect();
+        leased.sort_unstable();
+        assert_eq!(leased, [("first", 2), ("second", 1)]);
+        assert_eq!(claimed[0].lease_token, claimed[1].lease_token);
+        assert!(to_ms(claimed[0].lease_until) >= before + 60_000);
+
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT webhook_id || ' ' || status || ' ' || attempts || ' '
+                    || CASE WHEN lease_token IS NULL AND lease_until IS NULL THEN 'free'
+                            WHEN lease_token = $1 AND lease_until = $2 THEN 'leased'
+                            ELSE 'held elsewhere' END
+                    || COALESCE(': ' || last_error, '')
+             FROM notifications ORDER BY next_attempt_at",
+        )
+        .bind(claimed[0].lease_token.to_string())
+        .bind(to_ms(claimed[0].lease_until))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let want = [
+            "notice cancelled 0 free: superseded by order.paid",
+            "exhausted failed 3 free: gave up after 3 attempts; the last one never reported \
+             back (the worker stopped while sending)",
+            "first queued 2 leased",
+            "second queued 1 leased",
+            "third queued 0 free",
+            "paid queued 0 free",
+        ];
+        assert_eq!(rows, want);
         store.close().await;
     }
 }

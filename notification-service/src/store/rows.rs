@@ -145,28 +145,32 @@ impl ReceivedWebhookRow {
     }
 }
 
-/// A due job as the claim reads it: what it needs to settle it, and to send it.
+/// A candidate of a claim as the claim's statement (`queue::CLAIM`) returns it: leased (a job
+/// to send) or settled (cancelled or given up).
 #[derive(sqlx::FromRow)]
-pub(super) struct CandidateRow {
-    pub(super) id: String,
-    pub(super) event_type: String,
-    pub(super) order_id: String,
-    /// Attempts so far, not counting the one a claim would start.
-    pub(super) attempts: i64,
+pub(super) struct ClaimedRow {
+    id: String,
+    /// `queued` if leased; `cancelled` or `failed` if settled.
+    status: String,
+    /// Attempts including the one this claim started.
+    attempts: i64,
     recipient: String,
     subject: String,
     body: String,
 }
 
-impl CandidateRow {
-    /// The job as leased under `lease_token` until `lease_until` (the claim counted an
-    /// attempt). `None` for a row this code could not have written; it is logged, and its
-    /// lease keeps it out of the way until it expires.
+impl ClaimedRow {
+    /// The job as leased under `lease_token` until `lease_until`. `None` for a settled
+    /// candidate, and for a row this code could not have written (it is logged, and its
+    /// lease keeps it out of the way until it expires).
     pub(super) fn into_job(
         self,
         lease_token: Uuid,
         lease_until: OffsetDateTime,
     ) -> Option<ClaimedJob> {
+        if self.status != "queued" {
+            return None;
+        }
         let Ok(id) = Uuid::try_parse(&self.id) else {
             tracing::error!(id = %self.id, "skipping a claimed job with a malformed id");
             return None;
@@ -174,7 +178,7 @@ impl CandidateRow {
         Some(ClaimedJob {
             id,
             lease_token,
-            attempts: u32::try_from(self.attempts.saturating_add(1)).unwrap_or(u32::MAX),
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             lease_until,
             to: self.recipient,
             subject: self.subject,
