@@ -278,6 +278,7 @@ async fn writer_loop<DB: Database>(
 /// savepoints, and if a write fails, again from the start with one savepoint per write.
 async fn run_batch<DB: Database>(pool: &Pool<DB>, begin: &'static str, batch: &mut Vec<Job<DB>>) {
     let size = batch.len();
+    let started = std::time::Instant::now();
     let committed = match run_optimistically(pool, begin, batch).await {
         Ok(committed) => committed,
         Err(()) => {
@@ -289,7 +290,12 @@ async fn run_batch<DB: Database>(pool: &Pool<DB>, begin: &'static str, batch: &m
         }
     };
     match &committed {
-        Ok(()) => tracing::debug!(writes = size, "batch committed"),
+        // How long the whole batch took: with the batch rate, how busy the writer is.
+        Ok(()) => tracing::debug!(
+            writes = size,
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "batch committed"
+        ),
         Err(e) => tracing::warn!(error = %e, size, "committing a batch of writes failed"),
     }
     for job in batch.drain(..) {
