@@ -131,6 +131,19 @@ fn settings(lease_ms: u64) -> DispatcherSettings {
     DispatcherSettings::from_config(&config)
 }
 
+/// A first attempt that the receiver answered with 200.
+fn delivered_attempt() -> Attempt {
+    Attempt {
+        attempt: 1,
+        started_at: now_ms(),
+        duration_ms: 1,
+        status_code: Some(200),
+        error_kind: None,
+        response_body: None,
+        outcome: "delivered".into(),
+    }
+}
+
 /// Writes an order with its event and deliveries straight through the store.
 async fn write_order(store: &Store) -> Uuid {
     write_order_claiming(store, None).await.0
@@ -229,15 +242,7 @@ async fn an_order_claims_its_own_delivery_only_below_the_per_endpoint_cap() {
     assert_eq!(delivery.status, DeliveryStatus::Pending);
 
     // The claimed delivery's outcome is recorded like any other claim's.
-    let attempt = Attempt {
-        attempt: 1,
-        started_at: now_ms(),
-        duration_ms: 1,
-        status_code: Some(200),
-        error_kind: None,
-        response_body: None,
-        outcome: "delivered".into(),
-    };
+    let attempt = delivered_attempt();
     assert!(store
         .finish_attempt(job, &attempt, &AttemptOutcome::Delivered, None)
         .await
@@ -320,15 +325,7 @@ async fn a_dead_workers_late_report_is_refused_while_the_new_owner_is_still_send
     assert_ne!(new_token, old_token);
 
     // The first worker wakes up and reports: refused, nothing recorded, still in flight.
-    let attempt = Attempt {
-        attempt: 1,
-        started_at: now_ms(),
-        duration_ms: 1,
-        status_code: Some(200),
-        error_kind: None,
-        response_body: None,
-        outcome: "delivered".into(),
-    };
+    let attempt = delivered_attempt();
     let recorded = store
         .finish_attempt(&first_job, &attempt, &AttemptOutcome::Delivered, None)
         .await
