@@ -44,6 +44,9 @@ impl IntakeGuard {
     }
 
     fn is_allowed(&self, ip: IpAddr) -> bool {
+        // Listening on `[::]`, an IPv4 client arrives as `::ffff:a.b.c.d`; an IPv4 network in
+        // ALLOWED_CIDRS must still match it.
+        let ip = ip.to_canonical();
         self.allowed.is_empty() || self.allowed.iter().any(|net| net.contains(&ip))
     }
 
@@ -173,6 +176,9 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         assert!(guard.is_allowed(ip));
         assert!(!guard.is_allowed("192.168.0.1".parse().unwrap()));
+        // An IPv4 client seen through an IPv6 (`[::]`) listener.
+        assert!(guard.is_allowed("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!guard.is_allowed("::ffff:192.168.0.1".parse().unwrap()));
         assert_eq!(guard.spend_rejection(ip), None);
         assert_eq!(guard.spend_rejection(ip), None);
         assert!(guard.spend_rejection(ip).is_some());

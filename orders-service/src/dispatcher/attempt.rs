@@ -28,7 +28,6 @@ pub struct AttemptReport {
 enum Verdict {
     Success,
     Retry(Option<Duration>),
-    Fail,
     Gone,
 }
 
@@ -36,10 +35,12 @@ fn verdict(status: StatusCode, retry_after: Option<Duration>) -> Verdict {
     match status.as_u16() {
         200..=299 => Verdict::Success,
         410 => Verdict::Gone,
-        // Redirects are not followed (a signed body must not wander off to another host), but
-        // the receiver may fix its URL, so they are retried like server errors.
-        408 | 429 | 300..=399 | 500..=599 => Verdict::Retry(retry_after),
-        _ => Verdict::Fail,
+        // Every other answer is retried on the schedule, as Standard Webhooks asks: a 401
+        // during a secret rotation, a 403 from an allow-list or a 400 from a bad deploy is
+        // usually fixed within the retry window, and failing at once would dead-letter the
+        // event. A receiver that wants no retry answers 2xx. Redirects are not followed (a
+        // signed body must not wander off to another host).
+        _ => Verdict::Retry(retry_after),
     }
 }
 
@@ -143,7 +144,6 @@ pub async fn attempt(
     let (outcome, error) = match verdict {
         Verdict::Success => (AttemptOutcome::Delivered, None),
         Verdict::Gone => (AttemptOutcome::EndpointGone, error),
-        Verdict::Fail => (AttemptOutcome::Failed, error),
         // The schedule restarts after a manual retry or recover (`retry_base`).
         Verdict::Retry(retry_after) => {
             match policy.next_delay(number.saturating_sub(job.retry_base), retry_after) {
