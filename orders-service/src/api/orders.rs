@@ -11,6 +11,7 @@
 //! for plain digits (`100`, `12.50`).
 
 use std::collections::BTreeMap;
+use tracing::Instrument as _;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -399,8 +400,28 @@ async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError>
         payload: event.to_json_bytes(),
         created_at,
     };
-    // With a dispatch slot free, the order's transaction also claims its delivery and the
-    // attempt starts right after the commit; otherwise the dispatcher claims it.
+    // The write and the handover run to the end in a task of their own, even if the client
+    // goes away meanwhile: a request dropped between the commit and the handover would leave
+    // its claimed delivery unattempted until the lease runs out. Each task does one write
+    // through the bounded writer queue and ends.
+    let committed = tokio::spawn(
+        commit_and_hand_over(state.clone(), order.clone(), outbox)
+            .instrument(tracing::Span::current()),
+    );
+    committed
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("writing the order failed: {e}")))??;
+    Ok(order)
+}
+
+/// Writes the order with its event and deliveries. With a dispatch slot free, the order's
+/// transaction also claims its delivery and the attempt starts right after the commit;
+/// otherwise the dispatcher is woken to claim it.
+async fn commit_and_hand_over(
+    state: AppState,
+    order: Order,
+    outbox: NewEvent,
+) -> Result<(), ApiError> {
     let slot = state.handoff.reserve();
     let claim = slot.as_ref().map(|_| state.handoff.claim_on_create());
     let created = state
@@ -409,22 +430,20 @@ async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError>
         .await?;
     let mut handed_over = 0;
     if let (Some(claimed), Some(slot)) = (created.claimed, slot) {
-        handed_over = claimed.jobs.len();
+        handed_over = claimed.jobs.len() + claimed.unloadable.len();
         if let Err(claimed) = state.handoff.hand_over(claimed, slot) {
             // The dispatcher has stopped (shutdown): make the delivery due again at once.
             handed_over = 0;
-            for job in claimed.jobs {
-                let _ = state
-                    .store
-                    .release(job.delivery_id, job.claim_token, 0)
-                    .await;
+            let ids = claimed.jobs.iter().map(|job| job.delivery_id);
+            for id in ids.chain(claimed.unloadable.iter().map(|(id, _)| *id)) {
+                let _ = state.store.release(id, claimed.token, 0).await;
             }
         }
     }
     if created.deliveries > handed_over {
         state.dispatch_wake.notify_one();
     }
-    Ok(order)
+    Ok(())
 }
 
 /// `GET /orders/{id}`.

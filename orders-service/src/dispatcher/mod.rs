@@ -114,6 +114,8 @@ struct HandedOff {
 #[derive(Clone)]
 pub struct Handoff {
     slots: Arc<Semaphore>,
+    /// Free slots below which new orders no longer take one.
+    floor: usize,
     hand_over: mpsc::Sender<HandedOff>,
     claim: ClaimOnCreate,
 }
@@ -123,8 +125,13 @@ pub struct Handoff {
 pub struct Reservation(OwnedSemaphorePermit);
 
 impl Handoff {
-    /// A free dispatch slot, if there is one right now.
+    /// A free dispatch slot, if more than a quarter of them are free right now. The rest are
+    /// left to the dispatcher's own claims, so a steady stream of new orders cannot starve
+    /// retries, a backlog or the other endpoints of a fanned-out event.
     pub fn reserve(&self) -> Option<Reservation> {
+        if self.slots.available_permits() <= self.floor {
+            return None;
+        }
         self.slots.clone().try_acquire_owned().ok().map(Reservation)
     }
 
@@ -226,6 +233,7 @@ impl Dispatcher {
     pub fn handoff(&self) -> Handoff {
         Handoff {
             slots: self.inner.slots.clone(),
+            floor: self.inner.settings.concurrency as usize / 4,
             hand_over: self.hand_over.clone(),
             claim: ClaimOnCreate {
                 lease_ms: self.inner.lease_ms(),
@@ -319,8 +327,8 @@ impl Dispatcher {
             if limit > 0 {
                 let claimed_at_ms = now_ms();
                 // The limit is read again when the claim runs on the writer: slots freed while
-                // it waited for its batch are filled too. Only this loop takes permits, so
-                // they are all still free when the claimed jobs take them below.
+                // it waited for its batch are filled too. A new order may take one of them in
+                // the meantime (a handoff); the job that then finds no slot is given back.
                 let slots = inner.slots.clone();
                 let batch = inner.settings.batch_size;
                 let claim = inner.store.claim_due_with(
@@ -483,11 +491,9 @@ impl Inner {
         }
         rx.close();
         while let Some(HandedOff { claimed, .. }) = rx.recv().await {
-            for job in claimed.jobs {
-                let _ = self
-                    .store
-                    .release(job.delivery_id, job.claim_token, 0)
-                    .await;
+            let ids = claimed.jobs.iter().map(|job| job.delivery_id);
+            for id in ids.chain(claimed.unloadable.iter().map(|(id, _)| *id)) {
+                let _ = self.store.release(id, claimed.token, 0).await;
             }
         }
     }
@@ -623,6 +629,34 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+
+    #[tokio::test]
+    async fn new_orders_take_dispatch_slots_only_while_more_than_a_quarter_are_free() {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("d.db").display()))
+            .await
+            .unwrap();
+        let config = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            "a-test-token-0123456789",
+            "--dispatch-concurrency",
+            "8",
+        ])
+        .unwrap();
+        let dispatcher =
+            Dispatcher::new(store.clone(), DispatcherSettings::from_config(&config)).unwrap();
+        let handoff = dispatcher.handoff();
+        // 8 slots, a floor of 2: six orders get one, the seventh leaves the last two to the
+        // dispatcher's own claims.
+        let held: Vec<Reservation> = std::iter::from_fn(|| handoff.reserve()).take(10).collect();
+        assert_eq!(held.len(), 6);
+        assert_eq!(dispatcher.inner.slots.available_permits(), 2);
+        drop(held);
+        assert_eq!(dispatcher.inner.slots.available_permits(), 8);
+        store.close().await;
+    }
 
     #[tokio::test(start_paused = true)]
     async fn recording_an_outcome_is_retried_until_it_succeeds_within_the_lease() {

@@ -412,17 +412,21 @@ impl Store {
         lease_ms: i64,
         per_endpoint: u32,
     ) -> anyhow::Result<Claimed> {
-        let now = now_ms();
         let token = Uuid::new_v4();
-        let lease_until = now.saturating_add(lease_ms);
         let token_text: std::sync::Arc<str> = token.to_string().into();
-        let rows = self
+        // The clock is read when the claim runs on the writer, not when it is queued: time
+        // spent waiting for the writer must not eat the lease.
+        let (rows, now, lease_until) = self
             .writer
             .write(move |conn| {
                 let token = token_text.clone();
                 let limit = limit();
                 Box::pin(async move {
-                    claim_rows(conn, now, lease_until, &token, limit, per_endpoint).await
+                    let now = now_ms();
+                    let lease_until = now.saturating_add(lease_ms);
+                    let rows =
+                        claim_rows(conn, now, lease_until, &token, limit, per_endpoint).await?;
+                    Ok((rows, now, lease_until))
                 })
             })
             .await?;

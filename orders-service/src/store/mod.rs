@@ -32,6 +32,8 @@ pub use orders::{ClaimOnCreate, CreatedOrder};
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The one connection the writer commits on.
+    writer_pool: SqlitePool,
     /// The one writer of the hot path; see the module docs.
     writer: GroupCommitter<Sqlite>,
 }
@@ -68,21 +70,29 @@ impl Store {
                 })?;
             }
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            // A local file cannot go stale like a network connection; the default ping on
-            // every acquire would cost the writer a round trip per batch.
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening the database {}", filename.display()))?;
+        let open = |connections: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(connections)
+                // A local file cannot go stale like a network connection; the default ping
+                // on every acquire would cost the writer a round trip per batch.
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options.clone())
+        };
+        let opened = || format!("opening the database {}", filename.display());
+        let pool = open(8).await.with_context(opened)?;
+        // The writer's own connection: a burst of reads cannot hold up a batch of writes.
+        let writer_pool = open(1).await.with_context(opened)?;
         let writer = GroupCommitter::start(
-            pool.clone(),
+            writer_pool.clone(),
             "BEGIN IMMEDIATE",
             GroupCommitSettings::default(),
         );
-        Ok(Store { pool, writer })
+        Ok(Store {
+            pool,
+            writer_pool,
+            writer,
+        })
     }
 
     /// Applies the embedded migrations.
@@ -97,6 +107,7 @@ impl Store {
     /// finish and closes the pool.
     pub async fn close(&self) {
         self.writer.close().await;
+        self.writer_pool.close().await;
         self.pool.close().await;
     }
 }

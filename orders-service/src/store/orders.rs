@@ -92,19 +92,23 @@ impl Store {
         claim: Option<ClaimOnCreate>,
     ) -> anyhow::Result<CreatedOrder> {
         let token = Uuid::new_v4();
-        let now = now_ms();
-        let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
         let written = std::sync::Arc::new((order.clone(), event.clone(), token.to_string()));
-        let (deliveries, claimed) = self
+        // The clock is read when the write runs on the writer, not when it is queued: time
+        // spent waiting for the writer must not eat the lease.
+        let (deliveries, claimed, now, lease_until) = self
             .writer
             .write(move |conn| {
                 let written = written.clone();
                 Box::pin(async move {
                     let (order, event, token) = &*written;
+                    let now = now_ms();
+                    let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
                     let claim = claim
                         .zip(lease_until)
                         .map(|(c, until)| (c, until, token.as_str()));
-                    insert_order(conn, order, event, now, claim).await
+                    let (deliveries, claimed) =
+                        insert_order(conn, order, event, now, claim).await?;
+                    Ok((deliveries, claimed, now, lease_until))
                 })
             })
             .await?;
