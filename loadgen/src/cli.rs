@@ -120,8 +120,9 @@ pub struct LatencyArgs {
     /// How long to send, e.g. `30s`, `2m`, `500ms`.
     #[arg(short = 'd', long, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Requests outstanding at most; a request due while this many are outstanding is not sent
-    /// and is counted.
+    /// Requests outstanding at most (bounds loadgen's memory); a request due while this many
+    /// are outstanding is not sent, is counted, and fails the run: its latency, a stall's,
+    /// would be missing from the percentiles.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub max_in_flight: u64,
     /// Also run the same load against the no-storage baseline and print ratios to it.

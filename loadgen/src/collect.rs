@@ -1,15 +1,22 @@
 //! After the load: wait (with a deadline) until every accepted order's email is sent, then
 //! read what was recorded — straight from the services' SQLite databases, opened read-only,
 //! or from the baseline's counter — and reconcile it with the order ids the driver got back:
-//! lost emails, duplicated emails and the end-to-end latencies.
+//! lost emails, duplicated emails and the end-to-end latencies. Every recipient carries its
+//! request number, so an email is matched to its request even when the driver never saw the
+//! order acknowledged (see [`reconcile`]).
 //!
 //! Only these stable tables and columns are read: `orders(id, created_at)` in the orders
 //! database; `received_webhooks(webhook_id, received_at)` and
-//! `notifications(webhook_id, order_id, recipient, status, created_at, sent_at)` in the
+//! `notifications(id, webhook_id, order_id, recipient, status, created_at, sent_at)` in the
 //! notification database. Never the deliveries tables, whose schema is being reworked. The
 //! polling query looks up this run's orders by `notifications.order_id`, which is indexed.
+//!
+//! `notifications.webhook_id` is UNIQUE, so the table cannot show an email sent twice (say,
+//! after a lost lease). When loadgen started notification-service itself it also counts the
+//! sends in the service's log, one line per simulated send (see [`count_sends`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
 use std::str::FromStr as _;
 use std::time::Duration;
 
@@ -19,6 +26,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::baseline::CounterRecords;
+use crate::driver::request_number;
 use crate::stats::span_us;
 
 /// How often progress is polled: often enough to notice the last email soon, rarely enough
@@ -73,9 +81,12 @@ pub struct Trace {
     /// Notifications for the order, whatever their status.
     pub notifications: u32,
     /// Whether a notification went to one of this run's customer addresses: a notification
-    /// of an order the driver never saw accepted counts as a duplicate only then, so other
-    /// traffic on services loadgen did not start is not blamed on them.
+    /// of an order the driver never saw accepted is reconciled only then, so other traffic
+    /// on services loadgen did not start is not blamed on them.
     pub this_run: bool,
+    /// The request number its recipient carries (`loadgen-{tag}-{i}@…`), if it is this run's.
+    /// `None` for the baseline, whose counter knows no recipients.
+    pub request: Option<u64>,
 }
 
 /// Every order and notification recorded since the run started, by order id.
@@ -83,6 +94,9 @@ pub struct Trace {
 pub struct Observed {
     /// By order id.
     pub traces: HashMap<Uuid, Trace>,
+    /// This run's notifications (recipient of this run) by notification id: whether each
+    /// was recorded sent. Empty for the baseline.
+    pub notifications: HashMap<Uuid, bool>,
 }
 
 /// [`Observed`] checked against the orders the driver saw accepted.
@@ -92,9 +106,12 @@ pub struct Reconciled {
     pub emails_sent: u64,
     /// Accepted orders without a sent email.
     pub lost: u64,
-    /// Notifications beyond the first of an accepted order, plus notifications of orders the
-    /// driver never saw accepted.
+    /// Notifications beyond the first per request number (or, without one, per accepted
+    /// order), plus notifications of this run that match no request and no accepted order.
     pub duplicated: u64,
+    /// Requests answered with no 2xx (timeout, reset, 408, 5xx…) whose order was committed
+    /// anyway and its email sent. Not a failure by itself: the client just never heard.
+    pub delivered_unacknowledged: u64,
     /// Order created → webhook accepted by the receiver, per order, microseconds.
     pub created_to_received_us: Vec<u64>,
     /// Webhook accepted → email sent, per order, microseconds.
@@ -111,12 +128,35 @@ pub fn window_start_ms(started_us: i64) -> i64 {
     started_us / 1_000 - WINDOW_SLACK_MS
 }
 
-/// Matches what was recorded with what was accepted.
-pub fn reconcile(accepted: &HashSet<Uuid>, observed: &Observed) -> Reconciled {
+/// Matches what was recorded with what was accepted (`accepted`: order ids the driver got
+/// back; `acknowledged`: request numbers answered with a 2xx).
+///
+/// Notifications are counted per request number, which every recipient of this run carries:
+/// the first one of a request is its email, any further one (of the same order or of a second
+/// order for the same request) a duplicate. A request that got no 2xx may still have
+/// committed its order (the client timed out or lost the connection first); its email is
+/// "delivered although not acknowledged", not a duplicate. Notifications without a request
+/// number (the baseline's) are counted per order: beyond the first of an accepted order they
+/// are duplicates, and all of an order the driver never saw accepted are.
+pub fn reconcile(
+    accepted: &HashSet<Uuid>,
+    acknowledged: &HashSet<u64>,
+    observed: &Observed,
+) -> Reconciled {
+    #[derive(PartialEq, Eq, Hash)]
+    enum Key {
+        Request(u64),
+        Order(Uuid),
+    }
+    #[derive(Default)]
+    struct Group {
+        notifications: u64,
+        sent: bool,
+    }
+
     let mut r = Reconciled::default();
     for id in accepted {
         let trace = observed.traces.get(id).copied().unwrap_or_default();
-        r.duplicated += u64::from(trace.notifications.saturating_sub(1));
         let Some(sent) = trace.sent_us else {
             r.lost += 1;
             continue;
@@ -133,12 +173,31 @@ pub fn reconcile(accepted: &HashSet<Uuid>, observed: &Observed) -> Reconciled {
             r.received_to_sent_us.push(span_us(received, sent));
         }
     }
-    r.duplicated += observed
-        .traces
-        .iter()
-        .filter(|(id, trace)| trace.this_run && !accepted.contains(id))
-        .map(|(_, trace)| u64::from(trace.notifications))
-        .sum::<u64>();
+
+    let mut groups: HashMap<Key, Group> = HashMap::new();
+    for (id, trace) in &observed.traces {
+        // Other traffic (on services loadgen did not start) is none of this run's business.
+        if trace.notifications == 0 || !(trace.this_run || accepted.contains(id)) {
+            continue;
+        }
+        let key = trace.request.map_or(Key::Order(*id), Key::Request);
+        let group = groups.entry(key).or_default();
+        group.notifications += u64::from(trace.notifications);
+        group.sent |= trace.sent_us.is_some();
+    }
+    for (key, group) in groups {
+        match key {
+            Key::Request(i) => {
+                r.duplicated += group.notifications - 1;
+                if !acknowledged.contains(&i) && group.sent {
+                    r.delivered_unacknowledged += 1;
+                }
+            }
+            Key::Order(id) if accepted.contains(&id) => r.duplicated += group.notifications - 1,
+            // This run's, yet neither a request's nor an accepted order's: nobody asked.
+            Key::Order(_) => r.duplicated += group.notifications,
+        }
+    }
     r
 }
 
@@ -273,6 +332,7 @@ impl Sink {
 /// One notification with the arrival time of its webhook.
 #[derive(sqlx::FromRow)]
 struct NotificationRow {
+    id: String,
     order_id: String,
     recipient: String,
     status: String,
@@ -299,7 +359,7 @@ async fn observe_services(
         }
     }
     let rows: Vec<NotificationRow> = sqlx::query_as(
-        "SELECT n.order_id, n.recipient, n.status, n.sent_at, r.received_at \
+        "SELECT n.id, n.order_id, n.recipient, n.status, n.sent_at, r.received_at \
          FROM notifications n LEFT JOIN received_webhooks r ON r.webhook_id = n.webhook_id \
          WHERE n.created_at >= $1",
     )
@@ -313,7 +373,17 @@ async fn observe_services(
         let id = Uuid::parse_str(&row.order_id).unwrap_or(Uuid::nil());
         let trace = observed.traces.entry(id).or_default();
         trace.notifications += 1;
-        trace.this_run |= row.recipient.starts_with(recipient_prefix);
+        if row.recipient.starts_with(recipient_prefix) {
+            trace.this_run = true;
+            trace.request = trace
+                .request
+                .or_else(|| request_number(&row.recipient, recipient_prefix));
+            if let Ok(notification) = Uuid::parse_str(&row.id) {
+                observed
+                    .notifications
+                    .insert(notification, row.status == "sent");
+            }
+        }
         if row.status == "sent" {
             if let Some(sent) = row.sent_at.map(|ms| ms * 1_000) {
                 trace.sent_us = Some(trace.sent_us.map_or(sent, |s| s.min(sent)));
@@ -340,11 +410,15 @@ pub fn observe_counter(records: &CounterRecords) -> Observed {
                 sent_us: Some(r.received_us),
                 notifications: r.count,
                 this_run: true,
+                request: None,
             };
             (r.order_id, trace)
         })
         .collect();
-    Observed { traces }
+    Observed {
+        traces,
+        notifications: HashMap::new(),
+    }
 }
 
 /// Polls until every accepted order's email is sent or `deadline` passes; returns what was
@@ -367,7 +441,10 @@ pub async fn wait_for_emails(
         sink.drop_sent(&mut pending, accepted.len()).await?;
         if pending.is_empty() {
             let observed = sink.observe(since_ms, recipient_prefix).await?;
-            if reconcile(accepted, &observed).lost == 0 {
+            let all_sent = accepted
+                .iter()
+                .all(|id| observed.traces.get(id).is_some_and(|t| t.sent_us.is_some()));
+            if all_sent {
                 return Ok((observed, false));
             }
             // Seen sent by the poll but not by the full read: cannot happen with one
@@ -390,6 +467,143 @@ pub async fn wait_for_emails(
     }
 }
 
+/// What notification-service's `SimulatedMailer` logs at INFO once per send, with the
+/// email's [`NOTIFICATION_ID_FIELD`].
+pub const SEND_MARK: &str = "email sent (simulated)";
+/// The field of a send line naming the notification (`notification_id=<uuid>`).
+pub const NOTIFICATION_ID_FIELD: &str = "notification_id=";
+
+/// What notification-service's log says about how often each of this run's emails was sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendCheck {
+    /// Every email of this run recorded sent has its send line, so the count is complete.
+    Counted {
+        /// Sends beyond the first, summed over this run's emails. Must be 0.
+        extra_sends: u64,
+        /// This run's emails sent more than once.
+        repeated_emails: u64,
+    },
+    /// The log cannot tell, and why.
+    NotPossible(String),
+}
+
+/// Counts, in notification-service's log at `log`, the simulated sends of this run's
+/// `notifications` (by id: whether each was recorded sent). `rust_log` is the RUST_LOG the
+/// service ran with, if one was given, to explain a log that shows fewer sends than the
+/// database: then the check is not possible, rather than a reassuring 0.
+pub fn count_sends(
+    log: &Path,
+    notifications: &HashMap<Uuid, bool>,
+    rust_log: Option<&str>,
+) -> SendCheck {
+    let sends = std::fs::File::open(log)
+        .and_then(|file| sends_in_log(std::io::BufReader::new(file), notifications));
+    match sends {
+        Ok(sends) => judge_sends(&sends, notifications, rust_log, log),
+        Err(e) => SendCheck::NotPossible(format!("reading {}: {e}", log.display())),
+    }
+}
+
+/// Per notification of `notifications`, how many send lines `log` has for it. Read a line at
+/// a time: the log of a long run is large.
+fn sends_in_log(
+    mut log: impl std::io::BufRead,
+    notifications: &HashMap<Uuid, bool>,
+) -> std::io::Result<HashMap<Uuid, u64>> {
+    let mut sends: HashMap<Uuid, u64> = HashMap::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if log.read_until(b'\n', &mut line)? == 0 {
+            return Ok(sends);
+        }
+        if let Some(id) = sent_notification_id(&String::from_utf8_lossy(&line)) {
+            if notifications.contains_key(&id) {
+                *sends.entry(id).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// The notification id of a send line (see [`SEND_MARK`]); `None` for any other line.
+pub fn sent_notification_id(line: &str) -> Option<Uuid> {
+    let line = strip_ansi(line);
+    let at = line.find(SEND_MARK)?;
+    // The event's own field follows the message; the `email_job` span's (the same id)
+    // precedes it, and serves if the event's is missing.
+    let value = |text: &str| -> Option<Uuid> {
+        let from = text.find(NOTIFICATION_ID_FIELD)? + NOTIFICATION_ID_FIELD.len();
+        Uuid::parse_str(text.get(from..from + 36)?).ok()
+    };
+    value(&line[at + SEND_MARK.len()..]).or_else(|| value(&line[..at]))
+}
+
+/// `text` without ANSI colour sequences (`ESC [ … letter`), which the service writes only to
+/// a terminal, but a wrapper might add.
+fn strip_ansi(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('\u{1b}') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for c in chars.by_ref().skip(1) {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// The verdict on `sends` (send lines per notification): counted only if every email recorded
+/// sent has at least one line (each send is logged before the database records it sent).
+fn judge_sends(
+    sends: &HashMap<Uuid, u64>,
+    notifications: &HashMap<Uuid, bool>,
+    rust_log: Option<&str>,
+    log: &Path,
+) -> SendCheck {
+    let recorded_sent = notifications.values().filter(|sent| **sent).count() as u64;
+    let unlogged = notifications
+        .iter()
+        .filter(|(id, sent)| **sent && !sends.contains_key(id))
+        .count() as u64;
+    let why = || match rust_log {
+        Some(filter) => format!(
+            "notification-service ran with RUST_LOG={filter:?}, which may hide the mailer's \
+             INFO lines; or the mailer is not the simulated one"
+        ),
+        None => "the mailer is not the simulated one, or its INFO lines are hidden".to_owned(),
+    };
+    if unlogged > 0 {
+        return SendCheck::NotPossible(format!(
+            "{} of {} emails recorded sent have no {SEND_MARK:?} line in {} ({})",
+            crate::report::fmt_count(unlogged),
+            crate::report::fmt_count(recorded_sent),
+            log.display(),
+            why()
+        ));
+    }
+    if recorded_sent == 0 && sends.is_empty() {
+        return SendCheck::NotPossible(format!(
+            "no email of this run was recorded sent and {} has no {SEND_MARK:?} line of this \
+             run, so it cannot be told whether the log shows sends ({})",
+            log.display(),
+            why()
+        ));
+    }
+    let repeated = sends.values().filter(|n| **n > 1);
+    SendCheck::Counted {
+        extra_sends: repeated.clone().map(|n| n - 1).sum(),
+        repeated_emails: repeated.count() as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +616,15 @@ mod tests {
             sent_us: sent,
             notifications,
             this_run: true,
+            request: None,
+        }
+    }
+
+    /// A trace of this run's request `i`.
+    fn of_request(i: u64, sent: Option<i64>, notifications: u32) -> Trace {
+        Trace {
+            request: Some(i),
+            ..trace(1_000, 1_010, sent, notifications)
         }
     }
 
@@ -414,8 +637,9 @@ mod tests {
                 (a, trace(1_000, 1_010, Some(1_030), 1)),
                 (b, trace(1_001, 1_021, Some(1_051), 1)),
             ]),
+            ..Observed::default()
         };
-        let r = reconcile(&HashSet::from([a, b]), &observed);
+        let r = reconcile(&HashSet::from([a, b]), &HashSet::new(), &observed);
         assert_eq!((r.emails_sent, r.lost, r.duplicated), (2, 0, 0));
         assert_eq!(r.last_sent_us, Some(1_051));
         let mut total = r.created_to_sent_us.clone();
@@ -435,15 +659,16 @@ mod tests {
         let absent = Uuid::now_v7();
         let observed = Observed {
             traces: HashMap::from([(queued, trace(1_000, 1_010, None, 1))]),
+            ..Observed::default()
         };
-        let r = reconcile(&HashSet::from([queued, absent]), &observed);
+        let r = reconcile(&HashSet::from([queued, absent]), &HashSet::new(), &observed);
         assert_eq!((r.emails_sent, r.lost, r.duplicated), (0, 2, 0));
         assert_eq!(r.last_sent_us, None);
         assert!(r.created_to_sent_us.is_empty());
     }
 
     #[test]
-    fn second_notifications_and_unknown_orders_are_duplicates() {
+    fn without_request_numbers_second_notifications_and_unknown_orders_are_duplicates() {
         let twice = Uuid::now_v7();
         let stranger = Uuid::now_v7();
         let order_without_email = Uuid::now_v7();
@@ -460,9 +685,58 @@ mod tests {
                     },
                 ),
             ]),
+            ..Observed::default()
         };
-        let r = reconcile(&HashSet::from([twice]), &observed);
+        let r = reconcile(&HashSet::from([twice]), &HashSet::new(), &observed);
         assert_eq!((r.emails_sent, r.lost, r.duplicated), (1, 0, 2));
+    }
+
+    #[test]
+    fn notifications_are_reconciled_per_request_number() {
+        let [a, b, c, d, e, f, g] = [(); 7].map(|()| Uuid::now_v7());
+        let observed = Observed {
+            traces: HashMap::from([
+                // 0: acknowledged, one email.
+                (a, of_request(0, Some(1_020), 1)),
+                // 1: a transport error (timeout, reset), yet committed and emailed.
+                (b, of_request(1, Some(1_020), 1)),
+                // 2: a 408, yet committed, and emailed twice: one duplicate.
+                (c, of_request(2, Some(1_020), 2)),
+                // 3: acknowledged as `d`, and a second order `e` for the same request.
+                (d, of_request(3, Some(1_020), 1)),
+                (e, of_request(3, Some(1_030), 1)),
+                // 4: timed out, committed, its email still queued: nothing to report yet.
+                (f, of_request(4, None, 1)),
+                // 5: acknowledged, with two notifications of its one order.
+                (g, of_request(5, Some(1_020), 2)),
+            ]),
+            ..Observed::default()
+        };
+        let accepted = HashSet::from([a, d, g]);
+        let acknowledged = HashSet::from([0, 3, 5]);
+        let r = reconcile(&accepted, &acknowledged, &observed);
+        assert_eq!((r.emails_sent, r.lost), (3, 0));
+        assert_eq!(r.delivered_unacknowledged, 2, "requests 1 and 2");
+        assert_eq!(
+            r.duplicated, 3,
+            "request 2's second, order e, request 5's second"
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_order_alone_is_not_a_duplicate() {
+        // The old way counted every notification of an order the driver never saw accepted
+        // as a duplicate; a timed-out request whose order committed is not one.
+        let late = Uuid::now_v7();
+        let observed = Observed {
+            traces: HashMap::from([(late, of_request(7, Some(1_020), 1))]),
+            ..Observed::default()
+        };
+        let r = reconcile(&HashSet::new(), &HashSet::new(), &observed);
+        assert_eq!(
+            (r.duplicated, r.delivered_unacknowledged, r.lost),
+            (0, 1, 0)
+        );
     }
 
     #[test]
@@ -480,8 +754,9 @@ mod tests {
                     },
                 ),
             ]),
+            ..Observed::default()
         };
-        let r = reconcile(&HashSet::from([ours]), &observed);
+        let r = reconcile(&HashSet::from([ours]), &HashSet::new(), &observed);
         assert_eq!((r.emails_sent, r.lost, r.duplicated), (1, 0, 0));
     }
 
@@ -498,9 +773,104 @@ mod tests {
         };
         let observed = observe_counter(&records);
         assert_eq!(observed.traces[&id], trace(5, 9, Some(9), 1));
-        let r = reconcile(&HashSet::from([id]), &observed);
+        let r = reconcile(&HashSet::from([id]), &HashSet::new(), &observed);
         assert_eq!(r.received_to_sent_us, [0]);
         assert_eq!(r.created_to_sent_us, [4]);
+    }
+
+    const ID: &str = "0190f3c2-7a1b-7c3d-8e4f-5a6b7c8d9e0f";
+
+    fn send_line(id: &str) -> String {
+        format!(
+            "2026-01-01T00:00:00.123456Z  INFO email_job{{notification_id={id} attempt=1}}: \
+             notification_service::mailer: email sent (simulated) notification_id={id} \
+             to=loadgen-abc-1@example.com subject=Your order body=\"Thanks\\n\"\n"
+        )
+    }
+
+    #[test]
+    fn send_lines_name_their_notification() {
+        let id = Uuid::parse_str(ID).unwrap();
+        assert_eq!(sent_notification_id(&send_line(ID)), Some(id));
+        let coloured = format!(
+            "\u{1b}[32m INFO\u{1b}[0m notification_service::mailer: email sent (simulated) \
+             \u{1b}[3mnotification_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m{ID} \u{1b}[3mto\u{1b}[0m=x"
+        );
+        assert_eq!(sent_notification_id(&coloured), Some(id));
+        let other = format!("INFO email_job{{notification_id={ID}}}: mail failed, retrying");
+        assert_eq!(sent_notification_id(&other), None);
+        assert_eq!(
+            sent_notification_id("INFO email sent (simulated) notification_id=nope"),
+            None
+        );
+    }
+
+    fn check(
+        log_text: &str,
+        notifications: &HashMap<Uuid, bool>,
+        rust_log: Option<&str>,
+    ) -> SendCheck {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("notification-service.log");
+        std::fs::write(&log, log_text).unwrap();
+        count_sends(&log, notifications, rust_log)
+    }
+
+    #[test]
+    fn sends_are_counted_per_notification_of_this_run() {
+        let [a, b, c] = [(); 3].map(|()| Uuid::now_v7());
+        let other_run = Uuid::now_v7();
+        let notifications = HashMap::from([(a, true), (b, true), (c, false)]);
+        let log = [
+            "2026-01-01T00:00:00Z  INFO notification_service: listening on http://127.0.0.1:1\n"
+                .to_owned(),
+            send_line(&a.to_string()),
+            send_line(&b.to_string()),
+            // `b` again after a lost lease, twice; another run's email, twice.
+            send_line(&b.to_string()),
+            send_line(&b.to_string()),
+            send_line(&other_run.to_string()),
+            send_line(&other_run.to_string()),
+        ]
+        .concat();
+        assert_eq!(
+            check(&log, &notifications, None),
+            SendCheck::Counted {
+                extra_sends: 2,
+                repeated_emails: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_log_that_hides_sends_makes_the_check_impossible_not_zero() {
+        let [a, b] = [(); 2].map(|()| Uuid::now_v7());
+        let notifications = HashMap::from([(a, true), (b, true)]);
+        // RUST_LOG=warn: no send lines at all.
+        let SendCheck::NotPossible(why) = check("", &notifications, Some("warn")) else {
+            panic!("counted")
+        };
+        assert!(
+            why.contains("2 of 2 emails") && why.contains("RUST_LOG=\"warn\""),
+            "{why}"
+        );
+        // A filter that lets some through is caught as well.
+        let partial = send_line(&a.to_string());
+        let SendCheck::NotPossible(why) = check(&partial, &notifications, None) else {
+            panic!("counted")
+        };
+        assert!(why.contains("1 of 2 emails"), "{why}");
+        // Nothing sent and nothing logged: no telling.
+        let none_sent = HashMap::from([(a, false)]);
+        assert!(matches!(
+            check("", &none_sent, None),
+            SendCheck::NotPossible(_)
+        ));
+        // A missing log file.
+        assert!(matches!(
+            count_sends(Path::new("/nonexistent/loadgen.log"), &notifications, None),
+            SendCheck::NotPossible(_)
+        ));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! scheduled time and its latency counts from that time, so a stall shows as latency rather
 //! than as a lower send rate — no coordinated omission).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,8 @@ pub enum Load {
         rate: u64,
         /// How long.
         duration: Duration,
-        /// Outstanding requests at most; a request due beyond it is not sent.
+        /// Outstanding requests at most; a request due beyond it is not sent, and the run
+        /// fails (its latency would be missing from the percentiles).
         max_in_flight: u64,
     },
 }
@@ -102,6 +103,8 @@ pub enum Answer {
 /// One request's outcome and latency.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
+    /// The request number (`i` of [`order_body`]), which the order's recipient carries.
+    pub request: u64,
     /// How it ended.
     pub answer: Answer,
     /// Closed loop: from send to the end of the answer. Open loop: from the scheduled send
@@ -119,7 +122,8 @@ pub struct Driven {
     /// From the first send to the last answer.
     pub elapsed: Duration,
     /// Open loop: requests that were due while `max_in_flight` were outstanding, and so were
-    /// never sent.
+    /// never sent. They have no sample, so their latency (that of a stall) is missing from the
+    /// percentiles: a run with any fails.
     pub not_sent_on_schedule: u64,
 }
 
@@ -128,6 +132,10 @@ pub struct Driven {
 pub struct Tally {
     /// The ids of the accepted orders.
     pub accepted: Vec<Uuid>,
+    /// The request numbers answered with a 2xx (with or without an order id). An order of any
+    /// other request may still have been committed: the client gave up (timeout) or lost the
+    /// connection before the answer came.
+    pub acknowledged: HashSet<u64>,
     /// Non-2xx answers by status code.
     pub non_2xx: BTreeMap<u16, u64>,
     /// 2xx answers without an order id.
@@ -141,6 +149,9 @@ impl Driven {
     pub fn tally(&self) -> Tally {
         let mut tally = Tally::default();
         for sample in &self.samples {
+            if matches!(sample.answer, Answer::Accepted(_) | Answer::Invalid) {
+                tally.acknowledged.insert(sample.request);
+            }
             match sample.answer {
                 Answer::Accepted(id) => tally.accepted.push(id),
                 Answer::Status(code) => *tally.non_2xx.entry(code).or_default() += 1,
@@ -226,6 +237,7 @@ impl Driver {
                     let sent = Instant::now();
                     let answer = driver.post_order(i).await;
                     samples.push(Sample {
+                        request: i,
                         answer,
                         latency_us: micros(sent.elapsed()),
                     });
@@ -266,6 +278,8 @@ impl Driver {
             while let Some(done) = in_flight.try_join_next() {
                 driven.samples.push(done.context("a request task failed")?);
             }
+            // Not queued for later: a queue would be unbounded, and a request sent late is
+            // not the load asked for. Counted, and the run fails (see `RunReport::failures`).
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 driven.not_sent_on_schedule += 1;
                 continue;
@@ -277,6 +291,7 @@ impl Driver {
                 // From the scheduled time: if this loop itself ran late, that lateness is
                 // part of what a client would have seen.
                 Sample {
+                    request: i,
                     answer,
                     latency_us: micros(due.elapsed()),
                 }
@@ -337,6 +352,16 @@ fn recipient_prefix(tag: &str) -> String {
     format!("loadgen-{tag}-")
 }
 
+/// The request number in a recipient of this run (`{prefix}{i}@example.com`, `prefix` from
+/// [`Driver::recipient_prefix`]); `None` for any other address.
+pub fn request_number(recipient: &str, prefix: &str) -> Option<u64> {
+    let (number, _domain) = recipient.strip_prefix(prefix)?.split_once('@')?;
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.parse().ok()
+}
+
 /// The `id` of a `POST /orders` answer.
 pub fn order_id(body: &[u8]) -> Option<Uuid> {
     #[derive(serde::Deserialize)]
@@ -384,6 +409,19 @@ mod tests {
     }
 
     #[test]
+    fn the_request_number_is_read_back_from_the_recipient() {
+        let prefix = recipient_prefix("abc");
+        let body: serde_json::Value = serde_json::from_str(&order_body("abc", 4_711)).unwrap();
+        let email = body["customer_email"].as_str().unwrap();
+        assert_eq!(request_number(email, &prefix), Some(4_711));
+        assert_eq!(request_number(email, &recipient_prefix("abd")), None);
+        assert_eq!(request_number("loadgen-abc-@example.com", &prefix), None);
+        assert_eq!(request_number("loadgen-abc-12x@example.com", &prefix), None);
+        assert_eq!(request_number("loadgen-abc-12", &prefix), None);
+        assert_eq!(request_number("someone@example.com", &prefix), None);
+    }
+
+    #[test]
     fn the_order_id_is_read_from_the_created_answer() {
         let id = Uuid::now_v7();
         let body = format!(r#"{{"id":"{id}","status":"paid","total":"25.00"}}"#);
@@ -422,22 +460,27 @@ mod tests {
         let driven = Driven {
             samples: vec![
                 Sample {
+                    request: 0,
                     answer: Answer::Accepted(id),
                     latency_us: 1,
                 },
                 Sample {
+                    request: 1,
                     answer: Answer::Status(503),
                     latency_us: 1,
                 },
                 Sample {
+                    request: 2,
                     answer: Answer::Status(503),
                     latency_us: 1,
                 },
                 Sample {
+                    request: 3,
                     answer: Answer::Invalid,
                     latency_us: 1,
                 },
                 Sample {
+                    request: 4,
                     answer: Answer::Transport,
                     latency_us: 1,
                 },
@@ -446,6 +489,8 @@ mod tests {
         };
         let tally = driven.tally();
         assert_eq!(tally.accepted, vec![id]);
+        // Requests 0 (accepted) and 3 (2xx without an id) were answered with a 2xx.
+        assert_eq!(tally.acknowledged, HashSet::from([0, 3]));
         assert_eq!(tally.non_2xx, BTreeMap::from([(503, 2)]));
         assert_eq!((tally.invalid, tally.transport_errors), (1, 1));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::collect::Reconciled;
+use crate::collect::{Reconciled, SendCheck};
 use crate::driver::{Driven, Load, Tally};
 use crate::stats::{per_second, ratio, Percentiles};
 
@@ -51,7 +51,8 @@ pub struct RunReport {
     pub sent: u64,
     /// Orders accepted (2xx with an id).
     pub accepted: u64,
-    /// Open loop: requests due while the in-flight limit was reached, never sent.
+    /// Open loop: requests due while the in-flight limit was reached, never sent. Must be
+    /// 0: their latency (a stall's) is missing from the percentiles.
     pub not_sent_on_schedule: u64,
     /// Accepted orders per second, first send to last answer.
     pub orders_accepted_per_s: Option<f64>,
@@ -65,8 +66,21 @@ pub struct RunReport {
     pub emails_sent_per_s: Option<f64>,
     /// Accepted orders without a sent email. Must be 0.
     pub lost: u64,
-    /// Extra notifications of accepted orders plus notifications of unknown orders. Must be 0.
+    /// Notifications beyond the first per request (or per accepted order), plus this run's
+    /// notifications of no known request. Must be 0.
     pub duplicated: u64,
+    /// Requests answered with no 2xx whose order was committed anyway and its email sent
+    /// (the client timed out or lost the connection first). Not a failure by itself.
+    pub delivered_unacknowledged: u64,
+    /// Sends beyond the first per email, counted in notification-service's log (one line per
+    /// simulated send), which shows what the notifications table (one row per webhook) cannot.
+    /// `null` when the log could not tell: see `duplicated_sends_unchecked`. Must be 0.
+    pub duplicated_sends: Option<u64>,
+    /// Emails sent more than once, from the same log; `null` as `duplicated_sends`.
+    pub emails_sent_more_than_once: Option<u64>,
+    /// Why `duplicated_sends` is `null`: services loadgen did not start, a RUST_LOG that hides
+    /// the mailer's lines, the baseline…
+    pub duplicated_sends_unchecked: Option<String>,
     /// Non-2xx answers by status code. Must be empty.
     pub non_2xx: BTreeMap<String, u64>,
     /// 2xx answers without an order id.
@@ -121,6 +135,10 @@ impl RunReport {
             emails_sent_per_s: emails_span.and_then(|d| per_second(reconciled.emails_sent, d)),
             lost: reconciled.lost,
             duplicated: reconciled.duplicated,
+            delivered_unacknowledged: reconciled.delivered_unacknowledged,
+            duplicated_sends: None,
+            emails_sent_more_than_once: None,
+            duplicated_sends_unchecked: Some("not checked".to_owned()),
             non_2xx: tally
                 .non_2xx
                 .iter()
@@ -134,8 +152,28 @@ impl RunReport {
         }
     }
 
-    /// Whether the run passed every check: nothing lost or duplicated, every answer a 2xx
-    /// with an id, and every email in before the deadline.
+    /// Records what notification-service's log says about repeated sends.
+    pub fn record_sends(&mut self, check: SendCheck) {
+        match check {
+            SendCheck::Counted {
+                extra_sends,
+                repeated_emails,
+            } => {
+                self.duplicated_sends = Some(extra_sends);
+                self.emails_sent_more_than_once = Some(repeated_emails);
+                self.duplicated_sends_unchecked = None;
+            }
+            SendCheck::NotPossible(why) => {
+                self.duplicated_sends = None;
+                self.emails_sent_more_than_once = None;
+                self.duplicated_sends_unchecked = Some(why);
+            }
+        }
+    }
+
+    /// Whether the run passed every check: nothing lost or duplicated (in the database or in
+    /// the service's log), every answer a 2xx with an id, every request sent on schedule, and
+    /// every email in before the deadline.
     pub fn passed(&self) -> bool {
         self.failures().is_empty()
     }
@@ -148,6 +186,22 @@ impl RunReport {
         }
         if self.duplicated > 0 {
             failures.push(format!("{} duplicated emails", fmt_count(self.duplicated)));
+        }
+        if let Some(extra) = self.duplicated_sends.filter(|n| *n > 0) {
+            failures.push(format!(
+                "{} duplicated sends ({} emails sent more than once, per notification-service's \
+                 log)",
+                fmt_count(extra),
+                fmt_count(self.emails_sent_more_than_once.unwrap_or(0))
+            ));
+        }
+        if self.not_sent_on_schedule > 0 {
+            failures.push(format!(
+                "{} requests could not be sent on schedule (more than --max-in-flight \
+                 outstanding): the latency figures leave out a stall; raise --max-in-flight or \
+                 lower --rate",
+                fmt_count(self.not_sent_on_schedule)
+            ));
         }
         if !self.non_2xx.is_empty() {
             failures.push(format!("non-2xx answers ({})", fmt_statuses(&self.non_2xx)));
@@ -372,7 +426,10 @@ impl Report {
         if self.main.not_sent_on_schedule > 0 {
             line(
                 "not sent on schedule (in-flight limit)",
-                fmt_count(self.main.not_sent_on_schedule),
+                format!(
+                    "{} (FAIL: their latency is missing from the figures below)",
+                    fmt_count(self.main.not_sent_on_schedule)
+                ),
             );
         }
         let references: Vec<(&RunReport, Vec<Metric>)> =
@@ -415,6 +472,28 @@ impl Report {
         line("emails sent", fmt_count(self.main.emails_sent));
         line("lost emails", fmt_count(self.main.lost));
         line("duplicated emails", fmt_count(self.main.duplicated));
+        line(
+            "duplicated sends (service log)",
+            match (
+                self.main.duplicated_sends,
+                &self.main.duplicated_sends_unchecked,
+            ) {
+                (Some(extra), _) => format!(
+                    "{} ({} emails sent more than once)",
+                    fmt_count(extra),
+                    fmt_count(self.main.emails_sent_more_than_once.unwrap_or(0))
+                ),
+                (None, Some(why)) => format!("not possible: {why}"),
+                (None, None) => "not possible".to_owned(),
+            },
+        );
+        line(
+            "delivered although not acknowledged",
+            format!(
+                "{} (orders committed and emailed whose request got no 2xx)",
+                fmt_count(self.main.delivered_unacknowledged)
+            ),
+        );
         line("non-2xx answers", fmt_statuses(&self.main.non_2xx));
         line("transport errors", fmt_count(self.main.transport_errors));
         for reference in &self.references {
@@ -429,13 +508,7 @@ impl Report {
         let failures = self.main.failures();
         line(
             "result",
-            if self.passed() && self.main.not_sent_on_schedule > 0 {
-                format!(
-                    "PASS, but {} requests were not sent on schedule: the rate offered was \
-                     not the rate asked for (raise --max-in-flight or lower --rate)",
-                    fmt_count(self.main.not_sent_on_schedule)
-                )
-            } else if self.passed() {
+            if self.passed() {
                 "PASS".to_owned()
             } else if failures.is_empty() {
                 "FAIL (a reference run failed)".to_owned()
@@ -595,9 +668,97 @@ mod tests {
                 timed_out: true,
                 ..run("services", 100.0, 1.0)
             },
+            RunReport {
+                not_sent_on_schedule: 1,
+                ..run("services", 100.0, 1.0)
+            },
+            RunReport {
+                duplicated_sends: Some(1),
+                emails_sent_more_than_once: Some(1),
+                ..run("services", 100.0, 1.0)
+            },
         ] {
             assert!(!broken.passed(), "{broken:?}");
         }
+    }
+
+    #[test]
+    fn requests_not_sent_on_schedule_fail_the_run_and_say_why() {
+        let report = Report {
+            scenario: "latency",
+            main: RunReport {
+                not_sent_on_schedule: 1_234,
+                ..run("services", 100.0, 1.0)
+            },
+            references: Vec::new(),
+        };
+        assert!(!report.passed());
+        let table = report.table();
+        assert!(
+            table.contains(
+                "FAIL: 1,234 requests could not be sent on schedule (more than --max-in-flight \
+                 outstanding): the latency figures leave out a stall; raise --max-in-flight or \
+                 lower --rate"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("1,234 (FAIL: their latency is missing"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["not_sent_on_schedule"], 1_234);
+    }
+
+    #[test]
+    fn sends_counted_in_the_log_or_not_possible() {
+        let mut report = Report {
+            scenario: "throughput",
+            main: RunReport {
+                delivered_unacknowledged: 3,
+                ..run("services", 100.0, 1.0)
+            },
+            references: Vec::new(),
+        };
+        report.main.record_sends(SendCheck::Counted {
+            extra_sends: 0,
+            repeated_emails: 0,
+        });
+        // Emails of unacknowledged requests are reported, not failed.
+        assert!(report.passed(), "{:?}", report.main.failures());
+        let table = report.table();
+        assert!(
+            table.contains("delivered although not acknowledged:"),
+            "{table}"
+        );
+        assert!(table.contains("duplicated sends (service log):"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        assert_eq!(json["duplicated_sends"], 0);
+        assert_eq!(json["delivered_unacknowledged"], 3);
+        assert_eq!(json["duplicated_sends_unchecked"], serde_json::Value::Null);
+
+        report
+            .main
+            .record_sends(SendCheck::NotPossible("RUST_LOG hides it".into()));
+        assert!(report.passed());
+        assert!(report.table().contains("not possible: RUST_LOG hides it"));
+        let json: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        assert_eq!(json["duplicated_sends"], serde_json::Value::Null);
+        assert_eq!(json["duplicated_sends_unchecked"], "RUST_LOG hides it");
+
+        report.main.record_sends(SendCheck::Counted {
+            extra_sends: 2,
+            repeated_emails: 1,
+        });
+        assert!(!report.passed());
+        assert!(
+            report
+                .table()
+                .contains("FAIL: 2 duplicated sends (1 emails sent more than once"),
+            "{}",
+            report.table()
+        );
     }
 
     #[test]
@@ -683,10 +844,12 @@ mod tests {
         let driven = Driven {
             samples: vec![
                 Sample {
+                    request: 0,
                     answer: Answer::Accepted(id),
                     latency_us: 2_000,
                 },
                 Sample {
+                    request: 1,
                     answer: Answer::Status(503),
                     latency_us: 4_000,
                 },

@@ -15,7 +15,9 @@ use uuid::Uuid;
 use crate::cli::{
     BacklogArgs, Command, HistoryArgs, LatencyArgs, RunArgs, TargetArgs, ThroughputArgs,
 };
-use crate::collect::{reconcile, wait_for_emails, window_start_ms, Sink};
+use crate::collect::{
+    count_sends, reconcile, wait_for_emails, window_start_ms, Observed, SendCheck, Sink,
+};
 use crate::driver::{unix_us, Driver, Load};
 use crate::fleet::{proc_status_kib, Fleet, Monitor, Process, Spawn};
 use crate::report::{fmt_count, fmt_kib, progress, Backlog, Report, RunReport};
@@ -230,6 +232,20 @@ impl Ctx<'_> {
         Ok((notifications, orders))
     }
 
+    /// How often each of this run's emails was sent, from the log of a notification-service
+    /// loadgen started (read once it has stopped, so every send is in).
+    fn count_sends(&self, notifications: &Process, observed: &Observed) -> SendCheck {
+        // The last one wins, as in the child's environment.
+        let rust_log = self
+            .run
+            .notifications_env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "RUST_LOG")
+            .map(|(_, value)| value.as_str());
+        count_sends(&notifications.log, &observed.notifications, rust_log)
+    }
+
     /// Stops a child; a failure to stop cleanly is worth a warning, not the measurement.
     async fn stop_quietly(&self, process: &Process) {
         if let Err(e) = self.fleet.stop(process).await {
@@ -259,11 +275,13 @@ impl Ctx<'_> {
                 (notifications.label.clone(), notifications.pid),
             ],
         };
-        let report = self.measure(&target, load).await;
+        let measured = self.measure(&target, load).await;
         target.sink.close().await;
         self.stop_quietly(&orders).await;
         self.stop_quietly(&notifications).await;
-        report
+        let (mut report, observed) = measured?;
+        report.record_sends(self.count_sends(&notifications, &observed));
+        Ok(report)
     }
 
     /// The same load against the baseline server (a child process of this binary).
@@ -287,9 +305,13 @@ impl Ctx<'_> {
             sink: Sink::baseline(&server.urls[1])?,
             processes: vec![(server.label.clone(), server.pid)],
         };
-        let report = self.measure(&target, load).await;
+        let measured = self.measure(&target, load).await;
         self.stop_quietly(&server).await;
-        report
+        let (mut report, _) = measured?;
+        report.record_sends(SendCheck::NotPossible(
+            "the baseline sends no emails".to_owned(),
+        ));
+        Ok(report)
     }
 
     /// Services someone else runs: checked, then measured; never started or stopped.
@@ -326,13 +348,20 @@ impl Ctx<'_> {
             sink: Sink::services(orders_db, notifications_db).await?,
             processes: Vec::new(),
         };
-        let report = self.measure(&target, load).await;
+        let measured = self.measure(&target, load).await;
         target.sink.close().await;
-        report
+        let (mut report, _) = measured?;
+        report.record_sends(SendCheck::NotPossible(
+            "loadgen did not start the services, so it has no notification-service log to \
+             count sends in"
+                .to_owned(),
+        ));
+        Ok(report)
     }
 
-    /// Offers `load` to `target`, waits for the emails and reports.
-    async fn measure(&self, target: &Target, load: Load) -> anyhow::Result<RunReport> {
+    /// Offers `load` to `target`, waits for the emails and reports; also returns what was
+    /// observed, for the count of sends in the service's log.
+    async fn measure(&self, target: &Target, load: Load) -> anyhow::Result<(RunReport, Observed)> {
         let driver = Driver::new(&target.base_url, &load, self.run.request_timeout)?;
         let monitor = Monitor::start(target.processes.clone(), driver.answered(), PROGRESS_EVERY);
         progress(&format!("{}: {}", target.label, load.describe()));
@@ -357,8 +386,8 @@ impl Ctx<'_> {
         )
         .await?;
         let peak_rss = monitor.finish().await;
-        let reconciled = reconcile(&accepted, &observed);
-        Ok(RunReport::build(
+        let reconciled = reconcile(&accepted, &tally.acknowledged, &observed);
+        let report = RunReport::build(
             &target.label,
             &load,
             &driven,
@@ -366,7 +395,8 @@ impl Ctx<'_> {
             &reconciled,
             timed_out,
             peak_rss,
-        ))
+        );
+        Ok((report, observed))
     }
 }
 
@@ -530,7 +560,7 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
     ctx.stop_quietly(&orders).await;
     ctx.stop_quietly(&notifications).await;
 
-    let reconciled = reconcile(&accepted, &observed);
+    let reconciled = reconcile(&accepted, &tally.acknowledged, &observed);
     let mut main = RunReport::build(
         "backlog",
         &load,
@@ -540,6 +570,7 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
         timed_out,
         peak_rss,
     );
+    main.record_sends(ctx.count_sends(&notifications, &observed));
     let drain = reconciled
         .last_sent_us
         .map(|last| Duration::from_micros(u64::try_from(last - receiver_started_us).unwrap_or(0)));

@@ -3,7 +3,8 @@
 //! `cargo test --workspace` builds `orders-service` and `notification-service` into the same
 //! target directory as `loadgen` (their own integration tests need them), so `--bin-dir` is
 //! the loadgen executable's directory. No timing is asserted: only that nothing was lost or
-//! duplicated and that the JSON line says so.
+//! duplicated (in the database, and in notification-service's log of sends) and that the JSON
+//! line says so.
 
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -77,6 +78,11 @@ fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
     assert_eq!(json["lost"], 0, "{context}");
     assert_eq!(json["duplicated"], 0, "{context}");
     assert_eq!(json["emails_sent"], 200, "{context}");
+    // Counted in notification-service's log (a number, not null): each email sent once.
+    assert_eq!(json["duplicated_sends"], 0, "{context}");
+    assert_eq!(json["emails_sent_more_than_once"], 0, "{context}");
+    assert_eq!(json["delivered_unacknowledged"], 0, "{context}");
+    assert_eq!(json["not_sent_on_schedule"], 0, "{context}");
     assert_eq!(json["ok"], true, "{context}");
     assert!(stdout.contains("lost emails:"), "{context}");
 }
