@@ -345,7 +345,7 @@ impl Demo {
     /// Every order orders-service has committed, by id.
     pub async fn committed_order_ids(&self) -> Vec<String> {
         let orders = self
-            .all_pages(&self.orders, "/orders", false)
+            .all_pages(&self.orders, "/orders", true)
             .await
             .unwrap_or_else(|e| self.fail(&e));
         orders

@@ -45,6 +45,7 @@ impl fmt::Debug for AdminToken {
 /// so unknown paths still get their JSON 404.
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
+        .merge(super::orders::admin_router())
         .merge(super::endpoints::router())
         .merge(super::events::router())
         .merge(super::deliveries::router())

@@ -164,7 +164,13 @@ async fn every_invalid_field_gets_a_422_naming_it_and_nothing_is_stored() {
         ])
     );
 
-    let page = json_of(app.http.get(app.url("/orders")).send().await.unwrap()).await;
+    let page = json_of(
+        app.admin(reqwest::Method::GET, "/orders")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(
         page["items"],
         json!([]),
@@ -305,11 +311,11 @@ async fn orders_are_listed_newest_first_in_pages_without_gaps_or_repeats() {
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let url = match &cursor {
-            Some(c) => app.url(&format!("/orders?limit=2&cursor={c}")),
-            None => app.url("/orders?limit=2"),
+        let path = match &cursor {
+            Some(c) => format!("/orders?limit=2&cursor={c}"),
+            None => "/orders?limit=2".to_owned(),
         };
-        let page = json_of(app.http.get(url).send().await.unwrap()).await;
+        let page = json_of(app.admin(reqwest::Method::GET, &path).send().await.unwrap()).await;
         pages += 1;
         for item in page["items"].as_array().unwrap() {
             seen.push(item["id"].as_str().unwrap().to_owned());
@@ -335,8 +341,7 @@ async fn bad_list_parameters_are_client_errors() {
         ("cursor=zzz", 400),
     ] {
         let r = app
-            .http
-            .get(app.url(&format!("/orders?{query}")))
+            .admin(reqwest::Method::GET, &format!("/orders?{query}"))
             .send()
             .await
             .unwrap();
@@ -372,7 +377,13 @@ async fn a_failing_outbox_write_leaves_no_order_behind() {
         "internals leaked: {v}"
     );
 
-    let page = json_of(app.http.get(app.url("/orders")).send().await.unwrap()).await;
+    let page = json_of(
+        app.admin(reqwest::Method::GET, "/orders")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(page["items"], json!([]));
     assert!(app.store.event_msg_ids_by_order().await.unwrap().is_empty());
     pool.close().await;
