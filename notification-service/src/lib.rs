@@ -101,11 +101,13 @@ pub fn build_app(state: AppState) -> Router {
         ))
         .merge(api::notifications::router())
         .fallback(error::not_found)
-        // Inner to outer: a panic becomes a 500, a request that takes too long (a client
+        // Inner to outer: a panic becomes a logged JSON 500, a request that takes too long (a client
         // trickling its body, say) becomes a 408, every error becomes our JSON body, and
         // everything is traced. The timeout covers the body upload, because the handler
         // reads the body inside it.
-        .layer(CatchPanicLayer::new())
+        .layer(CatchPanicLayer::custom(
+            webhook_common::error_body::panic_response,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.request_timeout,

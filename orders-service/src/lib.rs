@@ -32,6 +32,7 @@ use axum::{middleware, Router};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use webhook_common::server::ServeLimits;
@@ -88,9 +89,13 @@ pub fn build_app(state: AppState) -> Router {
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        // Inner to outer: a request that takes too long (a client trickling its body, say)
-        // becomes a 408 — the handlers read the body inside it — and every error that is not
-        // JSON yet (extractor rejections, the timeout) becomes our JSON body.
+        // Inner to outer: a panic becomes a logged JSON 500 (not a dropped connection), a
+        // request that takes too long (a client trickling its body, say) becomes a 408 — the
+        // handlers read the body inside it — and every error that is not JSON yet (extractor
+        // rejections, the timeout) becomes our JSON body.
+        .layer(CatchPanicLayer::custom(
+            webhook_common::error_body::panic_response,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             state.request_timeout,

@@ -86,7 +86,7 @@ fn collect(errors: &ValidationErrors, prefix: &str, out: &mut BTreeMap<String, V
 }
 
 #[cfg(feature = "axum")]
-pub use middleware::json_errors;
+pub use middleware::{json_errors, panic_response};
 
 /// Every error response as JSON, whoever produced it.
 #[cfg(feature = "axum")]
@@ -151,6 +151,28 @@ mod middleware {
                 .or_insert(HeaderValue::from_static("1"));
         }
         Response::from_parts(parts, Body::from(bytes))
+    }
+
+    /// The answer to a handler that panicked, for
+    /// `tower_http::catch_panic::CatchPanicLayer::custom(panic_response)`: the panic is logged
+    /// (inside the request's span) and the client gets a JSON 500 that says nothing of it,
+    /// instead of a dropped connection.
+    pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        tracing::error!(panic = %message, "a request handler panicked; answered 500");
+        let bytes = serde_json::to_vec(&ErrorBody::new("internal_error", "internal error"))
+            .unwrap_or_default();
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 
     /// A stable code for a status that axum or tower produced on its own.
