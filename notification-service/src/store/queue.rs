@@ -76,6 +76,7 @@ const NEXT_DUE: &str = "SELECT due_at FROM notifications
 const RENEW: &str = "UPDATE notifications
      SET lease_until = MAX(COALESCE(lease_until, $1), $1)
      WHERE lease_token = $2 AND status = 'queued'
+       AND id IN (SELECT value FROM json_each($3))
        AND NOT (event_type = 'order.payment_failed'
                 AND EXISTS (SELECT 1 FROM notifications AS paid
                             WHERE paid.order_id = notifications.order_id
@@ -224,28 +225,32 @@ impl Store {
             .await
     }
 
-    /// Extends to now + `lease` the leases of the jobs still held under `tokens` (the
-    /// claims of a live worker), in one write: one statement per claim, found through the
-    /// lease-token index. Returns the leases it extended; a job missing from the answer was
+    /// Extends to now + `lease` the leases of the jobs in `held` (job ids by the claim token
+    /// they were leased under: the jobs a live worker still has in hand), in one write: one
+    /// statement per claim, found through the lease-token index. Returns the leases it extended; a job missing from the answer was
     /// not extended (its outcome is recorded, another worker took it over, or it is a
     /// failure notice whose order has a confirmation, see [`RENEW`]) and its holder must
     /// go by the expiry it knew.
     pub async fn renew_leases(
         &self,
-        tokens: Vec<Uuid>,
+        held: Vec<(Uuid, Vec<Uuid>)>,
         lease: Duration,
     ) -> Result<Vec<RenewedLease>, WriteError> {
         let lease_ms = duration_ms(lease);
         self.writer
             .write(move |conn| {
-                let tokens = tokens.clone();
+                let held = held.clone();
                 Box::pin(async move {
                     let until = now_ms().saturating_add(lease_ms);
                     let mut renewed = Vec::new();
-                    for token in tokens {
+                    for (token, ids) in held {
+                        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                        let ids = serde_json::to_string(&ids)
+                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                         let rows: Vec<(String, i64)> = sqlx::query_as(RENEW)
                             .bind(until)
                             .bind(token.to_string())
+                            .bind(ids)
                             .fetch_all(&mut *conn)
                             .await?;
                         renewed.extend(rows.into_iter().filter_map(|(id, until)| {
@@ -390,16 +395,19 @@ mod tests {
         );
         let next = plan(&store, NEXT_DUE, &[]).await;
         assert_index_ordered("next due", &next, "INDEX notifications_due_at (due_at>?)");
-        let renew = plan(&store, RENEW, &[now_ms(), 0]).await;
+        let renew = plan(&store, RENEW, &[now_ms(), 0, 0]).await;
         eprintln!("EXPLAIN QUERY PLAN (renewal):\n  {}", renew.join("\n  "));
         assert!(
             renew[0].contains("INDEX notifications_lease_token (lease_token=?)"),
             "{renew:?}"
         );
+        // The one scan allowed is of the JSON list of held job ids (at most one claim's
+        // worth), never of the notifications.
         assert!(
-            renew
-                .iter()
-                .all(|s| !s.starts_with("SCAN") && !s.contains("TEMP B-TREE")),
+            renew.iter().all(
+                |s| (!s.starts_with("SCAN") || s.starts_with("SCAN json_each"))
+                    && !s.contains("TEMP B-TREE")
+            ),
             "{renew:?}"
         );
         store.close().await;

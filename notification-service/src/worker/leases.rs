@@ -2,7 +2,7 @@
 //! jobs are retried soon) and renewed while the worker lives, so a live worker keeps its
 //! jobs for as long as it needs them; a job's task reads here how long it may still act.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -35,10 +35,15 @@ impl HeldLeases {
         }
     }
 
-    /// The claim tokens to renew: one per claim that still has a job in hand.
-    pub(super) fn tokens(&self) -> Vec<Uuid> {
-        let tokens: HashSet<Uuid> = self.lock().keys().map(|(_, token)| *token).collect();
-        tokens.into_iter().collect()
+    /// The jobs to renew, by claim token: only those still in hand. A job of the same claim
+    /// whose task has let go (its outcome could not be recorded) must not be kept leased by
+    /// its siblings' renewals, or its retry would wait for them.
+    pub(super) fn held(&self) -> Vec<(Uuid, Vec<Uuid>)> {
+        let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for (id, token) in self.lock().keys() {
+            by_token.entry(*token).or_default().push(*id);
+        }
+        by_token.into_iter().collect()
     }
 
     /// Records the expiries a renewal committed.

@@ -263,11 +263,11 @@ impl EmailWorker {
                 () = stop.cancelled() => return,
                 _ = every.tick() => {},
             }
-            let tokens = self.leases.tokens();
-            if tokens.is_empty() {
+            let held = self.leases.held();
+            if held.is_empty() {
                 continue;
             }
-            match self.store.renew_leases(tokens, self.settings.lease).await {
+            match self.store.renew_leases(held, self.settings.lease).await {
                 Ok(renewed) => self.leases.extend(&renewed),
                 Err(e) => tracing::warn!(error = %e, "renewing the leases of email jobs failed"),
             }
@@ -448,7 +448,7 @@ mod tests {
 
         assert_eq!(outcome, JobOutcome::Released);
         assert!(mailer.sent().is_empty());
-        assert!(worker.leases.tokens().is_empty(), "no lease left to renew");
+        assert!(worker.leases.held().is_empty(), "no lease left to renew");
         let again = store.claim_due(1, settings.lease, 8).await.unwrap();
         assert_eq!(again.len(), 1, "due again at once");
         assert_eq!(again[0].attempts, 1, "the unstarted attempt is refunded");

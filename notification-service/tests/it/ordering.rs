@@ -207,7 +207,10 @@ async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation(
 
     let renewed = app
         .store
-        .renew_leases(vec![held[0].lease_token], Duration::from_secs(60))
+        .renew_leases(
+            vec![(held[0].lease_token, held.iter().map(|j| j.id).collect())],
+            Duration::from_secs(60),
+        )
         .await
         .unwrap();
     // The confirmation waits for the failure notice's lease as it stood: that lease must

@@ -124,6 +124,47 @@ async fn shutdown_releases_a_job_whose_send_does_not_finish_in_the_grace_period(
 }
 
 #[tokio::test]
+async fn a_renewal_extends_only_the_jobs_still_in_hand() {
+    let app = TestApp::spawn().await;
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    let jobs = app
+        .store
+        .claim_due(10, Duration::from_secs(5), 8)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+    let token = jobs[0].lease_token;
+    assert_eq!(jobs[1].lease_token, token, "one claim, one token");
+    let (kept, let_go) = (jobs[0].id, jobs[1].id);
+
+    // The worker still has the first job in hand; it let the second one go (its outcome
+    // could not be recorded). The claim's renewal must not keep the second one leased, or
+    // its retry would wait for its sibling.
+    let renewed = app
+        .store
+        .renew_leases(vec![(token, vec![kept])], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let renewed: Vec<Uuid> = renewed.iter().map(|l| l.id).collect();
+    assert_eq!(renewed, vec![kept]);
+    let lease_until = |id: Uuid| {
+        let store = app.store.clone();
+        async move {
+            let (until,): (i64,) =
+                sqlx::query_as("SELECT lease_until FROM notifications WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            until - notification_service::store::to_ms(now())
+        }
+    };
+    assert!(lease_until(kept).await > 30_000, "renewed to a minute");
+    assert!(lease_until(let_go).await <= 5_000, "left to expire");
+}
+
+#[tokio::test]
 async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_duplicate() {
     let app = TestApp::spawn().await;
     let (old, fresh) = (msg_id(), msg_id());
