@@ -89,11 +89,17 @@ async fn sent_count(http: &reqwest::Client, base: &str) -> usize {
         .count()
 }
 
-/// How many times the simulated mailer logged each notification as sent.
+/// How many times the simulated mailer logged each notification as sent. Also checks that
+/// the log, at the default level, carries no customer address and no email body.
 fn simulated_sends(logs: &[&Path]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            !text.contains("ada@example.com") && !text.contains("body="),
+            "a customer address or an email body reached the default log of {}",
+            log.display()
+        );
         for line in text
             .lines()
             .filter(|l| l.contains("email sent (simulated)"))
