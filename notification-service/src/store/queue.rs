@@ -127,25 +127,14 @@ impl Store {
 
     /// Marks a claimed job sent. `false` if the lease was lost (another worker owns it now).
     pub async fn mark_sent(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
-        let (id, token) = (job.id, job.lease_token);
-        self.writer
-            .write(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE notifications
-                         SET status = 'sent', sent_at = $1, lease_token = NULL, lease_until = NULL,
-                             last_error = NULL
-                         WHERE id = $2 AND lease_token = $3 AND status = 'queued'",
-                    )
-                    .bind(now_ms())
-                    .bind(id.to_string())
-                    .bind(token.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            })
-            .await
+        self.settle(
+            job,
+            "status = 'sent', sent_at = $3, lease_token = NULL, lease_until = NULL, \
+             last_error = NULL",
+            None,
+            None,
+        )
+        .await
     }
 
     /// Schedules another attempt of a claimed job at `retry_at`, recording why this one failed.
@@ -155,70 +144,65 @@ impl Store {
         retry_at: OffsetDateTime,
         error: &str,
     ) -> Result<bool, WriteError> {
-        let (id, token) = (job.id, job.lease_token);
-        let (retry_at, error) = (to_ms(retry_at), error.to_owned());
-        self.writer
-            .write(move |conn| {
-                let error = error.clone();
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE notifications
-                         SET next_attempt_at = $1, last_error = $2, lease_token = NULL,
-                             lease_until = NULL
-                         WHERE id = $3 AND lease_token = $4 AND status = 'queued'",
-                    )
-                    .bind(retry_at)
-                    .bind(error)
-                    .bind(id.to_string())
-                    .bind(token.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            })
-            .await
+        self.settle(
+            job,
+            "next_attempt_at = $3, last_error = $4, lease_token = NULL, lease_until = NULL",
+            Some(to_ms(retry_at)),
+            Some(error.to_owned()),
+        )
+        .await
     }
 
     /// Gives up on a claimed job: it stays visible as `failed` with the last error.
     pub async fn mark_failed(&self, job: &ClaimedJob, error: &str) -> Result<bool, WriteError> {
-        let (id, token, error) = (job.id, job.lease_token, error.to_owned());
-        self.writer
-            .write(move |conn| {
-                let error = error.clone();
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE notifications
-                         SET status = 'failed', last_error = $1, lease_token = NULL,
-                             lease_until = NULL
-                         WHERE id = $2 AND lease_token = $3 AND status = 'queued'",
-                    )
-                    .bind(error)
-                    .bind(id.to_string())
-                    .bind(token.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                })
-            })
-            .await
+        self.settle(
+            job,
+            "status = 'failed', last_error = $4, lease_token = NULL, lease_until = NULL",
+            None,
+            Some(error.to_owned()),
+        )
+        .await
     }
 
     /// Hands a claimed job back unsent (shutdown, or a lease too short to send in),
     /// refunding the attempt it was charged; it is due again at once.
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
-        let (id, token) = (job.id, job.lease_token);
+        self.settle(
+            job,
+            "lease_token = NULL, lease_until = NULL, attempts = attempts - 1",
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// Applies `set` to a claimed job, guarded by its lease: `false` (nothing changed) if the
+    /// lease was lost and another worker owns the job now. In `set`, `$3` is `at` (the time
+    /// the write runs when `None`) and `$4` is `text`. One statement, one round trip.
+    async fn settle(
+        &self,
+        job: &ClaimedJob,
+        set: &'static str,
+        at: Option<i64>,
+        text: Option<String>,
+    ) -> Result<bool, WriteError> {
+        let (id, token) = (job.id.to_string(), job.lease_token.to_string());
+        let sql: std::sync::Arc<str> = format!(
+            "UPDATE notifications SET {set} \
+             WHERE id = $1 AND lease_token = $2 AND status = 'queued'"
+        )
+        .into();
         self.writer
             .write(move |conn| {
+                let (sql, id, token, text) = (sql.clone(), id.clone(), token.clone(), text.clone());
                 Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE notifications
-                         SET lease_token = NULL, lease_until = NULL, attempts = attempts - 1
-                         WHERE id = $1 AND lease_token = $2 AND status = 'queued'",
-                    )
-                    .bind(id.to_string())
-                    .bind(token.to_string())
-                    .execute(&mut *conn)
-                    .await?;
+                    let done = sqlx::query(&sql)
+                        .bind(id)
+                        .bind(token)
+                        .bind(at.unwrap_or_else(now_ms))
+                        .bind(text)
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(done.rows_affected() == 1)
                 })
             })

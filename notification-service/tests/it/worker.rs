@@ -209,12 +209,9 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
     assert_eq!(app.notifications().await.len(), 2);
 }
 
-#[tokio::test]
-async fn a_database_hiccup_after_a_send_is_ridden_out_without_a_second_email() {
-    let app = TestApp::spawn().await;
-    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
-    // For the next second, recording a notification as sent fails, as it would while the
-    // database is locked or unreachable.
+/// Makes every write that marks a notification `sent` fail for `span` from now, as it would
+/// while the database is locked or unreachable; other writes (lease renewals) still work.
+async fn block_sent_marks(app: &TestApp, span: time::Duration) {
     for statement in [
         "CREATE TABLE outage (until_ms INTEGER NOT NULL)",
         "CREATE TRIGGER outage_blocks_sent BEFORE UPDATE OF status ON notifications
@@ -228,12 +225,20 @@ async fn a_database_hiccup_after_a_send_is_ridden_out_without_a_second_email() {
             .await
             .unwrap();
     }
-    let until = notification_service::store::to_ms(now() + time::Duration::seconds(1));
     sqlx::query("INSERT INTO outage (until_ms) VALUES ($1)")
-        .bind(until)
+        .bind(notification_service::store::to_ms(now() + span))
         .execute(app.store.pool())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_hiccup_after_a_send_is_ridden_out_without_a_second_email() {
+    let app = TestApp::spawn().await;
+    app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
+    // For the next second, recording a notification as sent fails, as it would while the
+    // database is locked or unreachable.
+    block_sent_marks(&app, time::Duration::seconds(1)).await;
 
     assert_eq!(app.worker.run_once().await.unwrap(), 1);
     let n = only_notification(&app).await;
@@ -268,25 +273,7 @@ async fn a_live_worker_renews_its_lease_so_an_outage_longer_than_the_lease_sends
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     // For three leases, recording a notification as sent fails; renewing its lease (which
     // does not touch the status) still works.
-    for statement in [
-        "CREATE TABLE outage (until_ms INTEGER NOT NULL)",
-        "CREATE TRIGGER outage_blocks_sent BEFORE UPDATE OF status ON notifications
-         WHEN NEW.status = 'sent' AND EXISTS (
-             SELECT 1 FROM outage
-             WHERE until_ms > (julianday('now') - 2440587.5) * 86400000.0)
-         BEGIN SELECT RAISE(ABORT, 'simulated database outage'); END",
-    ] {
-        sqlx::query(statement)
-            .execute(app.store.pool())
-            .await
-            .unwrap();
-    }
-    let until = notification_service::store::to_ms(now() + time::Duration::seconds(3));
-    sqlx::query("INSERT INTO outage (until_ms) VALUES ($1)")
-        .bind(until)
-        .execute(app.store.pool())
-        .await
-        .unwrap();
+    block_sent_marks(&app, time::Duration::seconds(3)).await;
 
     let worker = app.worker.clone();
     let running = tokio::spawn(async move { worker.run_once().await });
