@@ -77,11 +77,8 @@ impl From<anyhow::Error> for ApiError {
             if let Some(e) = c.downcast_ref::<sqlx::Error>() {
                 return is_transient_db_error(e);
             }
-            match c.downcast_ref::<WriteError>() {
-                Some(WriteError::Closed) => true,
-                Some(w) => w.sqlx().is_some_and(is_transient_db_error),
-                None => false,
-            }
+            c.downcast_ref::<WriteError>()
+                .is_some_and(WriteError::is_transient)
         });
         if transient {
             ApiError::Unavailable(e)

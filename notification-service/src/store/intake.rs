@@ -1,16 +1,12 @@
 //! Recording a verified webhook: the dedup record, the order's state and the email job, as
-//! one write of the group commit, in at most two round trips to the database.
+//! one write of the group commit.
 //!
-//! Each statement is a round trip to the connection's worker thread, and the writer runs
-//! writes one after another, so the intake sends its statements in two query strings
-//! (SQLite runs every statement of a string, in order, in one call; `$n` is the n-th bind
-//! of the string in each of them): the first records the delivery and reads what the
-//! ordering rule needs, [`decide`] rules in Rust, the second applies the ruling. A
-//! duplicate, or an event type this service does not handle, takes only the first.
+//! The statements run on the writer's thread, back to back: [`RECORD`] inserts the dedup
+//! record, [`STATE`] reads what the ordering rule needs, [`decide`] rules in Rust, and the
+//! ruling is applied ([`STALE`], or the statements of a queued email). A duplicate, or an
+//! event type this service does not handle, stops after the first.
 
-use std::sync::Arc;
-
-use sqlx::SqliteConnection;
+use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::{
@@ -18,70 +14,57 @@ use super::{
     WriteError, MAX_RECORDED_TYPE_LEN,
 };
 
-/// Round trip 1: inserts the dedup record, unless this `webhook-id` was recorded before
-/// (the primary key decides) or produced a notification whose dedup record has been cleaned
-/// up since (the notification outlives it). Then reads, in the same call, whether it was
-/// inserted (`changes()`: rows changed by the previous statement), the order's state, and
-/// until when a worker holds a failure notice of the order (a lease is live while
-/// `lease_until >= now`, as the claim reads it).
+/// Inserts the dedup record, unless this `webhook-id` was recorded before (the primary key
+/// decides) or produced a notification whose dedup record has been cleaned up since (the
+/// notification outlives it); changes one row for a first delivery, none for a duplicate.
 ///
-/// `$1` webhook id, `$2` event type, `$3` order id (NULL for unhandled types), `$4` event
-/// time, `$5` now, `$6` the outcome recorded: final for an unhandled type (`ignored`),
-/// otherwise `pending` until round trip 2 sets it, in the same transaction, so `pending`
-/// is never seen committed.
-///
-/// PostgreSQL has no `changes()` and no multi-statement prepared queries: there, the insert
-/// is `INSERT ... RETURNING` in a CTE of the read, and the state is read `FOR UPDATE` so
-/// that two replicas' events of one order take turns.
+/// `?1` webhook id, `?2` event type, `?3` order id (NULL for unhandled types), `?4` event
+/// time, `?5` now, `?6` the outcome recorded: final for an unhandled type (`ignored`),
+/// otherwise `pending` until the ruling sets it, in the same transaction, so `pending` is
+/// never seen committed.
 const RECORD: &str = "INSERT INTO received_webhooks
          (webhook_id, event_type, order_id, event_at, outcome, received_at)
-     SELECT $1, $2, $3, $4, $6, $5
-     WHERE NOT EXISTS (SELECT 1 FROM notifications WHERE webhook_id = $1)
-     ON CONFLICT (webhook_id) DO NOTHING;
-     SELECT changes() AS recorded, state.paid_at, state.last_failure_at,
+     SELECT ?1, ?2, ?3, ?4, ?6, ?5
+     WHERE NOT EXISTS (SELECT 1 FROM notifications WHERE webhook_id = ?1)
+     ON CONFLICT (webhook_id) DO NOTHING";
+
+/// The order `?1`'s state, and until when a worker holds a failure notice of it (a lease is
+/// live while `lease_until >= now`, `?2`, as the claim reads it).
+const STATE: &str = "SELECT state.paid_at, state.last_failure_at,
             (SELECT MAX(lease_until) FROM notifications
-             WHERE order_id = $3 AND event_type = 'order.payment_failed'
-               AND status = 'queued' AND lease_until >= $5) AS held_until
-     FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = $3";
+             WHERE order_id = ?1 AND event_type = 'order.payment_failed'
+               AND status = 'queued' AND lease_until >= ?2) AS held_until
+     FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = ?1";
 
-/// Round trip 2 of a stale event: its outcome.
-const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = $1";
+/// The outcome of a stale event.
+const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = ?1";
 
-/// Round trip 2 of an event that [`decide`] lets through: its outcome, the order's new
-/// state, the failure notices a payment supersedes (rule 1's tail: queued and not held by a
-/// worker; one under a live lease is being sent and cannot be recalled), and the job.
-///
-/// `$1` webhook id, `$2` event type, `$3` order id, `$4` now, `$5`/`$6` the order's new
-/// `paid_at`/`last_failure_at`, `$7` whether the event is a payment (cancels failure
-/// notices), `$8` notification id, `$9` recipient, `$10` subject, `$11` body, `$12` when the
-/// job is due. The job's insert has no `ON CONFLICT`: round trip 1 found no notification of
-/// this webhook under the writer's lock, so a conflict is a bug, and it fails the write.
-const QUEUE: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = $1;
-     INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
-     VALUES ($3, $5, $6, $4)
+/// The outcome of an event that [`decide`] lets through.
+const QUEUED: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = ?1";
+
+/// The order `?1`'s new state: `paid_at` `?2`, `last_failure_at` `?3`, at `?4`.
+const SET_STATE: &str = "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (order_id) DO UPDATE
      SET paid_at = excluded.paid_at,
          last_failure_at = excluded.last_failure_at,
-         updated_at = excluded.updated_at;
-     UPDATE notifications
+         updated_at = excluded.updated_at";
+
+/// The failure notices of order `?1` that a payment supersedes (rule 1's tail: queued and
+/// not held by a worker at `?2`; one under a live lease is being sent and cannot be recalled).
+const CANCEL_NOTICES: &str = "UPDATE notifications
      SET status = 'cancelled', last_error = 'superseded by order.paid'
-     WHERE $7 AND order_id = $3 AND event_type = 'order.payment_failed'
-       AND status = 'queued' AND (lease_until IS NULL OR lease_until < $4);
-     INSERT INTO notifications
+     WHERE order_id = ?1 AND event_type = 'order.payment_failed'
+       AND status = 'queued' AND (lease_until IS NULL OR lease_until < ?2)";
+
+/// The email job: `?1` id, `?2` webhook id, `?3` event type, `?4` order id, `?5` recipient,
+/// `?6` subject, `?7` body, `?8` when it is due, `?9` now. No `ON CONFLICT`: [`RECORD`]
+/// found no notification of this webhook under the writer's lock, so a conflict is a bug,
+/// and it fails the write.
+const QUEUE: &str = "INSERT INTO notifications
          (id, webhook_id, event_type, order_id, recipient, subject, body,
           status, attempts, next_attempt_at, created_at)
-     VALUES ($8, $1, $2, $3, $9, $10, $11, 'queued', 0, $12, $4)";
-
-/// What round trip 1 found.
-#[derive(sqlx::FromRow)]
-struct Recorded {
-    /// 1 if the dedup record was inserted (a first delivery), 0 for a duplicate.
-    recorded: i64,
-    paid_at: Option<i64>,
-    last_failure_at: Option<i64>,
-    /// Until when a worker holds a failure notice of the order, if one does.
-    held_until: Option<i64>,
-}
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?9)";
 
 impl Store {
     /// Records a verified webhook and, if it asks for an email that the ordering rule
@@ -98,27 +81,19 @@ impl Store {
         &self,
         webhook: &IncomingWebhook,
     ) -> Result<IntakeOutcome, WriteError> {
-        // Shared, not copied, by every run of the write (it may run twice).
-        let webhook = Arc::new(webhook.clone());
+        let webhook = webhook.clone();
         self.writer
-            .write(move |conn| {
-                let webhook = webhook.clone();
-                Box::pin(async move { record_in(conn, &webhook).await })
-            })
+            .write(move |conn| record_in(conn, &webhook))
             .await
     }
 }
 
-/// The intake's SQL, run inside the writer's transaction: [`RECORD`], then, for a first
-/// delivery of a handled type, [`STALE`] or [`QUEUE`].
+/// The intake's statements, run inside the writer's transaction.
 ///
 /// SQLite: the writer's `BEGIN IMMEDIATE` holds the write lock for the whole batch, so
-/// nothing can change between the two round trips (the order_states read-modify-write, the
-/// lease read, the dedup check) but this write.
-async fn record_in(
-    conn: &mut SqliteConnection,
-    webhook: &IncomingWebhook,
-) -> Result<IntakeOutcome, sqlx::Error> {
+/// nothing can change between the statements (the order_states read-modify-write, the lease
+/// read, the dedup check) but this write.
+fn record_in(conn: &Connection, webhook: &IncomingWebhook) -> rusqlite::Result<IntakeOutcome> {
     // The time the write runs, not when the request arrived: the lease comparisons must
     // use the clock the claims use.
     let now = now_ms();
@@ -133,35 +108,33 @@ async fn record_in(
         None => IntakeOutcome::Ignored.recorded_as(),
         Some(_) => "pending",
     };
-    // `fetch_all`, not `fetch_one`: `fetch_one` stops the string at its first row.
-    let found: Vec<Recorded> = sqlx::query_as(RECORD)
-        .bind(&webhook.webhook_id)
-        .bind(&event_type)
-        .bind(&order_id)
-        .bind(event_at)
-        .bind(now)
-        .bind(first_outcome)
-        .fetch_all(&mut *conn)
-        .await?;
-    let Some(found) = found.into_iter().next() else {
-        return Err(sqlx::Error::RowNotFound);
-    };
-    if found.recorded != 1 {
+    let recorded = conn.prepare_cached(RECORD)?.execute(params![
+        webhook.webhook_id,
+        event_type,
+        order_id,
+        event_at,
+        now,
+        first_outcome
+    ])?;
+    if recorded != 1 {
         return Ok(IntakeOutcome::Duplicate);
     }
     let Some(email) = &webhook.email else {
         return Ok(IntakeOutcome::Ignored);
     };
-
-    let state = OrderState {
-        paid_at: found.paid_at,
-        last_failure_at: found.last_failure_at,
-    };
+    let (state, held_until) =
+        conn.prepare_cached(STATE)?
+            .query_row(params![order_id, now], |row| {
+                Ok((
+                    OrderState {
+                        paid_at: row.get(0)?,
+                        last_failure_at: row.get(1)?,
+                    },
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            })?;
     if !decide(state, email.kind, event_at) {
-        sqlx::query(STALE)
-            .bind(&webhook.webhook_id)
-            .execute(&mut *conn)
-            .await?;
+        conn.prepare_cached(STALE)?.execute([&webhook.webhook_id])?;
         return Ok(IntakeOutcome::Stale);
     }
     let is_payment = email.kind == OrderEventKind::Paid;
@@ -172,26 +145,30 @@ async fn record_in(
     };
     // The confirmation waits until no worker holds a failure notice of its order (see
     // `decide`); everything else is due at once.
-    let due_at = match found.held_until {
+    let due_at = match held_until {
         Some(held_until) if is_payment => held_until.saturating_add(1),
         _ => now,
     };
+    conn.prepare_cached(QUEUED)?
+        .execute([&webhook.webhook_id])?;
+    conn.prepare_cached(SET_STATE)?
+        .execute(params![order_id, paid_at, last_failure_at, now])?;
+    if is_payment {
+        conn.prepare_cached(CANCEL_NOTICES)?
+            .execute(params![order_id, now])?;
+    }
     let id = Uuid::now_v7();
-    sqlx::query(QUEUE)
-        .bind(&webhook.webhook_id)
-        .bind(&event_type)
-        .bind(&order_id)
-        .bind(now)
-        .bind(paid_at)
-        .bind(last_failure_at)
-        .bind(is_payment)
-        .bind(id.to_string())
-        .bind(&email.to)
-        .bind(&email.subject)
-        .bind(&email.body)
-        .bind(due_at)
-        .execute(&mut *conn)
-        .await?;
+    conn.prepare_cached(QUEUE)?.execute(params![
+        id.to_string(),
+        webhook.webhook_id,
+        event_type,
+        order_id,
+        email.to,
+        email.subject,
+        email.body,
+        due_at,
+        now
+    ])?;
     Ok(IntakeOutcome::Queued {
         notification_id: id,
     })
@@ -229,8 +206,8 @@ mod tests {
         }
     }
 
-    /// Every column the intake's query strings write, checked after each kind of outcome:
-    /// each statement ran, and each `$n` landed where it belongs.
+    /// Every column the intake's statements write, checked after each kind of outcome: each
+    /// statement ran, and each `?n` landed where it belongs.
     #[tokio::test]
     async fn every_statement_of_the_intake_runs_with_its_binds_in_place() {
         let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use webhook_common::group_commit::{GroupCommitSettings, GroupCommitStats, GroupCommitter};
@@ -50,6 +50,7 @@ const BACKGROUND_POOL_CONNECTIONS: u32 = 2;
 const WRITER: GroupCommitSettings = GroupCommitSettings {
     max_batch: 256,
     queue: 1024,
+    busy_timeout: BUSY_TIMEOUT,
 };
 
 /// How long to wait for a free pooled connection.
@@ -245,10 +246,8 @@ fn duration_ms(d: Duration) -> i64 {
 pub struct Store {
     pool: SqlitePool,
     background: SqlitePool,
-    /// The one connection the writer task commits on.
-    writer_pool: SqlitePool,
     /// Serialises and batches every write of this process; see [`Store`].
-    writer: GroupCommitter<Sqlite>,
+    writer: GroupCommitter,
 }
 
 impl Store {
@@ -275,12 +274,17 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let file = options.get_filename().to_owned();
+        if file.as_os_str() == ":memory:" {
+            anyhow::bail!(
+                "DATABASE_URL {shown:?} is an in-memory database; the service needs a file \
+                 (its writer and readers are separate connections), e.g. \
+                 sqlite://data/notifications.db"
+            );
+        }
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if file.as_os_str() != ":memory:" {
-                tokio::fs::create_dir_all(dir).await.with_context(|| {
-                    format!("DATABASE_URL {shown:?}: cannot create the database's directory")
-                })?;
-            }
+            tokio::fs::create_dir_all(dir).await.with_context(|| {
+                format!("DATABASE_URL {shown:?}: cannot create the database's directory")
+            })?;
         }
         let open = |connections: u32| {
             SqlitePoolOptions::new()
@@ -297,12 +301,12 @@ impl Store {
         };
         let pool = open(REQUEST_POOL_CONNECTIONS).await.map_err(opened)?;
         let background = open(BACKGROUND_POOL_CONNECTIONS).await.map_err(opened)?;
-        let writer_pool = open(1).await.map_err(opened)?;
-        let writer = GroupCommitter::start(writer_pool.clone(), "BEGIN IMMEDIATE", WRITER);
+        let writer = GroupCommitter::open(&file, WRITER).await.with_context(|| {
+            format!("DATABASE_URL {shown:?}: cannot open the database for writing")
+        })?;
         Ok(Store {
             pool,
             background,
-            writer_pool,
             writer,
         })
     }
@@ -328,7 +332,6 @@ impl Store {
     /// returned. Call it after the worker has drained: its last outcomes are writes too.
     pub async fn close(&self) {
         self.writer.close().await;
-        self.writer_pool.close().await;
         self.pool.close().await;
         self.background.close().await;
     }
@@ -402,18 +405,13 @@ impl Store {
         let cutoff = now_ms().saturating_sub(duration_ms(retention));
         self.writer
             .write(move |conn| {
-                Box::pin(async move {
-                    let deleted = sqlx::query(
+                let deleted = conn
+                    .prepare_cached(
                         "DELETE FROM received_webhooks WHERE webhook_id IN (
-                             SELECT webhook_id FROM received_webhooks WHERE received_at < $1 LIMIT $2)",
-                    )
-                    .bind(cutoff)
-                    .bind(i64::from(batch))
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    Ok(deleted)
-                })
+                             SELECT webhook_id FROM received_webhooks WHERE received_at < ?1 LIMIT ?2)",
+                    )?
+                    .execute(rusqlite::params![cutoff, i64::from(batch)])?;
+                Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
             })
             .await
     }

@@ -6,30 +6,29 @@
 //! `due_at` (migration 0002) in due order, stopping at the limit, and only those candidates
 //! are settled (cancelled, given up) or leased, all in one statement ([`CLAIM`]).
 //!
-//! Every statement is a round trip to the connection's worker thread, and the writer runs
-//! writes one after another, so each write here is as few statements as correctness allows:
-//! one per claim (unless it settles candidates), one per outcome.
+//! The writes run on the writer's thread (see `webhook_common::group_commit`): one
+//! statement per claim (and one more per round that settled candidates), one per outcome.
 
 use std::time::Duration;
 
-use sqlx::SqliteConnection;
+use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::ClaimedRow;
 use super::{duration_ms, from_ms, now_ms, to_ms, ClaimedJob, Store, WriteError};
 
-/// One round of a claim, in one statement: the first `$2` due jobs, oldest due first, read
+/// One round of a claim, in one statement: the first `?2` due jobs, oldest due first, read
 /// from `notifications_due_at` in index order (no sort, and no row past the limit is looked
 /// at; `due_at <= now` is exactly "queued, its retry time has come and no live lease holds
 /// it", see migration 0002), each given its verdict and updated by it:
 /// - `cancelled`: a failure notice of an order that has a confirmation (any confirmation,
 ///   whatever its status: once it exists no failure notice may follow, rule 1 of `decide`);
-/// - `failed`: a job that already used `$3` (max) attempts: its worker died during every
+/// - `failed`: a job that already used `?3` (max) attempts: its worker died during every
 ///   one of them, so no outcome was ever recorded;
-/// - `queued`: leased under token `$4` until `$5`, with one more attempt counted.
+/// - `queued`: leased under token `?4` until `?5`, with one more attempt counted.
 ///
-/// `$1` is now. Returns every candidate with its new status; the leased ones are the jobs.
+/// `?1` is now. Returns every candidate with its new status; the leased ones are the jobs.
 /// The `status = 'queued'` of a candidate is guaranteed by `due_at` (NULL otherwise), also
 /// against other processes on the same file: the writer's transaction holds the write lock.
 const CLAIM: &str = "WITH candidates AS (
@@ -39,17 +38,17 @@ const CLAIM: &str = "WITH candidates AS (
                                       WHERE paid.order_id = candidate.order_id
                                         AND paid.event_type = 'order.paid')
                      THEN 'cancelled'
-                     WHEN attempts >= $3 THEN 'failed'
+                     WHEN attempts >= ?3 THEN 'failed'
                      ELSE 'queued'
                 END AS verdict
          FROM notifications AS candidate
-         WHERE due_at <= $1
+         WHERE due_at <= ?1
          ORDER BY due_at
-         LIMIT $2)
+         LIMIT ?2)
      UPDATE notifications
      SET status = candidates.verdict,
-         lease_token = CASE WHEN candidates.verdict = 'queued' THEN $4 END,
-         lease_until = CASE WHEN candidates.verdict = 'queued' THEN $5 END,
+         lease_token = CASE WHEN candidates.verdict = 'queued' THEN ?4 END,
+         lease_until = CASE WHEN candidates.verdict = 'queued' THEN ?5 END,
          attempts = CASE WHEN candidates.verdict = 'queued' THEN attempts + 1 ELSE attempts END,
          last_error = CASE candidates.verdict
              WHEN 'cancelled' THEN 'superseded by order.paid'
@@ -74,9 +73,9 @@ const NEXT_DUE: &str = "SELECT due_at FROM notifications
 /// not grow. `COALESCE` because `MAX` with a NULL is NULL in SQLite; `MAX` so a renewal
 /// never shortens a lease.
 const RENEW: &str = "UPDATE notifications
-     SET lease_until = MAX(COALESCE(lease_until, $1), $1)
-     WHERE lease_token = $2 AND status = 'queued'
-       AND id IN (SELECT value FROM json_each($3))
+     SET lease_until = MAX(COALESCE(lease_until, ?1), ?1)
+     WHERE lease_token = ?2 AND status = 'queued'
+       AND id IN (SELECT value FROM json_each(?3))
        AND NOT (event_type = 'order.payment_failed'
                 AND EXISTS (SELECT 1 FROM notifications AS paid
                             WHERE paid.order_id = notifications.order_id
@@ -121,7 +120,7 @@ impl Store {
         let token = Uuid::new_v4();
         let lease_ms = duration_ms(lease);
         self.writer
-            .write(move |conn| Box::pin(claim_in(conn, token, limit, lease_ms, max_attempts)))
+            .write(move |conn| claim_in(conn, token, limit, lease_ms, max_attempts))
             .await
     }
 
@@ -129,7 +128,7 @@ impl Store {
     pub async fn mark_sent(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "status = 'sent', sent_at = $3, lease_token = NULL, lease_until = NULL, \
+            "status = 'sent', sent_at = ?3, lease_token = NULL, lease_until = NULL, \
              last_error = NULL",
             None,
             None,
@@ -146,7 +145,7 @@ impl Store {
     ) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "next_attempt_at = $3, last_error = $4, lease_token = NULL, lease_until = NULL",
+            "next_attempt_at = ?3, last_error = ?4, lease_token = NULL, lease_until = NULL",
             Some(to_ms(retry_at)),
             Some(error.to_owned()),
         )
@@ -157,7 +156,7 @@ impl Store {
     pub async fn mark_failed(&self, job: &ClaimedJob, error: &str) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "status = 'failed', last_error = $4, lease_token = NULL, lease_until = NULL",
+            "status = 'failed', last_error = ?4, lease_token = NULL, lease_until = NULL",
             None,
             Some(error.to_owned()),
         )
@@ -177,8 +176,8 @@ impl Store {
     }
 
     /// Applies `set` to a claimed job, guarded by its lease: `false` (nothing changed) if the
-    /// lease was lost and another worker owns the job now. In `set`, `$3` is `at` (the time
-    /// the write runs when `None`) and `$4` is `text`. One statement, one round trip.
+    /// lease was lost and another worker owns the job now. In `set`, `?3` is `at` (the time
+    /// the write runs when `None`) and `?4` is `text`. One statement.
     async fn settle(
         &self,
         job: &ClaimedJob,
@@ -187,24 +186,19 @@ impl Store {
         text: Option<String>,
     ) -> Result<bool, WriteError> {
         let (id, token) = (job.id.to_string(), job.lease_token.to_string());
-        let sql: std::sync::Arc<str> = format!(
-            "UPDATE notifications SET {set} \
-             WHERE id = $1 AND lease_token = $2 AND status = 'queued'"
-        )
-        .into();
         self.writer
             .write(move |conn| {
-                let (sql, id, token, text) = (sql.clone(), id.clone(), token.clone(), text.clone());
-                Box::pin(async move {
-                    let done = sqlx::query(&sql)
-                        .bind(id)
-                        .bind(token)
-                        .bind(at.unwrap_or_else(now_ms))
-                        .bind(text)
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(done.rows_affected() == 1)
-                })
+                let mut update = conn.prepare_cached(&format!(
+                    "UPDATE notifications SET {set} \
+                     WHERE id = ?1 AND lease_token = ?2 AND status = 'queued'"
+                ))?;
+                let at = at.unwrap_or_else(now_ms);
+                let values: [&dyn rusqlite::ToSql; 4] = [&id, &token, &at, &text];
+                // Only the parameters `set` uses: SQLite refuses binds past the last one.
+                for (i, value) in values.iter().enumerate().take(update.parameter_count()) {
+                    update.raw_bind_parameter(i + 1, value)?;
+                }
+                Ok(update.raw_execute()? == 1)
             })
             .await
     }
@@ -223,30 +217,28 @@ impl Store {
         let lease_ms = duration_ms(lease);
         self.writer
             .write(move |conn| {
-                let held = held.clone();
-                Box::pin(async move {
-                    let until = now_ms().saturating_add(lease_ms);
-                    let mut renewed = Vec::new();
-                    for (token, ids) in held {
-                        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-                        let ids = serde_json::to_string(&ids)
-                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                        let rows: Vec<(String, i64)> = sqlx::query_as(RENEW)
-                            .bind(until)
-                            .bind(token.to_string())
-                            .bind(ids)
-                            .fetch_all(&mut *conn)
-                            .await?;
-                        renewed.extend(rows.into_iter().filter_map(|(id, until)| {
-                            Some(RenewedLease {
-                                id: Uuid::try_parse(&id).ok()?,
-                                lease_token: token,
+                let until = now_ms().saturating_add(lease_ms);
+                let mut renew = conn.prepare_cached(RENEW)?;
+                let mut renewed = Vec::new();
+                for (token, ids) in &held {
+                    let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                    let ids = serde_json::to_string(&ids)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                    let rows = renew.query_map(params![until, token.to_string(), ids], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })?;
+                    for row in rows {
+                        let (id, until) = row?;
+                        if let Ok(id) = Uuid::try_parse(&id) {
+                            renewed.push(RenewedLease {
+                                id,
+                                lease_token: *token,
                                 lease_until: from_ms(until),
-                            })
-                        }));
+                            });
+                        }
                     }
-                    Ok(renewed)
-                })
+                }
+                Ok(renewed)
             })
             .await
     }
@@ -263,31 +255,36 @@ impl Store {
 
 /// The claim, inside the writer's transaction (see [`Store::claim_due`]): one statement,
 /// and one more per round that settled candidates.
-async fn claim_in(
-    conn: &mut SqliteConnection,
+fn claim_in(
+    conn: &Connection,
     token: Uuid,
     limit: usize,
     lease_ms: i64,
     max_attempts: u32,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+) -> rusqlite::Result<Vec<ClaimedJob>> {
     // The time the write runs: leases count from the moment they are taken.
     let now = now_ms();
     let lease_until = now.saturating_add(lease_ms);
     let token_text = token.to_string();
+    let mut claim = conn.prepare_cached(CLAIM)?;
     let mut jobs = Vec::with_capacity(limit.min(1024));
     // Candidates not returned (settled, or unreadable): each leaves the due set, so every
     // round makes progress; the bound keeps one claim short.
     let mut passed_over = 0;
     while jobs.len() < limit && passed_over < MAX_SETTLED_PER_CLAIM {
         let want = limit - jobs.len();
-        let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
-            .bind(now)
-            .bind(i64::try_from(want).unwrap_or(i64::MAX))
-            .bind(i64::from(max_attempts))
-            .bind(&token_text)
-            .bind(lease_until)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = claim
+            .query_map(
+                params![
+                    now,
+                    i64::try_from(want).unwrap_or(i64::MAX),
+                    i64::from(max_attempts),
+                    token_text,
+                    lease_until
+                ],
+                ClaimedRow::from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let found = rows.len();
         for row in rows {
             match row.into_job(token, from_ms(lease_until)) {

@@ -147,7 +147,6 @@ impl ReceivedWebhookRow {
 
 /// A candidate of a claim as the claim's statement (`queue::CLAIM`) returns it: leased (a job
 /// to send) or settled (cancelled or given up).
-#[derive(sqlx::FromRow)]
 pub(super) struct ClaimedRow {
     id: String,
     /// `queued` if leased; `cancelled` or `failed` if settled.
@@ -160,6 +159,19 @@ pub(super) struct ClaimedRow {
 }
 
 impl ClaimedRow {
+    /// Reads a row of the claim's `RETURNING`: id, status, attempts, recipient, subject,
+    /// body.
+    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(ClaimedRow {
+            id: row.get(0)?,
+            status: row.get(1)?,
+            attempts: row.get(2)?,
+            recipient: row.get(3)?,
+            subject: row.get(4)?,
+            body: row.get(5)?,
+        })
+    }
+
     /// The job as leased under `lease_token` until `lease_until`. `None` for a settled
     /// candidate, and for a row this code could not have written (it is logged, and its
     /// lease keeps it out of the way until it expires).

@@ -68,19 +68,22 @@ pub(super) fn due_or_paused(at: &str, paused: &str) -> String {
     )
 }
 
+/// Pauses the pending deliveries of endpoint `?2` (just disabled): due at `?1`, the paused
+/// mark.
+const PAUSE: &str =
+    "UPDATE deliveries SET next_attempt_at = ?1 WHERE endpoint_id = ?2 AND status = 'pending'";
+
 /// Pauses the pending deliveries of `endpoint_id` (just disabled).
 pub(super) async fn pause_endpoint(
     conn: &mut sqlx::SqliteConnection,
     endpoint_id: &str,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE deliveries SET next_attempt_at = $1 WHERE endpoint_id = $2 AND status = 'pending'",
-    )
-    .bind(PAUSED_AT)
-    .bind(endpoint_id)
-    .execute(conn)
-    .await?
-    .rows_affected())
+    Ok(sqlx::query(PAUSE)
+        .bind(PAUSED_AT)
+        .bind(endpoint_id)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 /// Makes the paused deliveries of `endpoint_id` (just enabled) due at `now`.
@@ -149,13 +152,26 @@ impl Claimed {
 }
 
 /// An endpoint as a claim needs it.
-#[derive(sqlx::FromRow)]
 pub(super) struct EndpointRow {
     pub(super) id: String,
     pub(super) url: String,
     pub(super) secret: String,
     pub(super) previous_secret: Option<String>,
     pub(super) previous_secret_expires_at: Option<i64>,
+}
+
+impl EndpointRow {
+    /// Reads the first five columns of `row`: id, url, secret, previous_secret,
+    /// previous_secret_expires_at.
+    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(EndpointRow {
+            id: row.get(0)?,
+            url: row.get(1)?,
+            secret: row.get(2)?,
+            previous_secret: row.get(3)?,
+            previous_secret_expires_at: row.get(4)?,
+        })
+    }
 }
 
 /// A claimed delivery as read in the claim's transaction; turned into a [`DeliveryJob`]
@@ -170,118 +186,88 @@ pub(super) struct ClaimedRow {
     pub(super) endpoint: std::sync::Arc<EndpointRow>,
 }
 
-/// Enabled endpoints with work due at `$1`, oldest due first, with what an attempt needs of
+/// Enabled endpoints with work due at `?1`, oldest due first, with what an attempt needs of
 /// them: one index probe per endpoint.
 const DUE_ENDPOINTS: &str = "SELECT id, url, secret, previous_secret, previous_secret_expires_at \
      FROM (SELECT p.*, (SELECT d.due_at FROM deliveries d \
          WHERE d.endpoint_id = p.id AND d.due_at IS NOT NULL \
          ORDER BY d.due_at LIMIT 1) AS next \
        FROM endpoints p WHERE p.enabled = 1) \
-     WHERE next <= $1 ORDER BY next";
+     WHERE next <= ?1 ORDER BY next";
 
-/// The signed bytes and `webhook-id` of the events whose ids are in the JSON array `$1`.
-const EVENTS: &str =
-    "SELECT id, msg_id, payload FROM events WHERE id IN (SELECT value FROM json_each($1))";
+/// The `webhook-id` and signed bytes of event `?1`.
+const EVENT: &str = "SELECT msg_id, payload FROM events WHERE id = ?1";
 
-/// Attempts of endpoint `$1` running at `$2` under live leases, whoever holds them.
-const BUSY: &str = "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 \
-     AND status = 'in_flight' AND lease_expires_at > $2";
+/// Attempts of endpoint `?1` running at `?2` under live leases, whoever holds them.
+const BUSY: &str = "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = ?1 \
+     AND status = 'in_flight' AND lease_expires_at > ?2";
 
-/// Leases (`$1`, `$2`) the `$5` deliveries of endpoint `$4` that fell due first by `$3`.
-const CLAIM: &str = "UPDATE deliveries SET status = 'in_flight', lease_expires_at = $1, \
-     claim_token = $2, updated_at = $3 \
-     WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = $4 AND due_at <= $3 \
-                  ORDER BY due_at LIMIT $5) \
+/// Leases (`?1`, `?2`) the `?5` deliveries of endpoint `?4` that fell due first by `?3`.
+const CLAIM: &str = "UPDATE deliveries SET status = 'in_flight', lease_expires_at = ?1, \
+     claim_token = ?2, updated_at = ?3 \
+     WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = ?4 AND due_at <= ?3 \
+                  ORDER BY due_at LIMIT ?5) \
      RETURNING id, attempts, retry_base, event_id";
 
-/// The earliest due time before `$1` (the paused mark) of any enabled endpoint.
+/// The earliest due time before `?1` (the paused mark) of any enabled endpoint.
 const NEXT_DUE: &str = "SELECT MIN(next) FROM (SELECT (SELECT d.due_at FROM deliveries d \
-         WHERE d.endpoint_id = p.id AND d.due_at < $1 \
+         WHERE d.endpoint_id = p.id AND d.due_at < ?1 \
          ORDER BY d.due_at LIMIT 1) AS next \
        FROM endpoints p WHERE p.enabled = 1)";
 
-/// The claim's statements. Costs O(enabled endpoints + rows claimed), never O(backlog):
-/// every lookup reads the `deliveries_endpoint_due` index in order and stops at its limit.
+/// The claim's statements, run on the writer's thread. Costs O(enabled endpoints + rows
+/// claimed), never O(backlog): every lookup reads an index in order and stops at its limit.
 ///
 /// Fairness: endpoints are served oldest due work first, and each gets at most
 /// `per_endpoint` deliveries in flight, counting live leases of every worker and replica, so
 /// one slow receiver cannot hold every slot while the others wait.
-async fn claim_rows(
-    conn: &mut sqlx::SqliteConnection,
+fn claim_rows(
+    conn: &rusqlite::Connection,
     now: i64,
     lease_until: i64,
     token: &str,
     limit: u32,
     per_endpoint: u32,
-) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-    let due: Vec<EndpointRow> = sqlx::query_as(DUE_ENDPOINTS)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
+) -> rusqlite::Result<Vec<ClaimedRow>> {
+    let due: Vec<EndpointRow> = conn
+        .prepare_cached(DUE_ENDPOINTS)?
+        .query_map([now], EndpointRow::from_row)?
+        .collect::<rusqlite::Result<_>>()?;
     let mut left = i64::from(limit);
-    // (delivery id, attempts, retry_base, event id, endpoint)
-    let mut leased: Vec<(String, i64, i64, String, std::sync::Arc<EndpointRow>)> = Vec::new();
+    let mut claimed = Vec::new();
+    let mut busy = conn.prepare_cached(BUSY)?;
+    let mut claim = conn.prepare_cached(CLAIM)?;
+    let mut event = conn.prepare_cached(EVENT)?;
     for endpoint in due {
         if left <= 0 {
             break;
         }
-        let (busy,): (i64,) = sqlx::query_as(BUSY)
-            .bind(&endpoint.id)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await?;
+        let busy: i64 = busy.query_row(rusqlite::params![endpoint.id, now], |r| r.get(0))?;
         let room = (i64::from(per_endpoint) - busy).min(left);
         if room <= 0 {
             continue;
         }
-        let rows: Vec<(String, i64, i64, String)> = sqlx::query_as(CLAIM)
-            .bind(lease_until)
-            .bind(token)
-            .bind(now)
-            .bind(&endpoint.id)
-            .bind(room)
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows: Vec<(String, i64, i64, String)> = claim
+            .query_map(
+                rusqlite::params![lease_until, token, now, endpoint.id, room],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
         left -= i64::try_from(rows.len()).unwrap_or(i64::MAX);
         let endpoint = std::sync::Arc::new(endpoint);
-        leased.extend(
-            rows.into_iter()
-                .map(|(id, attempts, retry_base, event_id)| {
-                    (id, attempts, retry_base, event_id, endpoint.clone())
-                }),
-        );
-    }
-    if leased.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Every claimed row's event in one lookup, not one round trip per row.
-    let ids: Vec<&str> = leased.iter().map(|l| l.3.as_str()).collect();
-    let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let events: Vec<(String, String, Vec<u8>)> = sqlx::query_as(EVENTS)
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let events: std::collections::HashMap<String, (String, Vec<u8>)> = events
-        .into_iter()
-        .map(|(id, msg_id, payload)| (id, (msg_id, payload)))
-        .collect();
-    let mut claimed = Vec::with_capacity(leased.len());
-    for (id, attempts, retry_base, event_id, endpoint) in leased {
-        // A foreign key guarantees the event; an event shared by two deliveries (two
-        // endpoints) is cloned for the second.
-        let (msg_id, payload) = match events.get(&event_id) {
-            Some(found) => found.clone(),
-            None => return Err(sqlx::Error::RowNotFound),
-        };
-        claimed.push(ClaimedRow {
-            id,
-            attempts,
-            retry_base,
-            msg_id,
-            payload,
-            endpoint_id: endpoint.id.clone(),
-            endpoint,
-        });
+        for (id, attempts, retry_base, event_id) in rows {
+            // A foreign key guarantees the event.
+            let (msg_id, payload) = event.query_row([&event_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            claimed.push(ClaimedRow {
+                id,
+                attempts,
+                retry_base,
+                msg_id,
+                payload,
+                endpoint_id: endpoint.id.clone(),
+                endpoint: endpoint.clone(),
+            });
+        }
     }
     Ok(claimed)
 }
@@ -312,64 +298,66 @@ impl ClaimedRow {
     }
 }
 
-/// The statements of [`Store::finish_attempt`].
-async fn finish_rows(
-    conn: &mut sqlx::SqliteConnection,
-    job: &FinishedJob,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
+/// The statements of [`Store::finish_attempt`], run on the writer's thread.
+fn finish_rows(conn: &rusqlite::Connection, job: &FinishedJob, now: i64) -> rusqlite::Result<bool> {
     let (status, next_at, delivered_at) = match job.outcome {
         AttemptOutcome::Delivered => ("delivered", now, Some(now)),
         AttemptOutcome::Retry { at } => ("pending", at, None),
         AttemptOutcome::Failed | AttemptOutcome::EndpointGone => ("failed", now, None),
     };
-    // One round trip: the guarded update, then the attempt's row only if the update took
-    // (`changes()` is the previous statement's row count). A retry of an endpoint disabled
-    // meanwhile is paused with the endpoint's other rows.
-    let next = "CASE WHEN $1 = 'pending' AND EXISTS (SELECT 1 FROM endpoints p \
-         WHERE p.id = deliveries.endpoint_id AND p.enabled = 0) THEN $9 ELSE $2 END";
+    // Guarded by the claim token: a worker whose lease was lost (and whose delivery another
+    // worker claimed) records nothing. A retry of an endpoint disabled meanwhile is paused
+    // with the endpoint's other rows.
     let attempt = &job.attempt;
-    let written = sqlx::query(&format!(
-        "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = {next}, \
-         delivered_at = $3, last_status = $4, last_error = $5, lease_expires_at = NULL, \
-         claim_token = NULL, updated_at = $6 \
-         WHERE id = $7 AND claim_token = $8 AND status = 'in_flight'; \
-         INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
-         status_code, error_kind, response_body, outcome) \
-         SELECT $7, $10, $11, $12, $4, $13, $14, $15 WHERE changes() = 1"
-    ))
-    .bind(status)
-    .bind(next_at)
-    .bind(delivered_at)
-    .bind(attempt.status_code.map(i64::from))
-    .bind(&job.error)
-    .bind(now)
-    .bind(&job.delivery_id)
-    .bind(&job.claim_token)
-    .bind(PAUSED_AT)
-    .bind(i64::from(attempt.attempt))
-    .bind(attempt.started_at)
-    .bind(attempt.duration_ms)
-    .bind(&attempt.error_kind)
-    .bind(&attempt.response_body)
-    .bind(job.outcome.as_str())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    // Both statements took (1 + 1), or neither did (the claim was lost).
-    if written == 0 {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE deliveries SET status = ?1, attempts = attempts + 1, \
+             next_attempt_at = CASE WHEN ?1 = 'pending' AND EXISTS (SELECT 1 FROM endpoints p \
+                 WHERE p.id = deliveries.endpoint_id AND p.enabled = 0) THEN ?9 ELSE ?2 END, \
+             delivered_at = ?3, last_status = ?4, last_error = ?5, lease_expires_at = NULL, \
+             claim_token = NULL, updated_at = ?6 \
+             WHERE id = ?7 AND claim_token = ?8 AND status = 'in_flight'",
+        )?
+        .execute(rusqlite::params![
+            status,
+            next_at,
+            delivered_at,
+            attempt.status_code.map(i64::from),
+            job.error,
+            now,
+            job.delivery_id,
+            job.claim_token,
+            PAUSED_AT,
+        ])?;
+    if updated == 0 {
         return Ok(false);
     }
+    conn.prepare_cached(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
+         status_code, error_kind, response_body, outcome) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(rusqlite::params![
+        job.delivery_id,
+        i64::from(attempt.attempt),
+        attempt.started_at,
+        attempt.duration_ms,
+        attempt.status_code.map(i64::from),
+        attempt.error_kind,
+        attempt.response_body,
+        job.outcome.as_str(),
+    ])?;
     if job.outcome == AttemptOutcome::EndpointGone {
-        sqlx::query(
-            "UPDATE endpoints SET enabled = 0, disabled_reason = $1, updated_at = $2 WHERE id = $3",
-        )
-        .bind("the endpoint answered 410 Gone")
-        .bind(now)
-        .bind(&job.endpoint_id)
-        .execute(&mut *conn)
-        .await?;
-        pause_endpoint(conn, &job.endpoint_id).await?;
+        conn.prepare_cached(
+            "UPDATE endpoints SET enabled = 0, disabled_reason = ?1, updated_at = ?2 WHERE id = ?3",
+        )?
+        .execute(rusqlite::params![
+            "the endpoint answered 410 Gone",
+            now,
+            job.endpoint_id
+        ])?;
+        conn.prepare_cached(PAUSE)?
+            .execute(rusqlite::params![PAUSED_AT, job.endpoint_id])?;
     }
     Ok(true)
 }
@@ -408,26 +396,21 @@ impl Store {
     /// for its batch are filled too.
     pub async fn claim_due_with(
         &self,
-        limit: impl Fn() -> u32 + Send + Sync + 'static,
+        limit: impl Fn() -> u32 + Send + 'static,
         lease_ms: i64,
         per_endpoint: u32,
     ) -> anyhow::Result<Claimed> {
         let token = Uuid::new_v4();
-        let token_text: std::sync::Arc<str> = token.to_string().into();
+        let token_text = token.to_string();
         // The clock is read when the claim runs on the writer, not when it is queued: time
         // spent waiting for the writer must not eat the lease.
         let (rows, now, lease_until) = self
             .writer
             .write(move |conn| {
-                let token = token_text.clone();
-                let limit = limit();
-                Box::pin(async move {
-                    let now = now_ms();
-                    let lease_until = now.saturating_add(lease_ms);
-                    let rows =
-                        claim_rows(conn, now, lease_until, &token, limit, per_endpoint).await?;
-                    Ok((rows, now, lease_until))
-                })
+                let now = now_ms();
+                let lease_until = now.saturating_add(lease_ms);
+                let rows = claim_rows(conn, now, lease_until, &token_text, limit(), per_endpoint)?;
+                Ok((rows, now, lease_until))
             })
             .await?;
         Ok(Claimed::from_rows(token, lease_until, now, rows))
@@ -451,13 +434,9 @@ impl Store {
             outcome: outcome.clone(),
             error: error.map(|e| e.chars().take(MAX_ERROR_CHARS).collect()),
         };
-        let finished = std::sync::Arc::new(finished);
         Ok(self
             .writer
-            .write(move |conn| {
-                let finished = finished.clone();
-                Box::pin(async move { finish_rows(conn, &finished, now_ms()).await })
-            })
+            .write(move |conn| finish_rows(conn, &finished, now_ms()))
             .await?)
     }
 
@@ -474,23 +453,14 @@ impl Store {
         let (id, token) = (delivery_id.to_string(), claim_token.to_string());
         self.writer
             .write(move |conn| {
-                let (id, token) = (id.clone(), token.clone());
-                Box::pin(async move {
-                    let next = due_or_paused("$4", "$5");
-                    sqlx::query(&format!(
-                        "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
-                         lease_expires_at = NULL, claim_token = NULL, updated_at = $1 \
-                         WHERE id = $2 AND claim_token = $3 AND status = 'in_flight'"
-                    ))
-                    .bind(now)
-                    .bind(&id)
-                    .bind(&token)
-                    .bind(due)
-                    .bind(PAUSED_AT)
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(())
-                })
+                let next = due_or_paused("?4", "?5");
+                conn.prepare_cached(&format!(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
+                     lease_expires_at = NULL, claim_token = NULL, updated_at = ?1 \
+                     WHERE id = ?2 AND claim_token = ?3 AND status = 'in_flight'"
+                ))?
+                .execute(rusqlite::params![now, id, token, due, PAUSED_AT])?;
+                Ok(())
             })
             .await?;
         Ok(())

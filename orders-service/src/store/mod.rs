@@ -6,22 +6,23 @@
 //! replicas can share one database.
 //!
 //! The hot writes (orders, claims, attempt outcomes, releases) go through one
-//! [`GroupCommitter`]: many callers' writes share one transaction and one fsync, instead of
-//! each taking SQLite's write lock in turn. Rare management writes use the pool directly and
-//! wait for the lock within the busy timeout.
+//! [`GroupCommitter`]: a thread of its own that owns the one write connection and commits
+//! many callers' writes in one transaction and one fsync, instead of each taking SQLite's
+//! write lock in turn. Their SQL runs on that thread through `rusqlite`, statement after
+//! statement without a hop between threads; reads and the rare management writes use the
+//! `sqlx` pool (the latter wait for the lock within the busy timeout).
 
 mod deliveries;
 mod endpoints;
 mod events;
 mod orders;
 
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::SqlitePool;
 use webhook_common::group_commit::{GroupCommitSettings, GroupCommitter};
 
 pub use deliveries::{Claimed, PAUSED_AT};
@@ -32,10 +33,8 @@ pub use orders::{ClaimOnCreate, CreatedOrder};
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
-    /// The one connection the writer commits on.
-    writer_pool: SqlitePool,
     /// The one writer of the hot path; see the module docs.
-    writer: GroupCommitter<Sqlite>,
+    writer: GroupCommitter,
 }
 
 /// The current time in unix milliseconds.
@@ -60,15 +59,19 @@ impl Store {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let filename = options.get_filename().to_path_buf();
+        if filename.as_os_str() == ":memory:" {
+            anyhow::bail!(
+                "DATABASE_URL {url:?} is an in-memory database; the service needs a file \
+                 (its writer and readers are separate connections), e.g. sqlite://data/orders.db"
+            );
+        }
         if let Some(parent) = filename.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !is_memory(&filename) {
-                tokio::fs::create_dir_all(parent).await.with_context(|| {
-                    format!(
-                        "creating the directory {} for DATABASE_URL",
-                        parent.display()
-                    )
-                })?;
-            }
+            tokio::fs::create_dir_all(parent).await.with_context(|| {
+                format!(
+                    "creating the directory {} for DATABASE_URL",
+                    parent.display()
+                )
+            })?;
         }
         let open = |connections: u32| {
             SqlitePoolOptions::new()
@@ -82,17 +85,10 @@ impl Store {
         let opened = || format!("opening the database {}", filename.display());
         let pool = open(8).await.with_context(opened)?;
         // The writer's own connection: a burst of reads cannot hold up a batch of writes.
-        let writer_pool = open(1).await.with_context(opened)?;
-        let writer = GroupCommitter::start(
-            writer_pool.clone(),
-            "BEGIN IMMEDIATE",
-            GroupCommitSettings::default(),
-        );
-        Ok(Store {
-            pool,
-            writer_pool,
-            writer,
-        })
+        let writer = GroupCommitter::open(&filename, GroupCommitSettings::default())
+            .await
+            .with_context(opened)?;
+        Ok(Store { pool, writer })
     }
 
     /// Applies the embedded migrations.
@@ -107,13 +103,8 @@ impl Store {
     /// finish and closes the pool.
     pub async fn close(&self) {
         self.writer.close().await;
-        self.writer_pool.close().await;
         self.pool.close().await;
     }
-}
-
-fn is_memory(path: &Path) -> bool {
-    path.as_os_str() == ":memory:"
 }
 
 fn parse_uuid(text: &str) -> anyhow::Result<uuid::Uuid> {

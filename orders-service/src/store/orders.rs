@@ -92,24 +92,20 @@ impl Store {
         claim: Option<ClaimOnCreate>,
     ) -> anyhow::Result<CreatedOrder> {
         let token = Uuid::new_v4();
-        let written = std::sync::Arc::new((order.clone(), event.clone(), token.to_string()));
+        let written = (order.clone(), event.clone(), token.to_string());
         // The clock is read when the write runs on the writer, not when it is queued: time
         // spent waiting for the writer must not eat the lease.
         let (deliveries, claimed, now, lease_until) = self
             .writer
             .write(move |conn| {
-                let written = written.clone();
-                Box::pin(async move {
-                    let (order, event, token) = &*written;
-                    let now = now_ms();
-                    let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
-                    let claim = claim
-                        .zip(lease_until)
-                        .map(|(c, until)| (c, until, token.as_str()));
-                    let (deliveries, claimed) =
-                        insert_order(conn, order, event, now, claim).await?;
-                    Ok((deliveries, claimed, now, lease_until))
-                })
+                let (order, event, token) = &written;
+                let now = now_ms();
+                let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
+                let claim = claim
+                    .zip(lease_until)
+                    .map(|(c, until)| (c, until, token.as_str()));
+                let (deliveries, claimed) = insert_order(conn, order, event, now, claim)?;
+                Ok((deliveries, claimed, now, lease_until))
             })
             .await?;
         let claimed = claimed
@@ -174,136 +170,124 @@ impl Store {
 }
 
 /// An enabled endpoint as the order's transaction reads it.
-#[derive(sqlx::FromRow)]
 struct SubscriberRow {
-    id: String,
+    endpoint: EndpointRow,
     event_types: String,
-    url: String,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<i64>,
     /// Attempts in flight to it under live leases; only counted when claiming.
     busy: i64,
 }
 
-/// The statements of [`Store::create_order_claiming`], in two round trips to the database
-/// (each statement would otherwise be one): the order, its event and the read of the
-/// subscribed endpoints; then all its deliveries, the first endpoint below its cap's one
-/// already claimed when `claim` says so. Returns how many deliveries it queued and the
-/// claimed one.
-async fn insert_order(
-    conn: &mut sqlx::SqliteConnection,
+/// The statements of [`Store::create_order_claiming`], run on the writer's thread: the
+/// order, its event, the subscribed endpoints, then one delivery per endpoint, the first
+/// endpoint below its cap's one already claimed when `claim` says so. Returns how many
+/// deliveries it queued and the claimed one.
+fn insert_order(
+    conn: &rusqlite::Connection,
     order: &Order,
     event: &NewEvent,
     now: i64,
     claim: Option<(ClaimOnCreate, i64, &str)>,
-) -> Result<(usize, Option<ClaimedRow>), sqlx::Error> {
-    let endpoints: Vec<SubscriberRow> = sqlx::query_as(
+) -> rusqlite::Result<(usize, Option<ClaimedRow>)> {
+    conn.prepare_cached(
         "INSERT INTO orders (id, product_name, quantity, unit_price, total, currency, \
          customer_email, status, failure_reason, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10); \
-         INSERT INTO events (id, msg_id, event_type, order_id, payload, created_at) \
-         VALUES ($11, $12, $13, $14, $15, $16); \
-         SELECT p.id, p.event_types, p.url, p.secret, p.previous_secret, \
-                p.previous_secret_expires_at, \
-                CASE WHEN $18 THEN (SELECT COUNT(*) FROM deliveries d \
-                    WHERE d.endpoint_id = p.id AND d.status = 'in_flight' \
-                    AND d.lease_expires_at > $17) ELSE 0 END AS busy \
-         FROM endpoints p WHERE p.enabled = 1",
-    )
-    .bind(order.id.to_string())
-    .bind(&order.product_name)
-    .bind(i64::from(order.quantity))
-    .bind(order.unit_price.minor_units)
-    .bind(order.total.minor_units)
-    .bind(order.total.currency.as_str())
-    .bind(&order.customer_email)
-    .bind(order.status.as_str())
-    .bind(&order.failure_reason)
-    .bind(order.created_at)
-    .bind(event.id.to_string())
-    .bind(&event.msg_id)
-    .bind(&event.event_type)
-    .bind(event.order_id.map(|id| id.to_string()))
-    .bind(&event.payload)
-    .bind(event.created_at)
-    .bind(now)
-    .bind(claim.is_some())
-    .fetch_all(&mut *conn)
-    .await?;
-    let subscribed: Vec<SubscriberRow> = endpoints
-        .into_iter()
-        .filter(|e| {
-            serde_json::from_str::<Vec<String>>(&e.event_types)
-                .unwrap_or_default()
-                .iter()
-                .any(|t| t == &event.event_type)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(rusqlite::params![
+        order.id.to_string(),
+        order.product_name,
+        i64::from(order.quantity),
+        order.unit_price.minor_units,
+        order.total.minor_units,
+        order.total.currency.as_str(),
+        order.customer_email,
+        order.status.as_str(),
+        order.failure_reason,
+        order.created_at,
+    ])?;
+    let event_id = event.id.to_string();
+    conn.prepare_cached(
+        "INSERT INTO events (id, msg_id, event_type, order_id, payload, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(rusqlite::params![
+        event_id,
+        event.msg_id,
+        event.event_type,
+        event.order_id.map(|id| id.to_string()),
+        event.payload,
+        event.created_at,
+    ])?;
+    let subscribed: Vec<SubscriberRow> = conn
+        .prepare_cached(
+            "SELECT p.id, p.url, p.secret, p.previous_secret, p.previous_secret_expires_at, \
+                    p.event_types, \
+                    CASE WHEN ?2 THEN (SELECT COUNT(*) FROM deliveries d \
+                        WHERE d.endpoint_id = p.id AND d.status = 'in_flight' \
+                        AND d.lease_expires_at > ?1) ELSE 0 END AS busy \
+             FROM endpoints p WHERE p.enabled = 1",
+        )?
+        .query_map(rusqlite::params![now, claim.is_some()], |row| {
+            Ok(SubscriberRow {
+                endpoint: EndpointRow::from_row(row)?,
+                event_types: row.get(5)?,
+                busy: row.get(6)?,
+            })
+        })?
+        .filter(|row| {
+            row.as_ref().map_or(true, |e| {
+                serde_json::from_str::<Vec<String>>(&e.event_types)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|t| t == &event.event_type)
+            })
         })
-        .collect();
-    if subscribed.is_empty() {
-        return Ok((0, None));
-    }
+        .collect::<rusqlite::Result<_>>()?;
     let claimed_index = claim.and_then(|(c, _, _)| {
         subscribed
             .iter()
             .position(|e| e.busy < i64::from(c.per_endpoint))
     });
-    // One multi-row INSERT; the number of endpoints is capped by the API (and SQLite binds
-    // up to 32,766 values), so the statement stays bounded. Numbered placeholders only:
-    // sqlx counts bare `?` from 1 and would collide with `$1`.
-    let ids: Vec<String> = subscribed
-        .iter()
-        .map(|_| Uuid::now_v7().to_string())
-        .collect();
-    let rows: Vec<String> = (0..subscribed.len())
-        .map(|i| {
-            let (id, endpoint) = (5 + 2 * i, 6 + 2 * i);
-            if Some(i) == claimed_index {
-                format!("(${id}, $1, ${endpoint}, 'in_flight', 0, $2, $2, $2, $3, $4)")
-            } else {
-                format!("(${id}, $1, ${endpoint}, 'pending', 0, $2, $2, $2, NULL, NULL)")
-            }
-        })
-        .collect();
-    let sql = format!(
+    // The number of endpoints is capped by the API, which bounds the fan-out here.
+    let mut insert = conn.prepare_cached(
         "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
-         next_attempt_at, created_at, updated_at, lease_expires_at, claim_token) VALUES {} \
+         next_attempt_at, created_at, updated_at, lease_expires_at, claim_token) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5, ?6, ?7) \
          ON CONFLICT (event_id, endpoint_id) DO NOTHING",
-        rows.join(", ")
-    );
-    let (lease_until, token) =
-        claim.map_or((None, None), |(_, until, token)| (Some(until), Some(token)));
-    let mut insert = sqlx::query(&sql)
-        .bind(event.id.to_string())
-        .bind(event.created_at)
-        .bind(lease_until)
-        .bind(token);
-    for (id, endpoint) in ids.iter().zip(&subscribed) {
-        insert = insert.bind(id).bind(&endpoint.id);
-    }
-    let inserted = insert.execute(&mut *conn).await?.rows_affected();
-    let inserted = usize::try_from(inserted).unwrap_or(usize::MAX);
-    // A new event has no deliveries yet, so every row went in; were one skipped, it could be
-    // the claimed one, and a job must never be handed out for a row that was not written.
-    let claimed = claimed_index
-        .filter(|_| inserted == subscribed.len())
-        .map(|i| {
-            let e = &subscribed[i];
-            ClaimedRow {
-                id: ids[i].clone(),
+    )?;
+    let mut inserted = 0;
+    let mut claimed = None;
+    for (i, subscriber) in subscribed.into_iter().enumerate() {
+        let id = Uuid::now_v7().to_string();
+        let lease = claim
+            .filter(|_| Some(i) == claimed_index)
+            .map(|(_, until, token)| (until, token));
+        let written = insert.execute(rusqlite::params![
+            id,
+            event_id,
+            subscriber.endpoint.id,
+            if lease.is_some() {
+                "in_flight"
+            } else {
+                "pending"
+            },
+            event.created_at,
+            lease.map(|(until, _)| until),
+            lease.map(|(_, token)| token),
+        ])?;
+        inserted += written;
+        // A job is handed out only for a row that was written.
+        if lease.is_some() && written == 1 {
+            claimed = Some(ClaimedRow {
+                id,
                 attempts: 0,
                 retry_base: 0,
                 msg_id: event.msg_id.clone(),
                 payload: event.payload.clone(),
-                endpoint_id: e.id.clone(),
-                endpoint: std::sync::Arc::new(EndpointRow {
-                    id: e.id.clone(),
-                    url: e.url.clone(),
-                    secret: e.secret.clone(),
-                    previous_secret: e.previous_secret.clone(),
-                    previous_secret_expires_at: e.previous_secret_expires_at,
-                }),
-            }
-        });
+                endpoint_id: subscriber.endpoint.id.clone(),
+                endpoint: std::sync::Arc::new(subscriber.endpoint),
+            });
+        }
+    }
     Ok((inserted, claimed))
 }
