@@ -8,8 +8,8 @@
 //! - [`extract`] (feature `axum`): an axum extractor that verifies and parses a webhook;
 //! - [`client`] (feature `reqwest`): build a signed webhook request with reqwest;
 //! - [`error_body`]: the JSON error body every HTTP error of this project uses;
-//! - [`group_commit`] (feature `group-commit`): one writer per database that commits the
-//!   writes of many callers in one transaction (one fsync for many requests);
+//! - [`group_commit`] (feature `group-commit`): one writer thread per SQLite database that
+//!   commits the writes of many callers in one transaction (one fsync for many requests);
 //! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
 //!   connection cap.
 

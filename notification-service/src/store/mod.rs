@@ -3,13 +3,10 @@
 //! Writes go through one group committer per database (see [`Store`]); [`intake`] records
 //! webhooks, [`queue`] claims email jobs and records what became of them.
 //!
-//! The SQL sticks to what SQLite and PostgreSQL share (`$n` placeholders, `ON CONFLICT`,
-//! `UPDATE ... FROM ... RETURNING`, integer millisecond timestamps, text UUIDs) so a
-//! PostgreSQL backend can reuse most of it. Two things are SQLite's own, because every
-//! statement is a round trip to the connection's worker thread and the writer runs writes
-//! one after another: the intake sends several statements in one query string (they share
-//! the binds: `$n` is the n-th bind in each), and reads `changes()`. A PostgreSQL backend
-//! would fold those into one statement with data-modifying CTEs (see [`intake`]).
+//! The writes run on the group committer's thread through `rusqlite` (`?n` placeholders);
+//! reads and migrations use the `sqlx` pools. The SQL sticks to what SQLite and PostgreSQL
+//! share where that is cheap (`ON CONFLICT`, `UPDATE ... FROM ... RETURNING`, integer
+//! millisecond timestamps, text UUIDs).
 
 mod intake;
 mod queue;
@@ -31,7 +28,7 @@ use rows::{NotificationRow, ReceivedWebhookRow};
 pub use webhook_common::group_commit::WriteError;
 
 /// How long a statement waits for SQLite's write lock before giving up. Within one process
-/// only the writer task writes, so this is for other processes on the same file (a second
+/// only the writer thread writes, so this is for other processes on the same file (a second
 /// replica, an operator's `sqlite3` shell).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -237,7 +234,7 @@ fn duration_ms(d: Duration) -> i64 {
 /// The database. Cheap to clone (pool handles and the writer's handle).
 ///
 /// Every hot write (the intake, claims, job outcomes, lease renewals, cleanup) goes through
-/// one [`GroupCommitter`]: a single writer task that commits everything queued in one
+/// one [`GroupCommitter`]: a single writer thread that commits everything queued in one
 /// `BEGIN IMMEDIATE` transaction, so one fsync serves many callers and nobody waits in
 /// SQLite's busy handler for a lock another caller of this process holds. Reads use pools:
 /// requests (read API) and background work (the worker's next-due query) have separate ones,
@@ -252,7 +249,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if missing, with its directory) the SQLite database at `url`, in WAL
-    /// mode with a busy timeout and foreign keys on, and starts its writer task. Must be
+    /// mode with a busy timeout and foreign keys on, and starts its writer thread. Must be
     /// called inside a tokio runtime; [`Store::close`] stops the writer.
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         use anyhow::Context as _;
@@ -274,7 +271,7 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let file = options.get_filename().to_owned();
-        if file.as_os_str() == ":memory:" {
+        if is_in_memory(url) {
             anyhow::bail!(
                 "DATABASE_URL {shown:?} is an in-memory database; the service needs a file \
                  (its writer and readers are separate connections), e.g. \
@@ -291,7 +288,7 @@ impl Store {
                 .max_connections(connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 // A local file cannot go stale like a network connection; the default ping
-                // on every acquire would cost the writer a round trip per batch.
+                // would cost every acquire a round trip to the connection's thread.
                 .test_before_acquire(false)
                 .connect_with(options.clone())
         };
@@ -417,6 +414,12 @@ impl Store {
     }
 }
 
+/// Whether `url` names an in-memory database (`sqlite::memory:`, `mode=memory`), which each
+/// connection would see as a database of its own.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,72 +465,16 @@ mod tests {
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T - 1));
     }
 
-    /// What the store's multi-statement query strings rely on (sqlx-sqlite 0.8): every
-    /// statement of a string runs, in order, in one call; `$n` is the n-th bind in every
-    /// statement; `changes()` is the row count of the previous statement; `fetch_all` returns
-    /// the rows of every statement and `execute` sums their row counts; but `fetch_optional`
-    /// (and `fetch_one`) stop the string at its first row.
+    /// The writer and the readers are separate connections: an in-memory database would be
+    /// a different one for each, so it is refused with a message naming the setting.
     #[tokio::test]
-    async fn a_query_string_runs_every_statement_with_the_same_binds() {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let insert_then = "INSERT INTO t VALUES ($1, $2) ON CONFLICT (k) DO NOTHING;
-             INSERT INTO t SELECT $3, $2 + 1 WHERE changes() = 1;
-             SELECT changes() AS c, $3 AS k, $1 AS first FROM (SELECT 1) AS one";
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(insert_then)
-            .bind("a")
-            .bind(7)
-            .bind("b")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(rows, [(1, "b".to_owned(), "a".to_owned())]);
-        // `a` exists: the first insert changes nothing, so the second does not run.
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(insert_then)
-            .bind("a")
-            .bind(9)
-            .bind("c")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(rows, [(0, "c".to_owned(), "a".to_owned())]);
-        let all: Vec<(String, i64)> = sqlx::query_as("SELECT k, v FROM t ORDER BY k")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(all, [("a".to_owned(), 7), ("b".to_owned(), 8)]);
-
-        let done = sqlx::query("UPDATE t SET v = v + 1 WHERE k = $1; UPDATE t SET v = v + $2")
-            .bind("a")
-            .bind(10)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(done.rows_affected(), 1 + 2);
-        let stopped = sqlx::query("SELECT 1; INSERT INTO t VALUES ('z', 0)")
-            .fetch_optional(&mut conn)
-            .await
-            .unwrap();
-        assert!(stopped.is_some());
-        let z: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t WHERE k = 'z'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(
-            z, 0,
-            "fetch_optional ran the string only up to its first row"
+    async fn an_in_memory_database_is_refused_at_startup() {
+        let err = Store::connect("sqlite::memory:").await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("DATABASE_URL") && text.contains("in-memory"),
+            "{text}"
         );
-        let sums: (i64, i64) = sqlx::query_as("SELECT SUM(v), COUNT(*) FROM t")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(sums, (8 + 10 + 8 + 10, 2));
     }
 
     #[tokio::test]

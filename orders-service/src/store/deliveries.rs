@@ -362,7 +362,7 @@ fn finish_rows(conn: &rusqlite::Connection, job: &FinishedJob, now: i64) -> rusq
     Ok(true)
 }
 
-/// What [`finish_rows`] records, owned so it can travel to the writer task.
+/// What [`finish_rows`] records, owned so it can travel to the writer thread.
 struct FinishedJob {
     delivery_id: String,
     claim_token: String,

@@ -1,7 +1,7 @@
 //! All SQL of the service, behind methods that take and return domain types.
 //!
 //! SQLite is the default backend. The SQL stays portable to PostgreSQL where that is cheap:
-//! `$n` placeholders, unix-millisecond INTEGER timestamps, TEXT UUIDs, and work claimed with
+//! numbered placeholders, unix-millisecond INTEGER timestamps, TEXT UUIDs, and work claimed with
 //! a conditional `UPDATE ... RETURNING` guarded by status and lease columns, so several
 //! replicas can share one database.
 //!
@@ -59,7 +59,7 @@ impl Store {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         let filename = options.get_filename().to_path_buf();
-        if filename.as_os_str() == ":memory:" {
+        if is_in_memory(url) {
             anyhow::bail!(
                 "DATABASE_URL {url:?} is an in-memory database; the service needs a file \
                  (its writer and readers are separate connections), e.g. sqlite://data/orders.db"
@@ -77,7 +77,7 @@ impl Store {
             SqlitePoolOptions::new()
                 .max_connections(connections)
                 // A local file cannot go stale like a network connection; the default ping
-                // on every acquire would cost the writer a round trip per batch.
+                // would cost every acquire a round trip to the connection's thread.
                 .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(options.clone())
@@ -109,4 +109,25 @@ impl Store {
 
 fn parse_uuid(text: &str) -> anyhow::Result<uuid::Uuid> {
     uuid::Uuid::parse_str(text).with_context(|| format!("bad UUID {text:?} in the database"))
+}
+
+/// Whether `url` names an in-memory database (`sqlite::memory:`, `mode=memory`), which each
+/// connection would see as a database of its own.
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+#[cfg(test)]
+mod tests {
+    /// The writer and the readers are separate connections: an in-memory database would be
+    /// a different one for each, so it is refused with a message naming the setting.
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_at_startup() {
+        let err = super::Store::connect("sqlite::memory:").await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("DATABASE_URL") && text.contains("in-memory"),
+            "{text}"
+        );
+    }
 }
