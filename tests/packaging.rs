@@ -182,3 +182,41 @@ fn env_example_sets_every_required_compose_variable() {
         "the example secret must have the whsec_ form"
     );
 }
+
+/// The placeholders `.env.example` ships are exactly the ones both services refuse at
+/// startup, so copying the example without editing it cannot give a running shop with
+/// credentials anyone who reads this repository knows.
+#[test]
+fn env_example_placeholders_are_the_ones_the_services_refuse() {
+    use webhook_common::placeholders::{EXAMPLE_ADMIN_TOKEN, EXAMPLE_WEBHOOK_SECRET};
+    let example = read(".env.example");
+    let value = |name: &str| {
+        example
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!(".env.example does not set {name}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(value("ADMIN_TOKEN"), EXAMPLE_ADMIN_TOKEN);
+    assert_eq!(value("WEBHOOK_SECRET"), EXAMPLE_WEBHOOK_SECRET);
+}
+
+/// Every published port binds to `${BIND_ADDRESS:-127.0.0.1}`: reachable from this machine
+/// only, unless the user opts out in `.env`.
+#[test]
+fn compose_publishes_ports_on_loopback_unless_told_otherwise() {
+    let doc = compose();
+    let mut published = 0;
+    for (name, service) in doc["services"].as_object().unwrap() {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = port.as_str().expect("ports are short-syntax strings");
+            assert!(
+                port.starts_with("${BIND_ADDRESS:-127.0.0.1}:"),
+                "service {name} publishes {port} on every interface"
+            );
+            published += 1;
+        }
+    }
+    assert!(published >= 3, "expected the three published ports");
+}

@@ -208,6 +208,12 @@ impl Ctx<'_> {
             ("WEBHOOK_SECRET", &self.secret),
             // The receiver is on loopback, which the SSRF guard refuses by default.
             ("ALLOW_PRIVATE_WEBHOOK_TARGETS", "true"),
+            // Every order comes from this one address, far faster than the per-client limit
+            // of POST /orders (20/s by default) and over as many connections as there are
+            // requests in flight (`-c`, `--max-in-flight`), beyond the default per-client
+            // cap; the largest accepted value leaves MAX_CONNECTIONS alone in force.
+            ("ORDER_RATE_LIMIT_PER_SEC", "0"),
+            ("MAX_CONNECTIONS_PER_CLIENT", "100000"),
         ]);
         env.extend(owned_env(scenario_env));
         env.extend(self.run.orders_env.iter().cloned());

@@ -6,7 +6,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
 use secrecy::{ExposeSecret, SecretString};
+use webhook_common::placeholders::{refuse_example_admin_token, refuse_example_webhook_secret};
 use webhook_common::Verifier;
 
 /// Every setting of the service. Each one is a `--flag` and an environment variable of the
@@ -61,13 +63,39 @@ pub struct Config {
     #[arg(long, env = "DEDUP_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
     pub dedup_retention_secs: u64,
 
+    /// How long sent and cancelled notifications (and the state of orders nothing refers to
+    /// any more) are kept, in seconds; 0 keeps them forever. Queued and failed ones are never
+    /// deleted. Must be at least `DEDUP_RETENTION_SECS`: a late event of an order whose state
+    /// is gone is judged as the order's first.
+    #[arg(long, env = "NOTIFICATION_RETENTION_SECS", default_value_t = 90 * 24 * 3600)]
+    pub notification_retention_secs: u64,
+
     /// How often expired deduplication records are deleted, in seconds.
     #[arg(long, env = "CLEANUP_INTERVAL_SECS", default_value_t = 3600)]
     pub cleanup_interval_secs: u64,
 
-    /// `smtp://[user:pass@]host:port` to send real email (e.g. Mailpit); unset logs emails instead.
+    /// Where to send real email; unset logs emails instead. `smtp://host[:port]` is plain SMTP
+    /// (port 25; e.g. Mailpit), `smtp://host[:port]?tls=required` upgrades with STARTTLS and
+    /// refuses a server that does not offer it (port 587), `smtp://host[:port]?tls=opportunistic`
+    /// upgrades only when offered, and `smtps://host[:port]` is TLS from the first byte
+    /// (port 465). `user:password@` (percent-encoded) before the host logs in; that is refused
+    /// unless TLS is required, see `SMTP_ALLOW_PLAINTEXT_AUTH`.
     #[arg(long, env = "SMTP_URL", value_parser = secret_arg, hide_env_values = true)]
     pub smtp_url: Option<SecretString>,
+
+    /// Allow the `SMTP_URL` user and password over a connection that is not sure to be
+    /// encrypted (plain `smtp://` or `tls=opportunistic`, which an attacker on the path can
+    /// strip). Off by default; only for a local test server that has no TLS.
+    #[arg(
+        long,
+        env = "SMTP_ALLOW_PLAINTEXT_AUTH",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub smtp_allow_plaintext_auth: bool,
 
     /// Sender address of the emails.
     #[arg(
@@ -189,8 +217,13 @@ impl fmt::Debug for Config {
             .field("reject_burst", &self.reject_burst)
             .field("allowed_cidrs", &self.allowed_cidrs)
             .field("dedup_retention_secs", &self.dedup_retention_secs)
+            .field(
+                "notification_retention_secs",
+                &self.notification_retention_secs,
+            )
             .field("cleanup_interval_secs", &self.cleanup_interval_secs)
             .field("smtp_url", &redact(&self.smtp_url))
+            .field("smtp_allow_plaintext_auth", &self.smtp_allow_plaintext_auth)
             .field("mail_from", &self.mail_from)
             .field("smtp_timeout_secs", &self.smtp_timeout_secs)
             .field("mailer_delay_ms", &self.mailer_delay_ms)
@@ -235,13 +268,17 @@ pub enum MailerSettings {
         /// Artificial delay per send.
         delay: Duration,
     },
-    /// Send over plain SMTP.
+    /// Send over SMTP.
     Smtp {
-        /// Server host name or address.
+        /// Server host name or address; with TLS, also the name its certificate must carry.
         host: String,
         /// Server port.
         port: u16,
-        /// Optional `(user, password)`.
+        /// How the connection is encrypted (the scheme and `tls=` of `SMTP_URL`); the
+        /// parameters trust the bundled Mozilla root certificates.
+        tls: Tls,
+        /// Optional `(user, password)`, percent-decoded. Only with [`Tls::Required`] or
+        /// [`Tls::Wrapper`] unless `SMTP_ALLOW_PLAINTEXT_AUTH` is set.
         credentials: Option<(String, SecretString)>,
         /// Per-send timeout.
         timeout: Duration,
@@ -257,16 +294,42 @@ impl fmt::Debug for MailerSettings {
             MailerSettings::Smtp {
                 host,
                 port,
+                tls,
+                credentials,
                 timeout,
-                ..
             } => f
                 .debug_struct("Smtp")
                 .field("host", host)
                 .field("port", port)
+                .field("tls", &tls_mode(tls))
+                .field(
+                    "credentials",
+                    &if credentials.is_some() {
+                        "<redacted>"
+                    } else {
+                        "<none>"
+                    },
+                )
                 .field("timeout", timeout)
-                .finish_non_exhaustive(),
+                .finish(),
         }
     }
+}
+
+/// How `tls` encrypts the connection, in the words of `SMTP_URL`, for logs.
+pub fn tls_mode(tls: &Tls) -> &'static str {
+    match tls {
+        Tls::None => "none (smtp://)",
+        Tls::Opportunistic(_) => "STARTTLS when offered (tls=opportunistic)",
+        Tls::Required(_) => "STARTTLS required (tls=required)",
+        Tls::Wrapper(_) => "implicit TLS (smtps://)",
+    }
+}
+
+/// Whether `tls` guarantees that nothing, credentials included, is sent before the
+/// connection is encrypted: STARTTLS required or implicit TLS.
+pub fn tls_is_guaranteed(tls: &Tls) -> bool {
+    matches!(tls, Tls::Required(_) | Tls::Wrapper(_))
 }
 
 /// Knobs of the email worker.
@@ -360,6 +423,8 @@ pub struct Settings {
     pub allowed_networks: Vec<IpNet>,
     /// Dedup record retention.
     pub dedup_retention: Duration,
+    /// Finished notification retention; `None` keeps them forever.
+    pub notification_retention: Option<Duration>,
     /// Cleanup period.
     pub cleanup_interval: Duration,
     /// Mail transport.
@@ -387,6 +452,7 @@ impl fmt::Debug for Settings {
             .field("rate_limit", &self.rate_limit)
             .field("allowed_networks", &self.allowed_networks)
             .field("dedup_retention", &self.dedup_retention)
+            .field("notification_retention", &self.notification_retention)
             .field("mailer", &self.mailer)
             .field("worker", &self.worker)
             .field("request_timeout", &self.request_timeout)
@@ -419,6 +485,7 @@ impl Config {
                 format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces"),
             ));
         }
+        refuse_example_admin_token(token).map_err(|e| bad("ADMIN_TOKEN", e))?;
 
         if !self.database_url.starts_with("sqlite:") {
             return Err(bad(
@@ -438,6 +505,8 @@ impl Config {
         })?;
         let verifier = Verifier::from_secrets_str(secrets.expose_secret())
             .map_err(|e| bad("WEBHOOK_SECRET", e.to_string()))?;
+        refuse_example_webhook_secret(secrets.expose_secret())
+            .map_err(|e| bad("WEBHOOK_SECRET", e))?;
         if self.webhook_tolerance_secs == 0 {
             return Err(bad("WEBHOOK_TOLERANCE_SECS", "must be at least 1"));
         }
@@ -460,6 +529,14 @@ impl Config {
                 "must be at least 60 (and longer than the sender's retry window)",
             ));
         }
+        if self.notification_retention_secs != 0
+            && self.notification_retention_secs < self.dedup_retention_secs
+        {
+            return Err(bad(
+                "NOTIFICATION_RETENTION_SECS",
+                "must be 0 (keep forever) or at least DEDUP_RETENTION_SECS",
+            ));
+        }
         if self.cleanup_interval_secs == 0 {
             return Err(bad("CLEANUP_INTERVAL_SECS", "must be at least 1"));
         }
@@ -472,7 +549,11 @@ impl Config {
             None => MailerSettings::Simulated {
                 delay: Duration::from_millis(self.mailer_delay_ms),
             },
-            Some(url) => parse_smtp_url(url.expose_secret(), smtp_timeout)?,
+            Some(url) => parse_smtp_url(
+                url.expose_secret(),
+                smtp_timeout,
+                self.smtp_allow_plaintext_auth,
+            )?,
         };
         let mail_from = self
             .mail_from
@@ -574,6 +655,8 @@ impl Config {
             rate_limit,
             allowed_networks,
             dedup_retention: Duration::from_secs(self.dedup_retention_secs),
+            notification_retention: (self.notification_retention_secs != 0)
+                .then(|| Duration::from_secs(self.notification_retention_secs)),
             cleanup_interval: Duration::from_secs(self.cleanup_interval_secs),
             mailer,
             mail_from,
@@ -583,6 +666,8 @@ impl Config {
             serve_limits: webhook_common::server::ServeLimits {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
                 max_connections: self.max_connections,
+                // MAX_CONNECTIONS_PER_CLIENT is not a setting here (yet): the default applies.
+                ..webhook_common::server::ServeLimits::default()
             },
         })
     }
@@ -605,51 +690,191 @@ fn parse_cidrs(text: &str) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
-fn parse_smtp_url(text: &str, timeout: Duration) -> Result<MailerSettings, ConfigError> {
-    // Never echo the URL: it may carry a password.
-    let url = reqwest::Url::parse(text).map_err(|e| {
-        bad(
-            "SMTP_URL",
-            format!("is not a URL ({e}); expected smtp://host:port"),
-        )
-    })?;
-    match url.scheme() {
-        "smtp" => {}
-        "smtps" => {
-            return Err(bad(
-                "SMTP_URL",
-                "smtps:// (TLS) is not supported by this build; use smtp://host:port (e.g. Mailpit on port 1025)",
-            ))
-        }
-        other => {
-            return Err(bad(
-                "SMTP_URL",
-                format!("scheme {other:?} is not supported; expected smtp://host:port"),
-            ))
+/// The accepted `SMTP_URL` forms, for error messages.
+const SMTP_URL_FORMS: &str = "expected smtp://host[:port] (plain), \
+     smtp://host[:port]?tls=required (STARTTLS) or smtps://host[:port] (implicit TLS), \
+     each with optional user:password@ before the host";
+
+/// Default port of a plain `smtp://` URL (as lettre's `from_url` has it): SMTP relay.
+const SMTP_PORT: u16 = 25;
+/// Default port of `smtp://...?tls=`: message submission with STARTTLS (RFC 6409).
+const SUBMISSION_PORT: u16 = 587;
+/// Default port of `smtps://`: message submission over implicit TLS (RFC 8314).
+const SUBMISSIONS_PORT: u16 = 465;
+
+/// Parses `SMTP_URL`, following lettre's `AsyncSmtpTransport::from_url` conventions (scheme,
+/// `tls=`, default ports, percent-encoded credentials), but stricter: unknown parameters
+/// are refused rather than ignored (a misspelt `tls=` must not silently mean plain text),
+/// and so are credentials on a connection that is not sure to be encrypted unless
+/// `allow_plaintext_auth`. Errors never echo the URL: it may carry a password.
+fn parse_smtp_url(
+    text: &str,
+    timeout: Duration,
+    allow_plaintext_auth: bool,
+) -> Result<MailerSettings, ConfigError> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| bad("SMTP_URL", format!("is not a URL ({e}); {SMTP_URL_FORMS}")))?;
+
+    let mut tls_param: Option<String> = None;
+    for (key, value) in url.query_pairs() {
+        match &*key {
+            "tls" if tls_param.is_none() => tls_param = Some(value.into_owned()),
+            "tls" => return Err(bad("SMTP_URL", "has more than one tls= parameter")),
+            other => {
+                return Err(bad(
+                    "SMTP_URL",
+                    format!(
+                        "has an unknown parameter {other:?}; the only one is \
+                         tls=required or tls=opportunistic"
+                    ),
+                ))
+            }
         }
     }
+    /// The encryption `SMTP_URL` asks for, before its parameters are built.
+    enum Mode {
+        Plain,
+        Opportunistic,
+        Required,
+        Implicit,
+    }
+    let (mode, default_port) = match (url.scheme(), tls_param.as_deref()) {
+        ("smtp", None) => (Mode::Plain, SMTP_PORT),
+        ("smtp", Some("required")) => (Mode::Required, SUBMISSION_PORT),
+        ("smtp", Some("opportunistic")) => (Mode::Opportunistic, SUBMISSION_PORT),
+        ("smtp", Some(other)) => {
+            return Err(bad(
+                "SMTP_URL",
+                format!(
+                    "tls={other:?} is not a TLS mode; use tls=required (STARTTLS, refusing a \
+                     server without it), tls=opportunistic (STARTTLS when the server offers \
+                     it) or an smtps:// URL (implicit TLS)"
+                ),
+            ))
+        }
+        ("smtps", None) => (Mode::Implicit, SUBMISSIONS_PORT),
+        ("smtps", Some(_)) => {
+            return Err(bad(
+                "SMTP_URL",
+                "smtps:// is encrypted from the first byte and takes no tls= parameter \
+                 (that one selects STARTTLS on smtp:// URLs)",
+            ))
+        }
+        (other, _) => {
+            return Err(bad(
+                "SMTP_URL",
+                format!("scheme {other:?} is not supported; {SMTP_URL_FORMS}"),
+            ))
+        }
+    };
+
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("SMTP_URL", "has no host; expected smtp://host:port"))?
+        .ok_or_else(|| bad("SMTP_URL", format!("has no host; {SMTP_URL_FORMS}")))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = url.port().unwrap_or(25);
-    let credentials = if url.username().is_empty() {
-        None
-    } else {
-        Some((
-            url.username().to_owned(),
-            SecretString::from(url.password().unwrap_or("")),
-        ))
+    let port = url.port().unwrap_or(default_port);
+
+    let credentials = match (url.username(), url.password()) {
+        ("", None) => None,
+        ("", Some(_)) => return Err(bad("SMTP_URL", "has a password but no user name")),
+        (user, password) => Some((
+            percent_decode(user).ok_or_else(|| {
+                bad(
+                    "SMTP_URL",
+                    "the user name is not valid percent-encoded UTF-8",
+                )
+            })?,
+            SecretString::from(percent_decode(password.unwrap_or("")).ok_or_else(|| {
+                bad(
+                    "SMTP_URL",
+                    "the password is not valid percent-encoded UTF-8",
+                )
+            })?),
+        )),
     };
+
+    let tls_parameters = || {
+        if !is_certificate_name(&host) {
+            return Err(bad(
+                "SMTP_URL",
+                format!(
+                    "host {host:?} is neither a DNS name nor an IP address, so the server's \
+                     TLS certificate cannot be checked against it"
+                ),
+            ));
+        }
+        TlsParameters::new(host.clone())
+            .map_err(|e| bad("SMTP_URL", format!("cannot set up TLS for {host:?}: {e}")))
+    };
+    let tls = match mode {
+        Mode::Plain => Tls::None,
+        Mode::Opportunistic => Tls::Opportunistic(tls_parameters()?),
+        Mode::Required => Tls::Required(tls_parameters()?),
+        Mode::Implicit => Tls::Wrapper(tls_parameters()?),
+    };
+    if credentials.is_some() && !tls_is_guaranteed(&tls) && !allow_plaintext_auth {
+        return Err(bad(
+            "SMTP_URL",
+            "has a user and password, but the connection is not sure to be encrypted \
+             (plain smtp://, or tls=opportunistic, which an attacker on the path can strip), \
+             so they could cross the network in clear text; use smtps://host (implicit TLS, \
+             port 465) or smtp://host?tls=required (STARTTLS, port 587), or for a local \
+             test server without TLS set SMTP_ALLOW_PLAINTEXT_AUTH=true",
+        ));
+    }
     Ok(MailerSettings::Smtp {
         host,
         port,
+        tls,
         credentials,
         timeout,
     })
+}
+
+/// Decodes `%XX` escapes (as URLs carry user names and passwords); `None` if the result is
+/// not UTF-8. A `%` not followed by two hex digits stays as it is, as lettre has it.
+fn percent_decode(text: &str) -> Option<String> {
+    let hex = |b: &u8| char::from(*b).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(hex),
+            bytes.get(i + 2).and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                // Two hex digits: at most 0xff.
+                out.extend(u8::try_from(high * 16 + low).ok());
+                i += 3;
+            }
+            (byte, ..) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether `host` can name a TLS server: an IP address, or dot-separated labels of ASCII
+/// letters, digits, `-` and `_` (what rustls accepts as a DNS name, roughly; an `smtp://`
+/// URL's host is otherwise almost free text).
+fn is_certificate_name(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+        || (host.len() <= 253
+            && host.trim_end_matches('.').split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }))
 }
 
 #[cfg(test)]
@@ -692,6 +917,48 @@ mod tests {
         assert!(s.worker.lease - s.worker.renew_interval() > s.worker.send_limit());
     }
 
+    /// The token and secret `.env.example` ships are well-formed, so only their names keep
+    /// a copied-but-unedited `.env` from starting a service anyone can call and forge for.
+    #[test]
+    fn the_example_env_placeholders_are_refused_naming_their_setting() {
+        use webhook_common::placeholders::{EXAMPLE_ADMIN_TOKEN, EXAMPLE_WEBHOOK_SECRET};
+        let token = Config::try_parse_from([
+            "x",
+            "--admin-token",
+            EXAMPLE_ADMIN_TOKEN,
+            "--webhook-secret",
+            SECRET,
+        ])
+        .unwrap();
+        let err = token.validate().unwrap_err();
+        assert_eq!(err.setting, "ADMIN_TOKEN");
+        assert!(err.to_string().contains("openssl rand"), "{err}");
+        let rotating = format!("{SECRET} {EXAMPLE_WEBHOOK_SECRET}");
+        let secret = Config::try_parse_from([
+            "x",
+            "--admin-token",
+            "0123456789abcdef",
+            "--webhook-secret",
+            &rotating,
+        ])
+        .unwrap();
+        assert_eq!(setting_of(secret.validate()), "WEBHOOK_SECRET");
+    }
+
+    #[test]
+    fn notifications_are_kept_90_days_by_default_0_keeps_them_and_less_than_dedup_is_refused() {
+        assert_eq!(
+            parse(&[]).unwrap().notification_retention,
+            Some(Duration::from_secs(90 * 24 * 3600))
+        );
+        let forever = parse(&["--notification-retention-secs", "0"]).unwrap();
+        assert_eq!(forever.notification_retention, None);
+        assert_eq!(
+            setting_of(parse(&["--notification-retention-secs", "3600"])),
+            "NOTIFICATION_RETENTION_SECS"
+        );
+    }
+
     #[test]
     fn missing_or_malformed_secrets_name_their_setting() {
         let none = Config::try_parse_from(["x"]).unwrap();
@@ -714,31 +981,198 @@ mod tests {
         assert_eq!(setting_of(short.unwrap().validate()), "ADMIN_TOKEN");
     }
 
-    #[test]
-    fn smtp_urls_are_checked_and_smtps_is_refused() {
-        let s = parse(&["--smtp-url", "smtp://user:pw@mailpit:1025"]).unwrap();
-        match s.mailer {
+    /// What `SMTP_URL` resolved to, in plain values.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Smtp {
+        host: String,
+        port: u16,
+        /// [`tls_mode`] of the TLS setting.
+        tls: &'static str,
+        /// The name the server's certificate must carry; `None` without TLS.
+        certificate_name: Option<String>,
+        /// User and password, in clear.
+        credentials: Option<(String, String)>,
+    }
+
+    impl Smtp {
+        fn new(host: &str, port: u16, tls: &'static str, name: Option<&str>) -> Smtp {
+            Smtp {
+                host: host.to_owned(),
+                port,
+                tls,
+                certificate_name: name.map(str::to_owned),
+                credentials: None,
+            }
+        }
+
+        fn login(self, user: &str, password: &str) -> Smtp {
+            Smtp {
+                credentials: Some((user.to_owned(), password.to_owned())),
+                ..self
+            }
+        }
+    }
+
+    const PLAIN: &str = "none (smtp://)";
+    const IMPLICIT: &str = "implicit TLS (smtps://)";
+    const REQUIRED: &str = "STARTTLS required (tls=required)";
+    const OPPORTUNISTIC: &str = "STARTTLS when offered (tls=opportunistic)";
+
+    /// The SMTP settings `SMTP_URL=url` (plus `extra` flags) resolves to.
+    fn smtp(url: &str, extra: &[&str]) -> Smtp {
+        let mut args = vec!["--smtp-url", url];
+        args.extend_from_slice(extra);
+        match parse(&args).unwrap().mailer {
             MailerSettings::Smtp {
                 host,
                 port,
+                tls,
                 credentials,
                 ..
-            } => {
-                assert_eq!((host.as_str(), port), ("mailpit", 1025));
-                assert_eq!(credentials.unwrap().0, "user");
-            }
+            } => Smtp {
+                host,
+                port,
+                tls: tls_mode(&tls),
+                certificate_name: match &tls {
+                    Tls::None => None,
+                    Tls::Opportunistic(p) | Tls::Required(p) | Tls::Wrapper(p) => {
+                        Some(p.domain().to_owned())
+                    }
+                },
+                credentials: credentials
+                    .map(|(user, password)| (user, password.expose_secret().to_owned())),
+            },
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            setting_of(parse(&["--smtp-url", "smtps://mail:465"])),
-            "SMTP_URL"
-        );
-        assert_eq!(
-            setting_of(parse(&["--smtp-url", "mailpit:1025"])),
-            "SMTP_URL"
-        );
-        let err = parse(&["--smtp-url", "http://user:topsecret@x"]).unwrap_err();
-        assert!(!err.to_string().contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn plain_smtp_urls_keep_working_without_tls_on_port_25() {
+        for (url, expected) in [
+            (
+                "smtp://mailpit:1025",
+                Smtp::new("mailpit", 1025, PLAIN, None),
+            ),
+            (
+                "smtp://mail.example",
+                Smtp::new("mail.example", 25, PLAIN, None),
+            ),
+            ("smtp://[::1]:2525/", Smtp::new("::1", 2525, PLAIN, None)),
+        ] {
+            assert_eq!(smtp(url, &[]), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn smtps_is_implicit_tls_on_port_465_with_percent_decoded_credentials() {
+        let example = Some("mail.example");
+        for (url, expected) in [
+            (
+                "smtps://ada%40shop:p%40ss%3Aw%25rd@mail.example",
+                Smtp::new("mail.example", 465, IMPLICIT, example).login("ada@shop", "p@ss:w%rd"),
+            ),
+            (
+                "smtps://mail.example:2465",
+                Smtp::new("mail.example", 2465, IMPLICIT, example),
+            ),
+            // The certificate is checked against the host as written, an IP address included.
+            (
+                "smtps://127.0.0.1:4650",
+                Smtp::new("127.0.0.1", 4650, IMPLICIT, Some("127.0.0.1")),
+            ),
+        ] {
+            assert_eq!(smtp(url, &[]), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn tls_required_is_starttls_on_port_587_and_opportunistic_is_accepted() {
+        let example = Some("mail.example");
+        for (url, expected) in [
+            (
+                "smtp://user:pw@mail.example?tls=required",
+                Smtp::new("mail.example", 587, REQUIRED, example).login("user", "pw"),
+            ),
+            (
+                "smtp://mail.example:2587?tls=required",
+                Smtp::new("mail.example", 2587, REQUIRED, example),
+            ),
+            (
+                "smtp://mail.example?tls=opportunistic",
+                Smtp::new("mail.example", 587, OPPORTUNISTIC, example),
+            ),
+        ] {
+            assert_eq!(smtp(url, &[]), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn credentials_without_guaranteed_tls_are_refused_unless_explicitly_allowed() {
+        for url in [
+            "smtp://user:topsecret@mailpit:1025",
+            "smtp://user:topsecret@mail.example?tls=opportunistic",
+            "smtp://user@mailpit:1025",
+        ] {
+            let err = parse(&["--smtp-url", url]).unwrap_err();
+            assert_eq!(err.setting, "SMTP_URL", "{url}");
+            let text = err.to_string();
+            for needle in [
+                "SMTP_URL",
+                "smtps://",
+                "tls=required",
+                "SMTP_ALLOW_PLAINTEXT_AUTH=true",
+            ] {
+                assert!(text.contains(needle), "{needle:?} not in {text}");
+            }
+            assert!(!text.contains("topsecret"), "{text}");
+            let denied = parse(&["--smtp-url", url, "--smtp-allow-plaintext-auth=false"]);
+            assert_eq!(setting_of(denied), "SMTP_URL");
+        }
+        for allow in [
+            &["--smtp-allow-plaintext-auth"][..],
+            &["--smtp-allow-plaintext-auth", "true"],
+        ] {
+            assert_eq!(
+                smtp("smtp://user:topsecret@mailpit:1025", allow),
+                Smtp::new("mailpit", 1025, PLAIN, None).login("user", "topsecret")
+            );
+        }
+        assert!(Config::try_parse_from(["x", "--smtp-allow-plaintext-auth=maybe"]).is_err());
+    }
+
+    #[test]
+    fn malformed_smtp_urls_name_smtp_url_and_never_echo_the_password() {
+        for (url, needle) in [
+            ("smtp://u:topsecret@h?tls=starttls", "tls=required"),
+            ("smtp://u:topsecret@h?tls=", "tls=required"),
+            ("smtps://u:topsecret@h?tls=required", "no tls= parameter"),
+            ("smtp://h?tls=required&tls=required", "more than one"),
+            ("smtp://u:topsecret@h?tsl=required", "unknown parameter"),
+            ("http://user:topsecret@x", "smtps://host"),
+            ("mailpit:1025", "scheme"),
+            ("smtp://:topsecret@h?tls=required", "no user name"),
+            ("smtps://u:topsecret@bad!host", "DNS name"),
+            ("smtp://u:%ff@h?tls=required", "UTF-8"),
+            ("not a url", "is not a URL"),
+        ] {
+            let err = parse(&["--smtp-url", url]).unwrap_err();
+            assert_eq!(err.setting, "SMTP_URL", "{url}");
+            let text = err.to_string();
+            assert!(text.contains(needle), "{url}: {needle:?} not in {text}");
+            assert!(!text.contains("topsecret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_takes_only_two_hex_digits() {
+        assert_eq!(percent_decode("a%40b%2fc").as_deref(), Some("a@b/c"));
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+        assert_eq!(percent_decode("%+1%g0%4").as_deref(), Some("%+1%g0%4"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%ff"), None);
+        assert!(is_certificate_name("mail.example.com."));
+        assert!(is_certificate_name("::1") && is_certificate_name("smtp_relay.local"));
+        assert!(!is_certificate_name("-bad.example") && !is_certificate_name("a..b"));
     }
 
     #[test]
@@ -877,7 +1311,7 @@ mod tests {
             "--webhook-secret",
             SECRET,
             "--smtp-url",
-            "smtp://u:pw@h:1",
+            "smtps://u:pw@h:1",
             "--database-url",
             "sqlite://dbuser:dbpass@localhost/n.db",
         ])
@@ -887,5 +1321,7 @@ mod tests {
         assert!(!text.contains("0123456789abcdef"), "{text}");
         assert!(!text.contains("MfKQ9r8"), "{text}");
         assert!(!text.contains("pw@"), "{text}");
+        assert!(text.contains("implicit TLS"), "{text}");
+        assert!(text.contains("credentials: \"<redacted>\""), "{text}");
     }
 }

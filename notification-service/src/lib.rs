@@ -143,6 +143,7 @@ pub async fn run(
     background.spawn(worker::run_cleanup(
         store.clone(),
         settings.dedup_retention,
+        settings.notification_retention,
         settings.cleanup_interval,
         shutdown.clone(),
     ));

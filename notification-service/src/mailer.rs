@@ -1,5 +1,6 @@
 //! How emails leave the service: the [`Mailer`] interface, a simulated mailer (the default),
-//! SMTP via lettre, and a recording double for tests.
+//! SMTP via lettre (plain, STARTTLS or implicit TLS, with rustls), and a recording double for
+//! tests.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,11 +9,12 @@ use std::time::Duration;
 
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::Tls;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
-use crate::config::MailerSettings;
+use crate::config::{tls_is_guaranteed, tls_mode, MailerSettings};
 
 /// One email to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,17 +67,28 @@ pub fn from_settings(settings: &MailerSettings, from: Mailbox) -> Arc<dyn Mailer
         MailerSettings::Smtp {
             host,
             port,
+            tls,
             credentials,
             timeout,
-        } => Arc::new(SmtpMailer::new(
-            host,
-            *port,
-            credentials
-                .as_ref()
-                .map(|(u, p)| Credentials::new(u.clone(), p.expose_secret().to_owned())),
-            *timeout,
-            from,
-        )),
+        } => {
+            if credentials.is_some() && !tls_is_guaranteed(tls) {
+                // Only reachable with SMTP_ALLOW_PLAINTEXT_AUTH (see `Config::validate`).
+                tracing::warn!(
+                    tls = tls_mode(tls),
+                    "SMTP credentials may be sent unencrypted (SMTP_ALLOW_PLAINTEXT_AUTH is set)"
+                );
+            }
+            Arc::new(SmtpMailer::new(
+                host,
+                *port,
+                tls.clone(),
+                credentials
+                    .as_ref()
+                    .map(|(u, p)| Credentials::new(u.clone(), p.expose_secret().to_owned())),
+                *timeout,
+                from,
+            ))
+        }
     }
 }
 
@@ -130,10 +143,12 @@ pub fn mask_address(address: &str) -> String {
     }
 }
 
-/// Sends over SMTP (plain, as Mailpit speaks it in the demo) with lettre.
+/// Sends over SMTP with lettre: plain (as Mailpit speaks it in the demo), STARTTLS or
+/// implicit TLS, as its [`Tls`] says.
 #[derive(Clone)]
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    tls: Tls,
     from: Mailbox,
 }
 
@@ -141,27 +156,36 @@ impl std::fmt::Debug for SmtpMailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpMailer")
             .field("from", &self.from)
+            .field("tls", &tls_mode(&self.tls))
             .finish_non_exhaustive()
     }
 }
 
 impl SmtpMailer {
-    /// A mailer for `host:port` without TLS; each send opens a connection (no pool).
+    /// A mailer for `host:port`, encrypted as `tls` says (its parameters hold the name the
+    /// certificate must carry and the roots to trust); each send opens a connection (no
+    /// pool). Credentials are sent as given: refusing them without TLS is the caller's job
+    /// (see [`crate::config::Config::validate`]); with [`Tls::Required`] or
+    /// [`Tls::Wrapper`] lettre sends nothing before the handshake succeeds.
     pub fn new(
         host: &str,
         port: u16,
+        tls: Tls,
         credentials: Option<Credentials>,
         timeout: Duration,
         from: Mailbox,
     ) -> Self {
+        // "Dangerous" only because the builder starts without TLS; `tls` sets it.
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(port)
+            .tls(tls.clone())
             .timeout(Some(timeout));
         if let Some(credentials) = credentials {
             builder = builder.credentials(credentials);
         }
         SmtpMailer {
             transport: builder.build(),
+            tls,
             from,
         }
     }

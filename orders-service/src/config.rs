@@ -2,9 +2,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use webhook_common::placeholders::{refuse_example_admin_token, refuse_example_webhook_secret};
+use webhook_common::server::{ServeLimits, DEFAULT_MAX_CONNECTIONS_PER_CLIENT};
 use webhook_common::Secret;
 
 /// The default retry schedule: the delay before each retry after the first attempt. The
@@ -82,6 +85,13 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How long finished events are kept (every delivery delivered, or none), with their
+    /// deliveries, attempts and, with the last of its events, their order: `30d`, `12h`, up to
+    /// `3650d`; `off` keeps everything. Pending, in-flight and failed deliveries are never
+    /// deleted, however old. An hourly task deletes in small batches.
+    #[arg(long, env = "EVENT_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub event_retention: Retention,
+
     /// Allow webhooks to loopback, private (RFC 1918, ULA), link-local (cloud metadata),
     /// CGNAT and other non-public addresses. Off by default: the SSRF guard refuses them when
     /// an endpoint is created or changed and again, against the resolved addresses, at delivery
@@ -130,6 +140,34 @@ pub struct Config {
     /// descriptor limit (`ulimit -n`).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// HTTP connections one client may hold open at the same time, at most (clients are IPv4
+    /// addresses and IPv6 /64s); a further one is closed at once. Keeps one client from
+    /// taking every `MAX_CONNECTIONS` slot. A value of at least `MAX_CONNECTIONS` leaves that
+    /// cap alone in force (load tests that send from one address set it so).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_CLIENT", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    pub max_connections_per_client: usize,
+
+    /// `POST /orders` requests one client (an IPv4 address or an IPv6 /64) may send per
+    /// second, sustained; beyond it they get 429 with `Retry-After`, and no order is created.
+    /// The route is public and emails any address, so without a limit it is a spam relay.
+    /// `0` turns the limit off (load tests that send from one address do).
+    #[arg(long, env = "ORDER_RATE_LIMIT_PER_SEC", default_value_t = 20)]
+    pub order_rate_limit_per_sec: u32,
+
+    /// `POST /orders` requests one client may send in a burst, above the sustained rate;
+    /// at least 1 while the limit is on.
+    #[arg(long, env = "ORDER_RATE_LIMIT_BURST", default_value_t = 40)]
+    pub order_rate_limit_burst: u32,
+}
+
+/// The per-client limit of `POST /orders`, when on (see [`Config::order_rate_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderRateLimitSettings {
+    /// Orders per second, sustained.
+    pub per_second: NonZeroU32,
+    /// Orders at once, above the sustained rate.
+    pub burst: NonZeroU32,
 }
 
 /// Longest accepted `REQUEST_TIMEOUT_SECS`.
@@ -138,8 +176,11 @@ pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
 /// Longest accepted `HEADER_READ_TIMEOUT_SECS`.
 pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
 
-/// Largest accepted `MAX_CONNECTIONS`.
+/// Largest accepted `MAX_CONNECTIONS` and `MAX_CONNECTIONS_PER_CLIENT`.
 pub const MAX_MAX_CONNECTIONS: usize = 100_000;
+
+/// Largest accepted `ORDER_RATE_LIMIT_PER_SEC` and `ORDER_RATE_LIMIT_BURST`.
+pub const MAX_ORDER_RATE_LIMIT: u32 = 1_000_000;
 
 /// How much longer than `WEBHOOK_TIMEOUT` a lease must be: an attempt that times out still
 /// has to record its outcome (retrying a busy database) before another worker may claim it.
@@ -173,6 +214,42 @@ impl Config {
             .unwrap_or((self.dispatch_concurrency / 2).max(1))
     }
 
+    /// The `POST /orders` limit per client, or `None` when `ORDER_RATE_LIMIT_PER_SEC` is 0
+    /// (off; the burst is then ignored).
+    pub fn order_rate_limit(&self) -> Result<Option<OrderRateLimitSettings>, ConfigError> {
+        if self.order_rate_limit_per_sec > MAX_ORDER_RATE_LIMIT {
+            return Err(invalid(
+                "ORDER_RATE_LIMIT_PER_SEC",
+                format!("must be between 0 (no limit) and {MAX_ORDER_RATE_LIMIT}"),
+            ));
+        }
+        let Some(per_second) = NonZeroU32::new(self.order_rate_limit_per_sec) else {
+            return Ok(None);
+        };
+        let burst = NonZeroU32::new(self.order_rate_limit_burst)
+            .filter(|burst| burst.get() <= MAX_ORDER_RATE_LIMIT)
+            .ok_or_else(|| {
+                invalid(
+                    "ORDER_RATE_LIMIT_BURST",
+                    format!(
+                        "must be between 1 and {MAX_ORDER_RATE_LIMIT} while ORDER_RATE_LIMIT_PER_SEC \
+                         is not 0 (set that to 0 to turn the limit off)"
+                    ),
+                )
+            })?;
+        Ok(Some(OrderRateLimitSettings { per_second, burst }))
+    }
+
+    /// The connection limits of the HTTP server (`HEADER_READ_TIMEOUT_SECS`,
+    /// `MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_CLIENT`).
+    pub fn serve_limits(&self) -> ServeLimits {
+        ServeLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+        }
+    }
+
     /// Checks what clap cannot: relations between settings and the shape of URLs and secrets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let token = self.admin_token.expose_secret();
@@ -182,6 +259,7 @@ impl Config {
                 "must be at least 16 characters (generate one with `openssl rand -hex 32`)",
             ));
         }
+        refuse_example_admin_token(token).map_err(|e| invalid("ADMIN_TOKEN", e))?;
         if self.database_url.trim().is_empty() {
             return Err(invalid("DATABASE_URL", "must not be empty"));
         }
@@ -198,6 +276,8 @@ impl Config {
         if let Some(secret) = &self.webhook_secret {
             Secret::parse(secret.expose_secret())
                 .map_err(|e| invalid("WEBHOOK_SECRET", e.to_string()))?;
+            refuse_example_webhook_secret(secret.expose_secret())
+                .map_err(|e| invalid("WEBHOOK_SECRET", e))?;
         }
         if self.webhook_timeout.is_zero() {
             return Err(invalid("WEBHOOK_TIMEOUT", "must be greater than zero"));
@@ -236,6 +316,13 @@ impl Config {
                 format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
             ));
         }
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections_per_client) {
+            return Err(invalid(
+                "MAX_CONNECTIONS_PER_CLIENT",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
+        self.order_rate_limit()?;
         if self.dispatch_sweep_interval.is_zero() {
             return Err(invalid(
                 "DISPATCH_SWEEP_INTERVAL",
@@ -277,6 +364,7 @@ impl fmt::Debug for Config {
             .field("dispatch_sweep_interval", &self.dispatch_sweep_interval)
             .field("dispatch_lease", &self.dispatch_lease)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("event_retention", &self.event_retention)
             .field(
                 "allow_private_webhook_targets",
                 &self.allow_private_webhook_targets,
@@ -290,6 +378,12 @@ impl fmt::Debug for Config {
             )
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_client",
+                &self.max_connections_per_client,
+            )
+            .field("order_rate_limit_per_sec", &self.order_rate_limit_per_sec)
+            .field("order_rate_limit_burst", &self.order_rate_limit_burst)
             .finish()
     }
 }
@@ -335,8 +429,36 @@ pub fn parse_schedule(text: &str) -> Result<RetrySchedule, String> {
     Ok(RetrySchedule { delays })
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` or `1d` (a whole number and a unit).
+/// Parses `250ms`, `5s`, `2m`, `1h` or `1d` (a whole number and a unit), up to 30 days.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_up_to(text, 30)
+}
+
+/// How long finished work is kept (`EVENT_RETENTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Deleted once older than this.
+    After(Duration),
+    /// Kept forever (`off`).
+    Forever,
+}
+
+/// Parses a retention: `off`, or a duration as [`parse_duration`] takes it, from 1 hour up to
+/// 3650 days.
+pub fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text.trim() == "off" {
+        return Ok(Retention::Forever);
+    }
+    let keep = parse_duration_up_to(text, 3650)?;
+    if keep < Duration::from_secs(3600) {
+        return Err(format!(
+            "{text:?} is shorter than 1h; keep finished events at least an hour, or say `off`"
+        ));
+    }
+    Ok(Retention::After(keep))
+}
+
+fn parse_duration_up_to(text: &str, max_days: u64) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -359,8 +481,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let millis = n
         .checked_mul(millis_per_unit)
-        .filter(|m| *m <= 30 * 86_400_000)
-        .ok_or_else(|| format!("{text:?} is longer than 30 days"))?;
+        .filter(|m| *m <= max_days * 86_400_000)
+        .ok_or_else(|| format!("{text:?} is longer than {max_days} days"))?;
     Ok(Duration::from_millis(millis))
 }
 
@@ -384,6 +506,22 @@ mod tests {
     }
 
     #[test]
+    fn retention_takes_days_or_off_and_refuses_less_than_an_hour() {
+        assert_eq!(
+            parse_retention("30d"),
+            Ok(Retention::After(Duration::from_secs(30 * 86_400)))
+        );
+        assert_eq!(
+            parse_retention("400d"),
+            Ok(Retention::After(Duration::from_secs(400 * 86_400)))
+        );
+        assert_eq!(parse_retention("off"), Ok(Retention::Forever));
+        assert!(parse_retention("10m").is_err());
+        assert!(parse_retention("4000d").is_err());
+        assert!(parse_retention("forever").is_err());
+    }
+
+    #[test]
     fn durations_need_a_known_unit() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
@@ -404,7 +542,19 @@ mod tests {
 
     #[test]
     fn bad_settings_fail_validation_naming_the_setting() {
-        let cases: [(&[&str], &str); 13] = [
+        use webhook_common::placeholders::{EXAMPLE_ADMIN_TOKEN, EXAMPLE_WEBHOOK_SECRET};
+        let cases: [(&[&str], &str); 20] = [
+            // The placeholders `.env.example` ships are well-formed: refused by name.
+            (&["--admin-token", EXAMPLE_ADMIN_TOKEN], "ADMIN_TOKEN"),
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--webhook-secret",
+                    EXAMPLE_WEBHOOK_SECRET,
+                ],
+                "WEBHOOK_SECRET",
+            ),
             (
                 &["--admin-token", TOKEN, "--header-read-timeout-secs", "0"],
                 "HEADER_READ_TIMEOUT_SECS",
@@ -420,6 +570,41 @@ mod tests {
             (
                 &["--admin-token", TOKEN, "--max-connections", "100001"],
                 "MAX_CONNECTIONS",
+            ),
+            (
+                &["--admin-token", TOKEN, "--max-connections-per-client", "0"],
+                "MAX_CONNECTIONS_PER_CLIENT",
+            ),
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--max-connections-per-client",
+                    "100001",
+                ],
+                "MAX_CONNECTIONS_PER_CLIENT",
+            ),
+            (
+                &["--admin-token", TOKEN, "--order-rate-limit-burst", "0"],
+                "ORDER_RATE_LIMIT_BURST",
+            ),
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--order-rate-limit-burst",
+                    "1000001",
+                ],
+                "ORDER_RATE_LIMIT_BURST",
+            ),
+            (
+                &[
+                    "--admin-token",
+                    TOKEN,
+                    "--order-rate-limit-per-sec",
+                    "1000001",
+                ],
+                "ORDER_RATE_LIMIT_PER_SEC",
             ),
             (
                 &[
@@ -529,6 +714,60 @@ mod tests {
         assert_eq!(defaults.dispatch_lease, Duration::from_secs(15));
         assert_eq!(defaults.header_read_timeout_secs, 10);
         assert_eq!(defaults.max_connections, 1024);
+        assert_eq!(defaults.max_connections_per_client, 128);
+        assert_eq!(defaults.serve_limits(), ServeLimits::default());
+    }
+
+    #[test]
+    fn orders_are_limited_by_default_and_a_rate_of_zero_turns_the_limit_off() {
+        let parse = |extra: &[&str]| {
+            Config::try_parse_from(
+                ["orders-service", "--admin-token", TOKEN]
+                    .into_iter()
+                    .chain(extra.iter().copied()),
+            )
+            .unwrap()
+            .order_rate_limit()
+            .map_err(|e| e.to_string())
+        };
+        let limit = |per_second, burst| {
+            Ok(Some(OrderRateLimitSettings {
+                per_second: NonZeroU32::new(per_second).unwrap(),
+                burst: NonZeroU32::new(burst).unwrap(),
+            }))
+        };
+        assert_eq!(parse(&[]), limit(20, 40));
+        assert_eq!(
+            parse(&[
+                "--order-rate-limit-per-sec",
+                "5",
+                "--order-rate-limit-burst",
+                "1"
+            ]),
+            limit(5, 1)
+        );
+        assert_eq!(parse(&["--order-rate-limit-per-sec", "0"]), Ok(None));
+        // Off, the burst does not matter.
+        assert_eq!(
+            parse(&[
+                "--order-rate-limit-per-sec",
+                "0",
+                "--order-rate-limit-burst",
+                "0"
+            ]),
+            Ok(None)
+        );
+        let err = Config::try_parse_from([
+            "orders-service",
+            "--admin-token",
+            TOKEN,
+            "--order-rate-limit-per-sec",
+            "many",
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("--order-rate-limit-per-sec"), "{err}");
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub enum DeliveryStatus {
     InFlight,
     /// The endpoint answered 2xx.
     Delivered,
-    /// Given up: a non-retryable answer, a gone endpoint, or the retries are used up.
+    /// Given up: a non-retryable answer, a gone endpoint, or the retries are used up (also
+    /// by tries that could not even load the delivery).
     Failed,
 }
 
@@ -193,6 +194,11 @@ pub struct DeliveryJob {
     /// The current secret, then the previous one while its rotation grace lasts.
     pub secrets: Vec<Secret>,
 }
+
+/// `error_kind` of an attempt recorded for a delivery that could not be loaded (a stored
+/// secret that does not parse, say): nothing was sent, but the attempt counts against the
+/// retry schedule, so such a delivery ends dead-lettered rather than retried forever.
+pub const UNLOADABLE: &str = "unloadable";
 
 /// What an attempt led to, as the store records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +305,8 @@ pub struct EventRecord {
 pub enum RetryOutcome {
     /// No such delivery.
     NotFound,
-    /// An attempt is running right now; its outcome decides what happens next.
+    /// An attempt is running right now (the delivery is in flight under a lease that has not
+    /// expired); its outcome decides what happens next.
     InFlight,
     /// Due now, with a fresh retry schedule.
     Requeued(Delivery),

@@ -27,6 +27,16 @@ pub enum ApiError {
     /// 400: the query string is malformed.
     #[error("{0}")]
     BadQuery(String),
+    /// 400: a request header is malformed; the message names it.
+    #[error("{0}")]
+    BadHeader(String),
+    /// 422: the `Idempotency-Key` was used within the last 24 h with a different request.
+    /// Nothing was created.
+    #[error(
+        "this Idempotency-Key was already used with a different request body; \
+         send a new key for a different order"
+    )]
+    IdempotencyKeyReused,
     /// 401: a management route without the right `Authorization: Bearer <ADMIN_TOKEN>`.
     #[error("this route needs `Authorization: Bearer <ADMIN_TOKEN>`")]
     Unauthorized,
@@ -49,6 +59,14 @@ pub enum ApiError {
     /// 503 with `Retry-After`: too many requests are in progress.
     #[error("too many requests in progress; please retry shortly")]
     Overloaded,
+    /// 429 with `Retry-After`: this client sent more orders than `ORDER_RATE_LIMIT_PER_SEC`
+    /// and `ORDER_RATE_LIMIT_BURST` allow. Nothing was created; the same request can be sent
+    /// again after the wait.
+    #[error("too many orders from this address; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Whole seconds to wait, at least 1 (the `Retry-After` value).
+        retry_after_secs: u64,
+    },
     /// 500: a failure of ours; the body says nothing more, the log says everything.
     #[error("internal error")]
     Internal(anyhow::Error),
@@ -124,12 +142,14 @@ impl ApiError {
         match self {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadBody { status, .. } => *status,
-            ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadQuery(_) | ApiError::BadHeader(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,6 +164,8 @@ impl ApiError {
                 _ => "malformed_json",
             },
             ApiError::BadQuery(_) => "invalid_query",
+            ApiError::BadHeader(_) => "invalid_header",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Conflict(_) => "conflict",
             ApiError::NotFound(_) => "not_found",
@@ -151,6 +173,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Overloaded => "overloaded",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -159,6 +182,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
         match &self {
             ApiError::Internal(e) => tracing::error!(error = format!("{e:#}"), "request failed"),
             ApiError::Unavailable(e) => {
@@ -185,10 +213,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -237,5 +265,17 @@ mod tests {
         assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
         let other = ApiError::from(sqlx::Error::RowNotFound).into_response();
         assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn rate_limited_is_a_429_whose_retry_after_is_at_least_a_second() {
+        for (secs, header) in [(0, "1"), (1, "1"), (7, "7")] {
+            let response = ApiError::RateLimited {
+                retry_after_secs: secs,
+            }
+            .into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()[header::RETRY_AFTER], header);
+        }
     }
 }

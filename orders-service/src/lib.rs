@@ -5,6 +5,7 @@
 //! - [`ssrf`]: the rules for webhook target URLs and the guard against private targets;
 //! - [`store`]: all SQL (SQLite by default), behind methods on domain types;
 //! - [`dispatcher`]: the background loop that delivers signed webhooks with retries;
+//! - [`rate_limit`]: the per-client limit of `POST /orders` (public, and it sends email);
 //! - [`config`]: settings from flags and environment; [`error`]: the HTTP error type;
 //! - [`domain`]: the types the others share.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod domain;
 pub mod error;
+pub mod rate_limit;
 pub mod ssrf;
 pub mod store;
 
@@ -35,11 +37,11 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use webhook_common::server::ServeLimits;
 use webhook_common::EventType;
 
 pub use config::Config;
 use dispatcher::{Dispatcher, DispatcherSettings};
+use rate_limit::OrderRateLimit;
 use store::Store;
 
 /// The key under which the subscription from `NOTIFICATION_WEBHOOK_URL` is stored.
@@ -65,15 +67,26 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `MAX_CONCURRENT_REQUESTS`: requests handled at once, at most (503 beyond).
     pub max_concurrent_requests: usize,
+    /// `ORDER_RATE_LIMIT_PER_SEC` and `ORDER_RATE_LIMIT_BURST`: the per-client budget of
+    /// `POST /orders` (429 beyond); `None` when the limit is off.
+    pub order_rate_limit: Option<Arc<OrderRateLimit>>,
 }
 
 /// The router with every route and the JSON fallbacks. Does no I/O.
 pub fn build_app(state: AppState) -> Router {
     let limit = state.max_body_bytes;
+    let mut orders = api::orders::router();
+    if let Some(limit) = state.order_rate_limit.clone() {
+        // Only `POST /orders` spends budget (the middleware checks); `GET /orders/{id}` passes.
+        orders = orders.route_layer(middleware::from_fn_with_state(
+            limit,
+            rate_limit::limit_order_creation,
+        ));
+    }
     // Requests beyond the bound are shed with 503 and `Retry-After` rather than queued, so
     // slow clients cannot pile up work; `/healthz` stays outside it so probes still answer.
     let bounded = Router::new()
-        .merge(api::orders::router())
+        .merge(orders)
         .merge(api::admin::router(state.clone()))
         .route_layer(
             ServiceBuilder::new()
@@ -119,6 +132,12 @@ pub async fn run(
     ensure_configured_subscription(&config, &store).await?;
 
     let dispatcher = Dispatcher::new(store.clone(), DispatcherSettings::from_config(&config))?;
+    let order_rate_limit = config
+        .order_rate_limit()?
+        .map(|settings| Arc::new(OrderRateLimit::new(settings)));
+    if order_rate_limit.is_none() {
+        tracing::warn!("ORDER_RATE_LIMIT_PER_SEC=0: POST /orders is not rate-limited");
+    }
     let state = AppState {
         store: store.clone(),
         dispatch_wake: dispatcher.waker(),
@@ -128,23 +147,33 @@ pub async fn run(
         allow_private_targets: config.allow_private_webhook_targets,
         request_timeout: Duration::from_secs(config.request_timeout_secs),
         max_concurrent_requests: config.max_concurrent_requests,
+        order_rate_limit: order_rate_limit.clone(),
     };
     let app = build_app(state);
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(dispatcher.run(shutdown.clone()));
+    // Deletes expired `Idempotency-Key`s in small batches, once a minute.
+    tasks.spawn(store.clone().run_idempotency_key_expiry(shutdown.clone()));
+    // Deletes finished events (and their deliveries, attempts, orders) past EVENT_RETENTION.
+    if let config::Retention::After(keep) = config.event_retention {
+        tasks.spawn(store.clone().run_retention(keep, shutdown.clone()));
+    }
+    if let Some(limit) = order_rate_limit {
+        tasks.spawn(limit.run_housekeeping(rate_limit::HOUSEKEEPING_EVERY, shutdown.clone()));
+    }
     tasks.close();
 
     let addr = listener
         .local_addr()
         .context("reading the listener's address")?;
     tracing::info!("listening on http://{addr}");
-    let limits = ServeLimits {
-        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
-        max_connections: config.max_connections,
-    };
-    let serve =
-        webhook_common::server::serve(listener, app, limits, shutdown.clone().cancelled_owned());
+    let serve = webhook_common::server::serve(
+        listener,
+        app,
+        config.serve_limits(),
+        shutdown.clone().cancelled_owned(),
+    );
     let grace = config.shutdown_grace;
     let served = tokio::select! {
         r = serve => r.context("serving HTTP"),

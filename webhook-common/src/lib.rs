@@ -8,6 +8,7 @@
 //! - [`extract`] (feature `axum`): an axum extractor that verifies and parses a webhook;
 //! - [`client`] (feature `reqwest`): build a signed webhook request with reqwest;
 //! - [`error_body`]: the JSON error body every HTTP error of this project uses;
+//! - [`placeholders`]: the example credentials of `.env.example`, refused at startup;
 //! - [`group_commit`] (feature `group-commit`): one writer thread per SQLite database that
 //!   commits the writes of many callers in one transaction (one fsync for many requests);
 //! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
@@ -16,6 +17,7 @@
 pub mod error_body;
 pub mod event;
 pub mod money;
+pub mod placeholders;
 pub mod signing;
 
 #[cfg(feature = "reqwest")]

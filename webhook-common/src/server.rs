@@ -15,16 +15,27 @@
 //! taken it stops accepting, so further clients wait in the kernel's bounded listen backlog
 //! until a connection closes, instead of costing a task and a descriptor each.
 //!
+//! It also caps the connections one client holds open at
+//! [`ServeLimits::max_connections_per_client`], so that a single client cannot take every slot
+//! of the global cap. Clients are counted by [`client_key`]: an IPv4 address (also when it
+//! arrives IPv4-mapped on an IPv6 listener), or the /64 of an IPv6 address, since one host
+//! usually owns a whole /64. A connection beyond its client's cap is closed as soon as it is
+//! accepted, without reading from it or answering: no task is spawned and nothing is written,
+//! so a refusal costs as little as possible, and the client sees a closed (or reset)
+//! connection that it may retry once one of its own closes. (A 503 would need the request
+//! read first, or closing with it unread would reset the socket and could lose the answer.)
+//!
 //! Every request carries [`ConnectInfo<SocketAddr>`](ConnectInfo) in its extensions, as with
 //! `into_make_service_with_connect_info::<SocketAddr>()`, so extractors and middleware that
 //! read the client address keep working. Only HTTP/1 is served (the services build axum
 //! without HTTP/2).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -53,14 +64,114 @@ pub struct ServeLimits {
     /// Connections open at the same time, at most; beyond it, [`serve`] stops accepting until
     /// one closes. Between 1 and [`Semaphore::MAX_PERMITS`].
     pub max_connections: usize,
+    /// Connections one client ([`client_key`]) may hold open at the same time, at most; a
+    /// further one is closed as soon as it is accepted. At least 1; a value of at least
+    /// `max_connections` leaves the global cap alone in force.
+    pub max_connections_per_client: usize,
 }
 
+/// The default of [`ServeLimits::max_connections_per_client`]: 128.
+///
+/// Twice the largest connection pool the project's own clients keep towards one service by
+/// default (the load driver's 64 clients, the orders dispatcher's 32 deliveries per endpoint,
+/// a browser's 6), so that a client churning its pool (a connection it has closed is counted
+/// until the server notices the close) stays clear of it; and an eighth of the default global
+/// cap of 1024, so that no fewer than 8 addresses can take every slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 128;
+
 impl Default for ServeLimits {
-    /// 10 s to send the headers, 1024 connections.
+    /// 10 s to send the headers, 1024 connections, 128 of them per client
+    /// ([`DEFAULT_MAX_CONNECTIONS_PER_CLIENT`]).
     fn default() -> Self {
         ServeLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        }
+    }
+}
+
+/// The client a connection is counted against: an IPv4 address (canonicalised, so
+/// `::ffff:a.b.c.d` from an IPv6 listener counts as `a.b.c.d`), or an IPv6 address's /64.
+///
+/// One host usually owns a whole IPv6 /64, so counting single IPv6 addresses would give it
+/// an unbounded number of caps. Also a sound key for other per-client limits.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::from(segments)
+        }
+    }
+}
+
+/// Open connections per client, for [`ServeLimits::max_connections_per_client`].
+///
+/// Protocol: [`ClientSlots::try_take`] counts a connection in when it is accepted, and the
+/// [`ClientSlot`] it returns, held by the connection's task, counts it out when dropped. A
+/// client's entry is removed when its count reaches 0, so the map holds only clients with open
+/// connections: at most `max_connections` entries, however many addresses connect. The lock
+/// is a std mutex held for one map operation, never across an await.
+#[derive(Debug)]
+struct ClientSlots {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ClientSlots {
+    fn new(cap: usize) -> Arc<Self> {
+        Arc::new(ClientSlots {
+            cap,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts in a connection of `client`, or `None` if the client already holds `cap`.
+    fn try_take(self: &Arc<Self>, client: IpAddr) -> Option<ClientSlot> {
+        // A panic while holding the lock leaves the counts consistent (one operation each).
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            slots: Arc::clone(self),
+            client,
+        })
+    }
+
+    /// How many clients have a connection open.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// One connection counted against its client; dropping it counts the connection out.
+#[derive(Debug)]
+struct ClientSlot {
+    slots: Arc<ClientSlots>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
         }
     }
 }
@@ -72,14 +183,17 @@ impl Default for ServeLimits {
 /// That wait is not bounded here: bound it by dropping this future (e.g. in a `select!` with
 /// a grace-period timer); dropping it aborts every connection task.
 ///
+/// A connection from a client that already holds [`ServeLimits::max_connections_per_client`]
+/// connections is closed at once (see the module documentation).
+///
 /// Accept errors are logged and do not stop the server: errors about one connection (reset,
 /// aborted) are skipped; others (such as running out of file descriptors) pause accepting
 /// for a second.
 ///
 /// # Errors
 ///
-/// `InvalidInput` when `limits` are out of range (a zero header read timeout, or a
-/// connection cap of zero or above [`Semaphore::MAX_PERMITS`]); nothing else.
+/// `InvalidInput` when `limits` are out of range (a zero header read timeout, a connection
+/// cap of zero or above [`Semaphore::MAX_PERMITS`], or a per-client cap of zero); nothing else.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -92,6 +206,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // With a per-client cap of at least the global one, the global cap alone binds.
+    let clients = (limits.max_connections_per_client < limits.max_connections)
+        .then(|| ClientSlots::new(limits.max_connections_per_client));
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -120,13 +237,30 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, remote)) => {
+                let slot = match &clients {
+                    None => None,
+                    Some(clients) => match clients.try_take(client_key(remote.ip())) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            tracing::warn!(
+                                client = %remote,
+                                cap = limits.max_connections_per_client,
+                                "connection refused: the client holds its cap of open connections"
+                            );
+                            // Closes it and frees the global slot it had.
+                            drop(stream);
+                            drop(permit);
+                            continue 'accepting;
+                        }
+                    },
+                };
                 connections.spawn(serve_connection(
                     builder.clone(),
                     stream,
                     remote,
                     app.clone(),
                     stop.clone(),
-                    permit,
+                    (permit, slot),
                 ));
             }
             Err(e) if is_connection_error(&e) => {
@@ -171,18 +305,25 @@ fn check(limits: &ServeLimits) -> io::Result<()> {
             ),
         ));
     }
+    if limits.max_connections_per_client == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the per-client connection cap must be at least 1",
+        ));
+    }
     Ok(())
 }
 
 /// Serves one connection until the client or hyper closes it; on `stop`, lets the request in
-/// flight finish and then closes. Holding `_permit` keeps the connection counted.
+/// flight finish and then closes. Holding `_counted` (its global permit, and its client's slot
+/// when clients are counted) keeps the connection counted.
 async fn serve_connection(
     builder: http1::Builder,
     stream: TcpStream,
     remote: SocketAddr,
     app: Router,
     stop: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _counted: (OwnedSemaphorePermit, Option<ClientSlot>),
 ) {
     let service = app.map_request(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
@@ -265,5 +406,41 @@ async fn first_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_counted_per_ipv4_address_and_per_ipv6_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_key(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(client_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    #[test]
+    fn a_client_holds_at_most_its_cap_and_its_entry_goes_with_its_last_connection() {
+        let slots = ClientSlots::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = slots.try_take(a).unwrap();
+        let second = slots.try_take(a).unwrap();
+        assert!(slots.try_take(a).is_none());
+        let other = slots.try_take(b).unwrap();
+        assert_eq!(slots.clients(), 2);
+        drop(first);
+        let third = slots.try_take(a).unwrap();
+        drop((second, third, other));
+        assert_eq!(slots.clients(), 0);
     }
 }

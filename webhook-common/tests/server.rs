@@ -1,6 +1,7 @@
 //! `server::serve` over real sockets: slow or idle clients are cut off by the header read
-//! timeout, the connection cap holds further clients back until a connection closes, every
-//! request sees the client address, and shutdown drains the requests in flight.
+//! timeout, the connection cap holds further clients back until a connection closes, a client
+//! beyond its own connection cap is turned away at once, every request sees the client
+//! address, and shutdown drains the requests in flight.
 
 use std::io;
 use std::net::SocketAddr;
@@ -82,6 +83,15 @@ fn limits(header_read_timeout: Duration, max_connections: usize) -> ServeLimits 
     ServeLimits {
         header_read_timeout,
         max_connections,
+        ..ServeLimits::default()
+    }
+}
+
+fn per_client_limits(max_connections: usize, max_connections_per_client: usize) -> ServeLimits {
+    ServeLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections,
+        max_connections_per_client,
     }
 }
 
@@ -219,6 +229,105 @@ async fn with_every_connection_taken_the_next_client_is_served_only_after_one_cl
     assert_eq!(status, "HTTP/1.1 200 OK");
 }
 
+/// Connects from `from` (an address of this host) to `to`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Sends a request on a fresh connection from `from`; `None` if the server closes it without
+/// answering (refused), the response's status line and body otherwise.
+async fn try_get_from(from: [u8; 4], to: SocketAddr, path: &str) -> Option<(String, String)> {
+    let mut stream = connect_from(from, to).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+    // The server may have closed the connection already: a failed write is a refusal too.
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return None;
+    }
+    let mut first = [0_u8; 1];
+    let peeked = timeout(DEADLINE, stream.peek(&mut first))
+        .await
+        .expect("neither answered nor closed within the deadline");
+    match peeked {
+        Ok(0) => None,
+        Ok(_) => Some(
+            timeout(DEADLINE, read_response(&mut stream))
+                .await
+                .expect("the response did not complete within the deadline"),
+        ),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("unexpected read error: {e}"),
+    }
+}
+
+const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+
+#[tokio::test]
+async fn a_connection_beyond_the_clients_cap_is_closed_at_once_and_its_others_still_work() {
+    let server = start(per_client_limits(16, 2)).await;
+    let mut first = connect_from(LOCALHOST, server.addr).await;
+    let mut second = connect_from(LOCALHOST, server.addr).await;
+    // Served, so both are accepted and counted (keep-alive holds them open).
+    get_within_deadline(&mut first, "/whoami").await;
+    get_within_deadline(&mut second, "/whoami").await;
+
+    // A third from the same address is closed without an answer, again and again: a refused
+    // connection gives back the global slot it had for the moment it was accepted.
+    for _ in 0..20 {
+        let refused = try_get_from(LOCALHOST, server.addr, "/whoami").await;
+        assert_eq!(
+            refused, None,
+            "a third connection was served with a cap of 2"
+        );
+    }
+
+    // The two that were counted still work.
+    let (status, _) = get_within_deadline(&mut first, "/whoami").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (status, _) = get_within_deadline(&mut second, "/whoami").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+
+    // Closing one frees its slot, once the server has seen the close.
+    drop(first);
+    let start = std::time::Instant::now();
+    let (status, _) = loop {
+        if let Some(answer) = try_get_from(LOCALHOST, server.addr, "/whoami").await {
+            break answer;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no slot came free after a connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+/// Linux routes all of 127.0.0.0/8 to the loopback interface, so a test can connect from
+/// 127.0.0.2 as another client.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn another_client_is_served_while_one_holds_its_cap() {
+    // A global cap of 3: the refused connections must not leak global slots either.
+    let server = start(per_client_limits(3, 2)).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from(LOCALHOST, server.addr).await;
+        get_within_deadline(&mut stream, "/whoami").await;
+        held.push(stream);
+    }
+    for _ in 0..5 {
+        assert_eq!(try_get_from(LOCALHOST, server.addr, "/whoami").await, None);
+    }
+    let other = [127, 0, 0, 2];
+    let (status, body) = try_get_from(other, server.addr, "/whoami")
+        .await
+        .expect("another client was refused");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.starts_with("127.0.0.2:"), "{body}");
+}
+
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish_and_then_returns() {
     let mut server = start(limits(Duration::from_secs(60), 4)).await;
@@ -281,6 +390,7 @@ async fn limits_out_of_range_are_refused() {
         limits(Duration::ZERO, 4),
         limits(Duration::from_secs(1), 0),
         limits(Duration::from_secs(1), usize::MAX),
+        per_client_limits(4, 0),
     ] {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let result = timeout(

@@ -391,6 +391,48 @@ impl Store {
             .collect())
     }
 
+    /// Deletes up to `batch` finished notifications (sent or cancelled) created before now -
+    /// `retention`, oldest first, and up to `batch` order states not updated since then whose
+    /// order has no notification left that is still queued or failed. Returns how many of
+    /// each went; a caller repeats while a count equals `batch`. Queued and failed
+    /// notifications are never deleted: one is still to be sent, the other waits for an
+    /// operator. An order whose state is gone is judged as new by a later event of it, so the
+    /// retention must outlast the sender's retries (days, not months).
+    pub async fn purge_finished(
+        &self,
+        retention: Duration,
+        batch: u32,
+    ) -> Result<(u64, u64), WriteError> {
+        let cutoff = now_ms().saturating_sub(duration_ms(retention));
+        self.writer
+            .write(move |conn| {
+                let notifications = conn
+                    .prepare_cached(
+                        "DELETE FROM notifications WHERE id IN (
+                             SELECT id FROM notifications
+                             WHERE created_at < ?1 AND status IN ('sent', 'cancelled')
+                             ORDER BY created_at LIMIT ?2)",
+                    )?
+                    .execute(rusqlite::params![cutoff, i64::from(batch)])?;
+                let states = conn
+                    .prepare_cached(
+                        "DELETE FROM order_states WHERE order_id IN (
+                             SELECT order_id FROM order_states AS state
+                             WHERE updated_at < ?1
+                               AND NOT EXISTS (SELECT 1 FROM notifications AS n
+                                               WHERE n.order_id = state.order_id
+                                                 AND n.status IN ('queued', 'failed'))
+                             ORDER BY updated_at LIMIT ?2)",
+                    )?
+                    .execute(rusqlite::params![cutoff, i64::from(batch)])?;
+                Ok((
+                    u64::try_from(notifications).unwrap_or(u64::MAX),
+                    u64::try_from(states).unwrap_or(u64::MAX),
+                ))
+            })
+            .await
+    }
+
     /// Deletes up to `batch` dedup records older than `retention`; returns how many went.
     /// Bounded so one run never holds up the writer (and the intakes batched with it) for
     /// long; it goes through the writer like every other write, so it never competes with
@@ -463,6 +505,72 @@ mod tests {
         );
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T));
         assert!(!decide(failed, OrderEventKind::PaymentFailed, T - 1));
+    }
+
+    /// Finished notifications older than the retention go, with the order states nothing
+    /// needs any more; queued and failed ones stay however old, and so does their order's
+    /// state; recent ones stay.
+    #[tokio::test]
+    async fn retention_deletes_only_old_finished_notifications_and_unused_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let day = 24 * 3600 * 1000_i64;
+        let old = now_ms() - 100 * day;
+        let recent = now_ms() - day;
+        // (order, status, created at)
+        let cases = [
+            ("sent-old", "sent", old),
+            ("cancelled-old", "cancelled", old),
+            ("queued-old", "queued", old),
+            ("failed-old", "failed", old),
+            ("sent-recent", "sent", recent),
+        ];
+        for (order, status, at) in cases {
+            sqlx::query(
+                "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
+                     subject, body, status, attempts, next_attempt_at, created_at)
+                 VALUES ($1, $1, 'order.paid', $1, 'a@example.com', 's', 'b', $2, 1, $3, $3)",
+            )
+            .bind(order)
+            .bind(status)
+            .bind(at)
+            .execute(store.pool())
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
+                 VALUES ($1, $2, NULL, $2)",
+            )
+            .bind(order)
+            .bind(at)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let purged = store
+            .purge_finished(Duration::from_secs(90 * 24 * 3600), 1000)
+            .await
+            .unwrap();
+        assert_eq!(purged, (2, 2));
+        let pool = store.pool().clone();
+        let left = |table: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let mut ids: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT order_id FROM {table}"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                ids.sort();
+                ids
+            }
+        };
+        let kept = ["failed-old", "queued-old", "sent-recent"];
+        assert_eq!(left("notifications").await, kept);
+        assert_eq!(left("order_states").await, kept);
+        store.close().await;
     }
 
     /// The writer and the readers are separate connections: an in-memory database would be

@@ -156,6 +156,7 @@ async fn an_order_stays_paid_after_its_dedup_records_are_cleaned_up() {
     let cleanup = tokio::spawn(run_cleanup(
         app.store.clone(),
         Duration::from_secs(7 * 24 * 3600),
+        Some(Duration::from_secs(90 * 24 * 3600)),
         Duration::from_secs(3600),
         stop.clone(),
     ));

@@ -183,6 +183,7 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
     let cleanup = tokio::spawn(run_cleanup(
         app.store.clone(),
         Duration::from_secs(7 * 24 * 3600),
+        Some(Duration::from_secs(90 * 24 * 3600)),
         Duration::from_secs(3600),
         stop.clone(),
     ));

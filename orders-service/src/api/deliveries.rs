@@ -55,7 +55,8 @@ pub struct AttemptResponse {
     pub duration_ms: i64,
     /// HTTP status, when an answer came.
     pub status_code: Option<u16>,
-    /// `connect`, `timeout`, `forbidden_target`, ... when none did.
+    /// `connect`, `timeout`, `forbidden_target`, `unloadable` (the delivery could not be
+    /// loaded, so nothing was sent), ... when none did.
     pub error_kind: Option<String>,
     /// The first 1 KiB of the answer.
     pub response_body: Option<String>,
@@ -96,7 +97,9 @@ impl DeliveryResponse {
 }
 
 /// `POST /deliveries/{id}/retry`: due now with a fresh retry schedule, also after success or
-/// dead-lettering; the same `webhook-id`, so receivers can deduplicate.
+/// dead-lettering; the same `webhook-id`, so receivers can deduplicate. 409 only while an
+/// attempt runs under a live lease; a delivery left in flight by a worker that died (its
+/// lease expired) is requeued like any other.
 #[tracing::instrument(skip_all, fields(delivery_id = %id))]
 async fn retry(
     State(state): State<AppState>,

@@ -9,19 +9,30 @@
 //! digits, never through `f64`: `12.5000000000000001` is refused as too precise rather than
 //! rounded to 12.50, and exponent notation (`1e2`, `1.25E1`) is refused with a message asking
 //! for plain digits (`100`, `12.50`).
+//!
+//! `POST /orders` takes an optional `Idempotency-Key` header (1 to 255 printable ASCII
+//! characters; a random UUID per order is best), as Stripe does, so a client can retry after
+//! a timeout or a 5xx without a second order and a second email. For 24 hours, the same key
+//! with the same order answers the first answer again (same status and body, plus
+//! `Idempotent-Replayed: true`) and creates nothing; the same key with a different order is a
+//! 422. "The same order" means the same fields after validation: whitespace, key order and
+//! `12.5` versus `"12.50"` do not make a body different. Keys are global (there is no client
+//! identity to scope them to), and only an order that was created stores its key: a refused
+//! request (400, 422, 5xx) can be retried with the same key. See [`crate::store::idempotency`].
 
 use std::collections::BTreeMap;
 use tracing::Instrument as _;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 use validator::ValidateEmail as _;
 use webhook_common::money::InvalidAmount;
@@ -30,6 +41,7 @@ use webhook_common::{Currency, Event, EventPayload, Money, OrderPaid, OrderPayme
 
 use crate::domain::{NewEvent, Order, OrderStatus};
 use crate::error::ApiError;
+use crate::store::idempotency::{IdempotencyKey, KeyedOrder, StoredAnswer};
 use crate::AppState;
 
 /// Most items in one order.
@@ -44,6 +56,12 @@ pub const DEFAULT_PAGE: u32 = super::DEFAULT_PAGE;
 pub const MAX_PAGE: u32 = super::MAX_PAGE;
 /// The reason given for a simulated declined payment.
 pub const DECLINED_REASON: &str = "card declined (simulated)";
+/// The request header that makes `POST /orders` safe to retry.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// The answer header that marks an answer replayed for an `Idempotency-Key`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Longest `Idempotency-Key`, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
 const KNOWN_FIELDS: [&str; 6] = [
     "product_name",
@@ -334,26 +352,120 @@ fn parse_new_order(raw: &RawValue) -> Result<NewOrder, ApiError> {
     }
 }
 
+/// The `Idempotency-Key` of a request, if it has one: given once, 1 to
+/// [`MAX_IDEMPOTENCY_KEY_CHARS`] printable ASCII characters (space to `~`), else a 400
+/// naming the header.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let printable = |v: &HeaderValue| {
+        let bytes = v.as_bytes();
+        (1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&bytes.len())
+            && bytes.iter().all(|b| (b' '..=b'~').contains(b))
+    };
+    if values.next().is_some() || !printable(value) {
+        return Err(ApiError::BadHeader(format!(
+            "the Idempotency-Key header must be given once, as 1 to \
+             {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters (a random UUID is best)"
+        )));
+    }
+    Ok(value.to_str().ok().map(str::to_owned))
+}
+
+/// Hex SHA-256 of what a `POST /orders` asks for, to tell a retry of a request from another
+/// request with the same `Idempotency-Key`: taken over the validated fields in a fixed order
+/// (with the price in exact minor units), so two bodies that ask for the same order match,
+/// whatever their whitespace, key order or way of writing the price.
+fn request_sha256(new: &NewOrder) -> String {
+    let canonical = serde_json::json!([
+        "orders.v1",
+        new.product_name,
+        new.quantity,
+        new.unit_price.minor_units,
+        new.unit_price.currency.as_str(),
+        new.customer_email,
+        new.declined,
+    ]);
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `POST /orders`.
 #[tracing::instrument(skip_all, fields(order_id))]
 async fn create_order(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<Box<RawValue>>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
     let Json(body) = body?;
     let new = parse_new_order(&body)?;
-    let order = place_order(&state, new).await?;
-    tracing::Span::current().record("order_id", tracing::field::display(order.id));
-    tracing::info!(status = order.status.as_str(), total = %order.total, "order created");
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, format!("/orders/{}", order.id))],
-        Json(OrderResponse::from(&order)),
-    ))
+    let answer = match place_order(&state, new, key).await? {
+        Placed::Created { order, body } => {
+            tracing::Span::current().record("order_id", tracing::field::display(order.id));
+            tracing::info!(status = order.status.as_str(), total = %order.total, "order created");
+            StoredAnswer {
+                order_id: order.id,
+                status: StatusCode::CREATED.as_u16(),
+                body,
+            }
+        }
+        Placed::Replayed(answer) => {
+            tracing::Span::current().record("order_id", tracing::field::display(answer.order_id));
+            tracing::info!("Idempotency-Key seen before: answered its first answer, no new order");
+            let mut response = created_response(answer)?;
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    };
+    created_response(answer)
 }
 
-/// Simulates the payment, writes order + event + deliveries atomically, wakes the dispatcher.
-async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError> {
+/// The answer to a `POST /orders` that created an order (or replays one that did): the
+/// status and the JSON body, byte for byte, with `Location`.
+fn created_response(answer: StoredAnswer) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(answer.status).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "a stored answer has the status {}: {e}",
+            answer.status
+        ))
+    })?;
+    Ok((
+        status,
+        [
+            (header::LOCATION, format!("/orders/{}", answer.order_id)),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        answer.body,
+    )
+        .into_response())
+}
+
+/// What [`place_order`] came to.
+enum Placed {
+    /// A new order, and the JSON body of its 201 (also stored under the request's key).
+    Created {
+        /// The order written.
+        order: Order,
+        /// `OrderResponse` of it, serialised.
+        body: String,
+    },
+    /// The request's `Idempotency-Key` had created an order already: its first answer.
+    Replayed(StoredAnswer),
+}
+
+/// Simulates the payment, writes order + event + deliveries atomically (with the request's
+/// `Idempotency-Key`, if any, checked and stored in the same write), wakes the dispatcher.
+async fn place_order(
+    state: &AppState,
+    new: NewOrder,
+    key: Option<String>,
+) -> Result<Placed, ApiError> {
+    let request_sha256 = key.as_ref().map(|_| request_sha256(&new));
     let total = new
         .unit_price
         .checked_mul(i64::from(new.quantity))
@@ -406,34 +518,56 @@ async fn place_order(state: &AppState, new: NewOrder) -> Result<Order, ApiError>
         payload: event.to_json_bytes(),
         created_at,
     };
+    // The answer is made before the write, so that the write can store it under the key.
+    let body = serde_json::to_string(&OrderResponse::from(&order))
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising the order: {e}")))?;
+    let key = key
+        .zip(request_sha256)
+        .map(|(key, request_sha256)| IdempotencyKey {
+            key,
+            request_sha256,
+            response_status: StatusCode::CREATED.as_u16(),
+            response_body: body.clone(),
+        });
     // The write and the handover run to the end in a task of their own, even if the client
     // goes away meanwhile: a request dropped between the commit and the handover would leave
     // its claimed delivery unattempted until the lease runs out. Each task does one write
     // through the bounded writer queue and ends.
     let committed = tokio::spawn(
-        commit_and_hand_over(state.clone(), order.clone(), outbox)
+        commit_and_hand_over(state.clone(), order.clone(), outbox, key)
             .instrument(tracing::Span::current()),
     );
-    committed
+    let replayed = committed
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("writing the order failed: {e}")))??;
-    Ok(order)
+    Ok(match replayed {
+        Some(answer) => Placed::Replayed(answer),
+        None => Placed::Created { order, body },
+    })
 }
 
 /// Writes the order with its event and deliveries. With a dispatch slot free, the order's
 /// transaction also claims its delivery and the attempt starts right after the commit;
-/// otherwise the dispatcher is woken to claim it.
+/// otherwise the dispatcher is woken to claim it. When `key` had created an order already,
+/// nothing is written and the first answer comes back (or a 422 for a different request).
 async fn commit_and_hand_over(
     state: AppState,
     order: Order,
     outbox: NewEvent,
-) -> Result<(), ApiError> {
+    key: Option<IdempotencyKey>,
+) -> Result<Option<StoredAnswer>, ApiError> {
     let slot = state.handoff.reserve();
     let claim = slot.as_ref().map(|_| state.handoff.claim_on_create());
-    let created = state
+    let created = match state
         .store
-        .create_order_claiming(&order, &outbox, claim)
-        .await?;
+        .create_order_keyed(&order, &outbox, claim, key.as_ref())
+        .await?
+    {
+        KeyedOrder::Created(created) => created,
+        // Nothing was written or claimed; the slot goes back when dropped.
+        KeyedOrder::Replayed(answer) => return Ok(Some(answer)),
+        KeyedOrder::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+    };
     let mut handed_over = 0;
     if let (Some(claimed), Some(slot)) = (created.claimed, slot) {
         handed_over = claimed.jobs.len() + claimed.unloadable.len();
@@ -449,7 +583,7 @@ async fn commit_and_hand_over(
     if created.deliveries > handed_over {
         state.dispatch_wake.notify_one();
     }
-    Ok(())
+    Ok(None)
 }
 
 /// `GET /orders/{id}`.

@@ -37,8 +37,9 @@ use crate::store::{now_ms, ClaimOnCreate, Claimed, Store};
 const ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// How long released tasks get to give their leases back after the grace period.
 const RELEASE_BOUND: Duration = Duration::from_secs(5);
-/// How long a delivery that could not be loaded waits before it is tried again: a row that
-/// always fails to load must not spin the loop.
+/// The least a delivery that could not be loaded waits before it is tried again (the retry
+/// schedule's delay, when longer, applies): a row that always fails to load must not spin
+/// the loop, whatever the schedule. The default of [`DispatcherSettings::load_error_backoff`].
 pub const LOAD_ERROR_BACKOFF: Duration = Duration::from_secs(60);
 /// First pause before recording an attempt's outcome again after a database error; doubles
 /// up to [`RECORD_RETRY_MAX`] while the lease lasts.
@@ -67,6 +68,9 @@ pub struct DispatcherSettings {
     /// `ALLOW_PRIVATE_WEBHOOK_TARGETS`: when false, the SSRF guard checks every address
     /// connected to.
     pub allow_private_targets: bool,
+    /// The least wait before a delivery that could not be loaded is tried again
+    /// ([`LOAD_ERROR_BACKOFF`]; tests shorten it).
+    pub load_error_backoff: Duration,
 }
 
 impl DispatcherSettings {
@@ -86,6 +90,7 @@ impl DispatcherSettings {
                 retry_after_max: config.retry_after_max,
             },
             allow_private_targets: config.allow_private_webhook_targets,
+            load_error_backoff: LOAD_ERROR_BACKOFF,
         }
     }
 }
@@ -256,7 +261,7 @@ impl Dispatcher {
             until_ms: claimed.lease_until,
         };
         self.inner
-            .release_unloadable(claimed.token, claimed.unloadable)
+            .record_unloadable(claimed.token, claimed.unloadable)
             .await;
         let mut set = JoinSet::new();
         let never = CancellationToken::new();
@@ -347,7 +352,7 @@ impl Dispatcher {
                             until_ms: claimed.lease_until,
                         };
                         inner
-                            .release_unloadable(claimed.token, claimed.unloadable)
+                            .record_unloadable(claimed.token, claimed.unloadable)
                             .await;
                         for job in claimed.jobs {
                             let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
@@ -440,19 +445,43 @@ impl Inner {
         i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Gives back, for [`LOAD_ERROR_BACKOFF`], deliveries whose job could not be built: a row
-    /// that always fails to load must not spin the loop.
-    async fn release_unloadable(&self, token: Uuid, unloadable: Vec<(Uuid, anyhow::Error)>) {
-        let backoff = i64::try_from(LOAD_ERROR_BACKOFF.as_millis()).unwrap_or(i64::MAX);
+    /// Records deliveries whose job could not be built (a stored secret that does not parse,
+    /// say) as attempts that sent nothing: each is tried again on the retry schedule, but no
+    /// sooner than `load_error_backoff` so a row that always fails to load cannot spin the
+    /// loop, and is dead-lettered with the reason once the schedule is used up, to be retried
+    /// by hand once the cause is fixed.
+    async fn record_unloadable(&self, token: Uuid, unloadable: Vec<(Uuid, anyhow::Error)>) {
         for (id, error) in unloadable {
-            tracing::warn!(
-                delivery_id = %id,
-                error = format!("{error:#}"),
-                retry_in_s = LOAD_ERROR_BACKOFF.as_secs(),
-                "loading the delivery failed; releasing it for later"
-            );
-            if let Err(e) = self.store.release(id, token, backoff).await {
-                tracing::warn!(error = format!("{e:#}"), delivery_id = %id, "releasing the delivery failed; its lease will expire");
+            let error = format!("{error:#}");
+            let policy = self.settings.retry.clone();
+            let floor = self.settings.load_error_backoff;
+            let next_delay = move |n| policy.next_delay(n, None).map(|d| d.max(floor));
+            match self
+                .store
+                .record_load_failure(id, token, &error, next_delay)
+                .await
+            {
+                Ok(Some(AttemptOutcome::Retry { at })) => tracing::warn!(
+                    delivery_id = %id,
+                    error,
+                    retry_in_ms = at - now_ms(),
+                    "loading the delivery failed; will retry"
+                ),
+                Ok(Some(_)) => tracing::error!(
+                    delivery_id = %id,
+                    error,
+                    "loading the delivery failed and its retries are used up; dead-lettered"
+                ),
+                Ok(None) => tracing::warn!(
+                    delivery_id = %id,
+                    error,
+                    "loading the delivery failed, and its lease was lost before that was recorded"
+                ),
+                Err(e) => tracing::warn!(
+                    delivery_id = %id,
+                    error = format!("{e:#}"),
+                    "recording that the delivery could not be loaded failed; its lease will expire"
+                ),
             }
         }
     }
@@ -476,7 +505,7 @@ impl Inner {
                 },
             };
             let HandedOff { claimed, permit } = handed;
-            self.release_unloadable(claimed.token, claimed.unloadable)
+            self.record_unloadable(claimed.token, claimed.unloadable)
                 .await;
             let lease = Lease {
                 until_ms: claimed.lease_until,

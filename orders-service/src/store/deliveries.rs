@@ -1,10 +1,16 @@
 //! Deliveries: claiming due work under a lease, recording attempts and outcomes.
 
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rusqlite::OptionalExtension as _;
 use uuid::Uuid;
 use webhook_common::Secret;
 
 use super::{now_ms, parse_uuid, Store};
-use crate::domain::{Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome};
+use crate::domain::{
+    Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome, UNLOADABLE,
+};
 
 /// Longest stored `last_error` text.
 const MAX_ERROR_CHARS: usize = 500;
@@ -69,11 +75,16 @@ pub(super) fn due_or_paused(at: &str, paused: &str) -> String {
 }
 
 /// Pauses the pending deliveries of endpoint `?2` (just disabled): due at `?1`, the paused
-/// mark.
-const PAUSE: &str =
-    "UPDATE deliveries SET next_attempt_at = ?1 WHERE endpoint_id = ?2 AND status = 'pending'";
+/// mark. Rows in flight under a lease expired by `?3` are abandoned (their worker died) and
+/// no claim takes them over while the endpoint is disabled, so they are paused too; rows
+/// under a live lease are left to their worker, whose outcome pauses a retry itself.
+const PAUSE: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = ?1, \
+     lease_expires_at = NULL, claim_token = NULL \
+     WHERE endpoint_id = ?2 AND (status = 'pending' \
+         OR (status = 'in_flight' AND (lease_expires_at IS NULL OR lease_expires_at <= ?3)))";
 
-/// Pauses the pending deliveries of `endpoint_id` (just disabled).
+/// Pauses the pending deliveries of `endpoint_id` (just disabled), and those in flight under
+/// an expired lease.
 pub(super) async fn pause_endpoint(
     conn: &mut sqlx::SqliteConnection,
     endpoint_id: &str,
@@ -81,6 +92,7 @@ pub(super) async fn pause_endpoint(
     Ok(sqlx::query(PAUSE)
         .bind(PAUSED_AT)
         .bind(endpoint_id)
+        .bind(now_ms())
         .execute(conn)
         .await?
         .rows_affected())
@@ -114,7 +126,8 @@ pub struct Claimed {
     /// Everything each attempt needs.
     pub jobs: Vec<DeliveryJob>,
     /// Deliveries that were claimed but whose job could not be built (a stored secret that
-    /// does not parse, say), with why; the caller gives them back for later.
+    /// does not parse, say), with why; the caller records each as an attempt
+    /// ([`Store::record_load_failure`]), so that one that never loads ends dead-lettered.
     pub unloadable: Vec<(Uuid, anyhow::Error)>,
 }
 
@@ -209,6 +222,17 @@ const CLAIM: &str = "UPDATE deliveries SET status = 'in_flight', lease_expires_a
                   ORDER BY due_at LIMIT ?5) \
      RETURNING id, attempts, retry_base, event_id";
 
+/// Pauses (due at `?2`, the paused mark) the deliveries of disabled endpoints left in flight
+/// under a lease expired by `?1`: their worker died after the endpoint was disabled, and no
+/// claim takes them over while it is, so without this they would stay in flight for good.
+/// One index probe per disabled endpoint: `CROSS JOIN` keeps SQLite from walking every
+/// endpoint's open work instead.
+const PAUSE_ABANDONED: &str = "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, \
+     lease_expires_at = NULL, claim_token = NULL, updated_at = ?1 \
+     WHERE id IN (SELECT d.id FROM endpoints p CROSS JOIN deliveries d \
+                  WHERE p.enabled = 0 AND d.endpoint_id = p.id AND d.due_at <= ?1 \
+                    AND d.status = 'in_flight')";
+
 /// The earliest due time before `?1` (the paused mark) of any enabled endpoint.
 const NEXT_DUE: &str = "SELECT MIN(next) FROM (SELECT (SELECT d.due_at FROM deliveries d \
          WHERE d.endpoint_id = p.id AND d.due_at < ?1 \
@@ -221,6 +245,9 @@ const NEXT_DUE: &str = "SELECT MIN(next) FROM (SELECT (SELECT d.due_at FROM deli
 /// Fairness: endpoints are served oldest due work first, and each gets at most
 /// `per_endpoint` deliveries in flight, counting live leases of every worker and replica, so
 /// one slow receiver cannot hold every slot while the others wait.
+///
+/// Expired leases on disabled endpoints, which no claim takes over, are paused first
+/// ([`PAUSE_ABANDONED`]).
 fn claim_rows(
     conn: &rusqlite::Connection,
     now: i64,
@@ -229,6 +256,15 @@ fn claim_rows(
     limit: u32,
     per_endpoint: u32,
 ) -> rusqlite::Result<Vec<ClaimedRow>> {
+    let abandoned = conn
+        .prepare_cached(PAUSE_ABANDONED)?
+        .execute(rusqlite::params![now, PAUSED_AT])?;
+    if abandoned > 0 {
+        tracing::warn!(
+            deliveries = abandoned,
+            "paused deliveries of disabled endpoints whose workers died mid-attempt"
+        );
+    }
     let due: Vec<EndpointRow> = conn
         .prepare_cached(DUE_ENDPOINTS)?
         .query_map([now], EndpointRow::from_row)?
@@ -275,13 +311,16 @@ fn claim_rows(
 impl ClaimedRow {
     pub(super) fn into_job(self, claim_token: Uuid, now: i64) -> anyhow::Result<DeliveryJob> {
         let endpoint = &*self.endpoint;
-        let mut secrets = vec![Secret::parse(&endpoint.secret)?];
+        let mut secrets = vec![Secret::parse(&endpoint.secret)
+            .context("the endpoint's signing secret in the database does not parse")?];
         if let (Some(previous), Some(expires)) = (
             &endpoint.previous_secret,
             endpoint.previous_secret_expires_at,
         ) {
             if expires > now {
-                secrets.push(Secret::parse(previous)?);
+                secrets.push(Secret::parse(previous).context(
+                    "the endpoint's previous signing secret in the database does not parse",
+                )?);
             }
         }
         Ok(DeliveryJob {
@@ -357,9 +396,66 @@ fn finish_rows(conn: &rusqlite::Connection, job: &FinishedJob, now: i64) -> rusq
             job.endpoint_id
         ])?;
         conn.prepare_cached(PAUSE)?
-            .execute(rusqlite::params![PAUSED_AT, job.endpoint_id])?;
+            .execute(rusqlite::params![PAUSED_AT, job.endpoint_id, now])?;
     }
     Ok(true)
+}
+
+/// The statements of [`Store::record_load_failure`], run on the writer's thread: reads the
+/// attempt count under the claim token, then records the failure through [`finish_rows`] as
+/// the next attempt. `None`, recording nothing, if the token no longer owns the delivery.
+fn load_failure_rows(
+    conn: &rusqlite::Connection,
+    delivery_id: &str,
+    claim_token: &str,
+    error: &str,
+    next_delay: &dyn Fn(u32) -> Option<Duration>,
+    now: i64,
+) -> rusqlite::Result<Option<AttemptOutcome>> {
+    let owned: Option<(i64, i64, String)> = conn
+        .prepare_cached(
+            "SELECT attempts, retry_base, endpoint_id FROM deliveries \
+             WHERE id = ?1 AND claim_token = ?2 AND status = 'in_flight'",
+        )?
+        .query_row(rusqlite::params![delivery_id, claim_token], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((attempts, retry_base, endpoint_id)) = owned else {
+        return Ok(None);
+    };
+    let number = u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX);
+    // The schedule restarts after a manual retry or recover, as for attempts that were sent.
+    let since_base = number.saturating_sub(u32::try_from(retry_base).unwrap_or(0));
+    let why = format!("the delivery could not be loaded: {error}");
+    let (outcome, last_error) = match next_delay(since_base) {
+        Some(delay) => {
+            let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            let at = now.saturating_add(delay_ms);
+            (AttemptOutcome::Retry { at }, why)
+        }
+        None => (
+            AttemptOutcome::Failed,
+            format!("gave up after {number} attempts; last: {why}"),
+        ),
+    };
+    let job = FinishedJob {
+        delivery_id: delivery_id.to_owned(),
+        claim_token: claim_token.to_owned(),
+        endpoint_id,
+        attempt: Attempt {
+            attempt: number,
+            started_at: now,
+            duration_ms: 0,
+            status_code: None,
+            error_kind: Some(UNLOADABLE.to_owned()),
+            response_body: None,
+            outcome: outcome.as_str().to_owned(),
+        },
+        outcome: outcome.clone(),
+        error: Some(last_error.chars().take(MAX_ERROR_CHARS).collect()),
+    };
+    Ok(finish_rows(conn, &job, now)?.then_some(outcome))
 }
 
 /// What [`finish_rows`] records, owned so it can travel to the writer thread.
@@ -379,8 +475,9 @@ impl Store {
     /// held by any worker or replica), so a slow receiver cannot take every slot.
     ///
     /// Due means pending with its retry time come, or in flight with an expired lease (its
-    /// worker died), for an enabled endpoint. The claim is one group-committed write; its
-    /// cost does not grow with the backlog.
+    /// worker died), for an enabled endpoint. Expired leases on disabled endpoints are paused
+    /// on the way, so they end pending like the endpoint's other rows. The claim is one
+    /// group-committed write; its cost does not grow with the backlog.
     pub async fn claim_due(
         &self,
         limit: u32,
@@ -440,8 +537,39 @@ impl Store {
             .await?)
     }
 
-    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short, its
-    /// lease no longer covered an attempt, or it could not be loaded), due again after `delay_ms`.
+    /// Records that a claimed delivery could not be loaded (its job could not be built: a
+    /// stored secret that does not parse, say) as an attempt that sent nothing (`error_kind`
+    /// [`UNLOADABLE`]), so such a delivery spends its retry schedule like one whose receiver
+    /// keeps failing, instead of being given back forever.
+    ///
+    /// `next_delay(n)` is the pause after the `n`-th attempt since the last manual retry or
+    /// recover, `None` once the schedule is used up: the delivery is then dead-lettered
+    /// (`failed`), with a `last_error` saying it could not be loaded and why, and can be
+    /// retried by hand once the cause is fixed. A retry of a disabled endpoint's delivery is
+    /// paused with its other rows.
+    ///
+    /// Returns what was recorded, or `None` (recording nothing) if `claim_token` no longer
+    /// owns the delivery. One group-committed write.
+    pub async fn record_load_failure(
+        &self,
+        delivery_id: Uuid,
+        claim_token: Uuid,
+        error: &str,
+        next_delay: impl Fn(u32) -> Option<Duration> + Send + 'static,
+    ) -> anyhow::Result<Option<AttemptOutcome>> {
+        let (id, token, error) = (
+            delivery_id.to_string(),
+            claim_token.to_string(),
+            error.to_owned(),
+        );
+        Ok(self
+            .writer
+            .write(move |conn| load_failure_rows(conn, &id, &token, &error, &next_delay, now_ms()))
+            .await?)
+    }
+
+    /// Gives a claimed delivery back without counting an attempt (shutdown cut it short, or
+    /// its lease no longer covered an attempt), due again after `delay_ms`.
     pub async fn release(
         &self,
         delivery_id: Uuid,
@@ -529,8 +657,13 @@ impl Store {
     }
 
     /// Makes a delivery due now with a fresh retry schedule, whatever its state (also after
-    /// success or dead-lettering), except while an attempt is running: resetting a claimed
-    /// row would let a second worker send it while the first one still does.
+    /// success or dead-lettering), except while an attempt is running: resetting a row under
+    /// a live lease would let a second worker send it while the first one still does.
+    ///
+    /// A row in flight under an expired lease has no attempt running: its worker died (or
+    /// gave up on it), as a claim would also conclude. It is requeued like any other; its
+    /// old claim token no longer records anything. This is what frees a row abandoned on an
+    /// endpoint disabled meanwhile, which no claim takes over.
     pub async fn retry_delivery(&self, id: Uuid) -> anyhow::Result<RetryOutcome> {
         let now = now_ms();
         let returning = DELIVERY_COLUMNS.replace("d.", "");
@@ -539,7 +672,9 @@ impl Store {
             "UPDATE deliveries SET status = 'pending', next_attempt_at = {next}, \
              retry_base = attempts, delivered_at = NULL, lease_expires_at = NULL, \
              claim_token = NULL, updated_at = $1 \
-             WHERE id = $2 AND status <> 'in_flight' RETURNING {returning}"
+             WHERE id = $2 AND (status <> 'in_flight' OR lease_expires_at IS NULL \
+                                OR lease_expires_at <= $1) \
+             RETURNING {returning}"
         ))
         .bind(now)
         .bind(id.to_string())
@@ -645,6 +780,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::DeliveryStatus;
 
     /// The claim path's statements must read indexes in order and stop at their limits: no
     /// full scan of `deliveries`, no sort of its rows. A plan regression here is what turns a
@@ -664,6 +800,7 @@ mod tests {
             ("busy", BUSY),
             ("claim", CLAIM),
             ("next due", NEXT_DUE),
+            ("pause abandoned", PAUSE_ABANDONED),
         ] {
             let rows: Vec<(i64, i64, i64, String)> =
                 sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -687,6 +824,209 @@ mod tests {
                 "{name}: not served by deliveries_endpoint_due:\n{text}"
             );
         }
+        store.close().await;
+    }
+
+    /// A migrated store on a fresh database in `dir`, with one endpoint (enabled or not).
+    async fn store_with_endpoint(dir: &tempfile::TempDir, enabled: bool) -> (Store, Uuid) {
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let endpoint = store
+            .create_endpoint(
+                &crate::domain::NewEndpoint {
+                    url: "http://127.0.0.1:9/webhook".into(),
+                    description: None,
+                    event_types: vec!["order.paid".into()],
+                },
+                &Secret::generate(),
+            )
+            .await
+            .unwrap();
+        if !enabled {
+            set_enabled(&store, endpoint.id, false).await;
+        }
+        (store, endpoint.id)
+    }
+
+    /// Enables or disables an endpoint as the API does (pausing or resuming its deliveries).
+    async fn set_enabled(store: &Store, endpoint: Uuid, enabled: bool) {
+        let patch = crate::domain::EndpointPatch {
+            enabled: Some(enabled),
+            ..Default::default()
+        };
+        store
+            .update_endpoint(endpoint, &patch)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Writes an event and its delivery to `endpoint`, in flight under a lease ending at
+    /// `lease_until` held by a worker that will never report (it died): what a crash leaves.
+    async fn abandoned_delivery(store: &Store, endpoint: Uuid, lease_until: i64) -> Uuid {
+        let (event, delivery) = (Uuid::now_v7(), Uuid::now_v7());
+        sqlx::query(
+            "INSERT INTO events (id, msg_id, event_type, payload, created_at) \
+             VALUES ($1, $2, 'order.paid', x'7b7d', 0)",
+        )
+        .bind(event.to_string())
+        .bind(format!("msg_{event}"))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
+             next_attempt_at, lease_expires_at, claim_token, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'in_flight', 1, 0, $4, 'a-dead-worker', 0, 0)",
+        )
+        .bind(delivery.to_string())
+        .bind(event.to_string())
+        .bind(endpoint.to_string())
+        .bind(lease_until)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        delivery
+    }
+
+    /// The delivery `id`, which exists.
+    async fn get(store: &Store, id: Uuid) -> Delivery {
+        store.delivery(id).await.unwrap().unwrap()
+    }
+
+    /// A row in flight under an expired lease has no attempt running: a manual retry
+    /// requeues it (paused, on a disabled endpoint, which no claim serves). A row under a
+    /// live lease is never reset.
+    #[tokio::test]
+    async fn retry_requeues_an_abandoned_attempt_but_never_one_under_a_live_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, endpoint) = store_with_endpoint(&dir, false).await;
+        let live = abandoned_delivery(&store, endpoint, now_ms() + 60_000).await;
+        let expired = abandoned_delivery(&store, endpoint, now_ms() - 1).await;
+
+        assert_eq!(
+            store.retry_delivery(live).await.unwrap(),
+            RetryOutcome::InFlight
+        );
+        assert_eq!(get(&store, live).await.status, DeliveryStatus::InFlight);
+
+        let RetryOutcome::Requeued(requeued) = store.retry_delivery(expired).await.unwrap() else {
+            panic!("an expired lease was taken for a running attempt");
+        };
+        assert_eq!(requeued.status, DeliveryStatus::Pending);
+        assert_eq!(
+            requeued.next_attempt_at, PAUSED_AT,
+            "its endpoint is disabled"
+        );
+        assert_eq!(requeued.attempts, 1);
+        // Enabling the endpoint makes it due; the dead worker's token records nothing.
+        set_enabled(&store, endpoint, true).await;
+        let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
+        assert_eq!(
+            claimed
+                .jobs
+                .iter()
+                .map(|j| j.delivery_id)
+                .collect::<Vec<_>>(),
+            [expired]
+        );
+        let (token,): (Option<String>,) =
+            sqlx::query_as("SELECT claim_token FROM deliveries WHERE id = $1")
+                .bind(expired.to_string())
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        assert_eq!(token, Some(claimed.token.to_string()));
+        store.close().await;
+    }
+
+    /// Disabling an endpoint pauses its rows left in flight under expired leases with its
+    /// pending ones; a claim pauses those whose leases expire after the endpoint was
+    /// disabled. Rows under live leases stay with their workers.
+    #[tokio::test]
+    async fn abandoned_attempts_on_a_disabled_endpoint_end_paused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, endpoint) = store_with_endpoint(&dir, true).await;
+        let expired = abandoned_delivery(&store, endpoint, now_ms() - 1).await;
+        let live = abandoned_delivery(&store, endpoint, now_ms() + 60_000).await;
+        set_enabled(&store, endpoint, false).await;
+        let paused = get(&store, expired).await;
+        assert_eq!(
+            (paused.status, paused.next_attempt_at),
+            (DeliveryStatus::Pending, PAUSED_AT)
+        );
+        assert_eq!(get(&store, live).await.status, DeliveryStatus::InFlight);
+
+        // The worker holding `live` dies; its lease expires while the endpoint is disabled.
+        sqlx::query("UPDATE deliveries SET lease_expires_at = $1 WHERE id = $2")
+            .bind(now_ms() - 1)
+            .bind(live.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
+        assert!(claimed.jobs.is_empty() && claimed.unloadable.is_empty());
+        let paused = get(&store, live).await;
+        assert_eq!(
+            (paused.status, paused.next_attempt_at),
+            (DeliveryStatus::Pending, PAUSED_AT)
+        );
+        assert_eq!(store.next_due_at().await.unwrap(), None);
+        store.close().await;
+    }
+
+    /// A load failure is recorded as the next attempt, only by the claim's owner; once the
+    /// schedule says no more, the delivery is dead-lettered with why.
+    #[tokio::test]
+    async fn load_failures_count_as_attempts_until_the_delivery_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, endpoint) = store_with_endpoint(&dir, true).await;
+        let id = abandoned_delivery(&store, endpoint, now_ms() - 1).await;
+        // Three attempts in all: the one sent before, then two that cannot be loaded.
+        let schedule = |n: u32| (n < 3).then_some(Duration::ZERO);
+        let mut outcomes = Vec::new();
+        for _ in 0..2 {
+            let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
+            assert_eq!(claimed.jobs.len(), 1);
+            let stranger = Uuid::new_v4();
+            assert_eq!(
+                store
+                    .record_load_failure(id, stranger, "boom", schedule)
+                    .await
+                    .unwrap(),
+                None,
+                "only the claim's owner records"
+            );
+            outcomes.push(
+                store
+                    .record_load_failure(id, claimed.token, "boom", schedule)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert!(matches!(outcomes[0], AttemptOutcome::Retry { .. }));
+        assert_eq!(outcomes[1], AttemptOutcome::Failed);
+        let dead = get(&store, id).await;
+        assert_eq!((dead.status, dead.attempts), (DeliveryStatus::Failed, 3));
+        assert_eq!(
+            dead.last_error.as_deref(),
+            Some("gave up after 3 attempts; last: the delivery could not be loaded: boom")
+        );
+        let attempts = store.attempts(id).await.unwrap();
+        let recorded: Vec<_> = attempts
+            .iter()
+            .map(|a| (a.attempt, a.error_kind.as_deref(), a.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                (2, Some(UNLOADABLE), "retry"),
+                (3, Some(UNLOADABLE), "failed")
+            ]
+        );
         store.close().await;
     }
 }

@@ -15,7 +15,9 @@
 mod deliveries;
 mod endpoints;
 mod events;
+pub mod idempotency;
 mod orders;
+mod retention;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use webhook_common::group_commit::{GroupCommitSettings, GroupCommitter};
 pub use deliveries::{Claimed, PAUSED_AT};
 pub use endpoints::{EndpointSecret, EnsuredEndpoint, CONFIG_UNSET_REASON, DELETE_BATCH};
 pub use orders::{ClaimOnCreate, CreatedOrder};
+pub use retention::{Purged, RETENTION_BATCH};
 
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]

@@ -4,6 +4,7 @@ use uuid::Uuid;
 use webhook_common::{Currency, Money};
 
 use super::deliveries::{ClaimedRow, EndpointRow};
+use super::idempotency::{self, IdempotencyKey, KeyedOrder};
 use super::{now_ms, parse_uuid, Claimed, Store};
 use crate::domain::{NewEvent, Order};
 
@@ -91,30 +92,66 @@ impl Store {
         event: &NewEvent,
         claim: Option<ClaimOnCreate>,
     ) -> anyhow::Result<CreatedOrder> {
+        match self.create_order_keyed(order, event, claim, None).await? {
+            KeyedOrder::Created(created) => Ok(created),
+            // Only a key can find an earlier request.
+            other => Err(anyhow::anyhow!(
+                "an order written without an idempotency key came to {other:?}"
+            )),
+        }
+    }
+
+    /// [`Store::create_order_claiming`] for a request with an `Idempotency-Key`: in the same
+    /// write, first looks the key up; a live key answers [`KeyedOrder::Replayed`] (same
+    /// request hash) or [`KeyedOrder::KeyReused`] (another) and writes nothing; otherwise the
+    /// order is written and the key stored with it (see the `idempotency` module). Without a
+    /// key this is [`Store::create_order_claiming`].
+    pub async fn create_order_keyed(
+        &self,
+        order: &Order,
+        event: &NewEvent,
+        claim: Option<ClaimOnCreate>,
+        key: Option<&IdempotencyKey>,
+    ) -> anyhow::Result<KeyedOrder> {
         let token = Uuid::new_v4();
-        let written = (order.clone(), event.clone(), token.to_string());
+        let written = (
+            order.clone(),
+            event.clone(),
+            token.to_string(),
+            key.cloned(),
+        );
         // The clock is read when the write runs on the writer, not when it is queued: time
-        // spent waiting for the writer must not eat the lease.
-        let (deliveries, claimed, now, lease_until) = self
+        // spent waiting for the writer must not eat the lease (nor the key's lifetime).
+        let (inserted, now, lease_until) = self
             .writer
             .write(move |conn| {
-                let (order, event, token) = &written;
+                let (order, event, token, key) = &written;
                 let now = now_ms();
                 let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
                 let claim = claim
                     .zip(lease_until)
                     .map(|(c, until)| (c, until, token.as_str()));
-                let (deliveries, claimed) = insert_order(conn, order, event, now, claim)?;
-                Ok((deliveries, claimed, now, lease_until))
+                let inserted = insert_order(conn, order, event, now, claim, key.as_ref())?;
+                Ok((inserted, now, lease_until))
             })
             .await?;
+        let (deliveries, claimed) = match inserted {
+            Inserted::Order {
+                deliveries,
+                claimed,
+            } => (deliveries, claimed),
+            Inserted::KeyTaken(row) => {
+                let key = key.ok_or_else(|| anyhow::anyhow!("a key row found without a key"))?;
+                return row.outcome(key);
+            }
+        };
         let claimed = claimed
             .zip(lease_until)
             .map(|(row, until)| Claimed::from_rows(token, until, now, vec![row]));
-        Ok(CreatedOrder {
+        Ok(KeyedOrder::Created(CreatedOrder {
             deliveries,
             claimed,
-        })
+        }))
     }
 
     /// One order by id.
@@ -177,17 +214,35 @@ struct SubscriberRow {
     busy: i64,
 }
 
-/// The statements of [`Store::create_order_claiming`], run on the writer's thread: the
-/// order, its event, the subscribed endpoints, then one delivery per endpoint, the first
-/// endpoint below its cap's one already claimed when `claim` says so. Returns how many
-/// deliveries it queued and the claimed one.
+/// What [`insert_order`] did.
+enum Inserted {
+    /// It wrote the order: how many deliveries it queued and the claimed one.
+    Order {
+        deliveries: usize,
+        claimed: Option<ClaimedRow>,
+    },
+    /// It wrote nothing: the idempotency key is live, with this row.
+    KeyTaken(idempotency::KeyRow),
+}
+
+/// The statements of [`Store::create_order_keyed`], run on the writer's thread: with a key,
+/// its lookup first (a live key stops here); then the order, its event, the subscribed
+/// endpoints, one delivery per endpoint, the first endpoint below its cap's one already
+/// claimed when `claim` says so, and last the key's row. Check and insert run in one
+/// transaction holding the write lock, so one key can never create two orders.
 fn insert_order(
     conn: &rusqlite::Connection,
     order: &Order,
     event: &NewEvent,
     now: i64,
     claim: Option<(ClaimOnCreate, i64, &str)>,
-) -> rusqlite::Result<(usize, Option<ClaimedRow>)> {
+    key: Option<&IdempotencyKey>,
+) -> rusqlite::Result<Inserted> {
+    if let Some(key) = key {
+        if let Some(row) = idempotency::find_live(conn, &key.key, now)? {
+            return Ok(Inserted::KeyTaken(row));
+        }
+    }
     conn.prepare_cached(
         "INSERT INTO orders (id, product_name, quantity, unit_price, total, currency, \
          customer_email, status, failure_reason, created_at) \
@@ -289,5 +344,11 @@ fn insert_order(
             });
         }
     }
-    Ok((inserted, claimed))
+    if let Some(key) = key {
+        idempotency::remember(conn, key, &order.id.to_string(), now)?;
+    }
+    Ok(Inserted::Order {
+        deliveries: inserted,
+        claimed,
+    })
 }

@@ -42,6 +42,8 @@ impl Service {
             .env("DISPATCH_LEASE", "6s")
             .env("DISPATCH_SWEEP_INTERVAL", "100ms")
             .env("ALLOW_PRIVATE_WEBHOOK_TARGETS", "true")
+            // 200 orders from one address, as fast as they are answered.
+            .env("ORDER_RATE_LIMIT_PER_SEC", "0")
             .env("RUST_LOG", "warn,orders_service=info")
             .env("NO_COLOR", "1")
             .stdout(out)

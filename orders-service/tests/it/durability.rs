@@ -126,6 +126,8 @@ fn settings(lease_ms: u64) -> DispatcherSettings {
         "--dispatch-lease",
         &format!("{lease_ms}ms"),
         "--allow-private-webhook-targets",
+        "--order-rate-limit-per-sec",
+        "0",
     ])
     .unwrap();
     DispatcherSettings::from_config(&config)
@@ -353,7 +355,7 @@ async fn a_dead_workers_late_report_is_refused_while_the_new_owner_is_still_send
 }
 
 #[tokio::test]
-async fn a_delivery_that_fails_to_load_is_released_for_later_not_retried_at_once() {
+async fn a_delivery_that_fails_to_load_counts_an_attempt_and_is_not_retried_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("o.db").display());
     let store = Store::connect(&url).await.unwrap();
@@ -377,11 +379,12 @@ async fn a_delivery_that_fails_to_load_is_released_for_later_not_retried_at_once
 
     let dispatcher = Dispatcher::new(store.clone(), settings(5_000)).unwrap();
     assert_eq!(dispatcher.run_once().await.unwrap(), 1);
-    // Released with a backoff: not due again at once, so the loop cannot spin on it.
+    // Counted as an attempt (so the schedule ends it as failed) and due again only after a
+    // backoff, so the loop cannot spin on it.
     assert_eq!(dispatcher.run_once().await.unwrap(), 0);
     let delivery = store.deliveries_for_order(order).await.unwrap().remove(0);
     assert_eq!(delivery.status, DeliveryStatus::Pending);
-    assert_eq!(delivery.attempts, 0);
+    assert_eq!(delivery.attempts, 1);
     assert!(
         delivery.next_attempt_at >= now_ms() + 30_000,
         "due again too soon: {} vs now {}",

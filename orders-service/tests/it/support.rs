@@ -96,6 +96,8 @@ impl TestApp {
             // Test receivers listen on 127.0.0.1; the SSRF tests pass `false` to turn the
             // guard back on.
             ("--allow-private-webhook-targets", "true"),
+            // Tests send many orders from 127.0.0.1; the rate-limit tests pass their own.
+            ("--order-rate-limit-per-sec", "0"),
         ];
         let mut args = vec![
             "orders-service".to_owned(),
