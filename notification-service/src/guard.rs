@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use tokio_util::sync::CancellationToken;
 use webhook_common::error_body::ErrorBody;
 
+use crate::api::metrics;
 use crate::config::RateLimitSettings;
 
 /// Allow-list and rejection budget per client IP.
@@ -112,12 +113,25 @@ fn too_many(wait: Duration) -> Response {
 
 /// Middleware for the intake route: allow-list (403), then the request is handled (and so
 /// verified) whatever the budget, and only a rejection is charged, or answered 429 when the
-/// budget is spent.
+/// budget is spent. Times every delivery (`webhook_processing_seconds`) and counts each one
+/// it answered with an error in `webhooks_received_total` by reason (the handler counts the
+/// accepted ones).
 pub async fn intake_guard(
     State(guard): State<std::sync::Arc<IntakeGuard>>,
     request: Request,
     next: Next,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let response = admit(&guard, request, next).await;
+    if let Some(reason) = metrics::rejection_reason(response.status()) {
+        metrics::count_rejected(reason);
+    }
+    metrics::observe_processing(started.elapsed());
+    response
+}
+
+/// [`intake_guard`] without its metrics.
+async fn admit(guard: &IntakeGuard, request: Request, next: Next) -> Response {
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

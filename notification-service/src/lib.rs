@@ -33,7 +33,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use webhook_common::extract::WebhookIntake;
 
 pub use config::{Config, Settings};
@@ -61,6 +60,9 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Webhook deliveries handled at once, at most (503 beyond).
     pub max_concurrent_requests: usize,
+    /// Up while the email worker's loop runs (`GET /readyz` answers 503 without it); hand
+    /// it to the worker with [`EmailWorker::with_liveness`].
+    pub worker_running: webhook_common::telemetry::Liveness,
 }
 
 use guard::IntakeGuard;
@@ -80,6 +82,7 @@ impl AppState {
             wake,
             request_timeout: settings.request_timeout,
             max_concurrent_requests: settings.max_concurrent_requests,
+            worker_running: webhook_common::telemetry::Liveness::new(),
         }
     }
 }
@@ -93,8 +96,11 @@ impl FromRef<AppState> for WebhookIntake {
 /// The whole HTTP application. Pure: no I/O. Serve it with [`webhook_common::server::serve`]
 /// (or `into_make_service_with_connect_info::<SocketAddr>()`) so the intake sees client IPs.
 pub fn build_app(state: AppState) -> Router {
+    webhook_common::metrics::install();
     Router::new()
         .merge(api::health::router())
+        .merge(api::metrics::router())
+        .merge(api::openapi::router())
         .merge(api::webhooks::router(
             state.guard.clone(),
             state.max_concurrent_requests,
@@ -113,7 +119,8 @@ pub fn build_app(state: AppState) -> Router {
             state.request_timeout,
         ))
         .layer(middleware::from_fn(webhook_common::error_body::json_errors))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(webhook_common::metrics::track_http))
+        .layer(webhook_common::telemetry::request_tracing())
         .with_state(state)
 }
 
@@ -136,10 +143,13 @@ pub async fn run(
     let state = AppState::new(&settings, store.clone(), wake.clone());
     let mailer = mailer::from_settings(&settings.mailer, settings.mail_from.clone());
     tracing::info!(mailer = ?settings.mailer, "mailer configured");
-    let worker = EmailWorker::new(store.clone(), mailer, settings.worker.clone(), wake);
+    let worker = EmailWorker::new(store.clone(), mailer, settings.worker.clone(), wake)
+        .with_liveness(state.worker_running.clone());
 
     let background = TaskTracker::new();
     background.spawn(worker.run(shutdown.clone()));
+    // Refreshes `email_queue_depth` of `/metrics` every few seconds.
+    background.spawn(store.clone().run_queue_gauge(shutdown.clone()));
     background.spawn(worker::run_cleanup(
         store.clone(),
         settings.dedup_retention,

@@ -1,21 +1,17 @@
 //! The notification-service binary: settings from flags and environment, logs to stdout,
 //! SIGINT/SIGTERM for a graceful stop.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use notification_service::{run, Config};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    if let Err(e) = webhook_common::telemetry::init_tracing() {
+        eprintln!("notification-service: {e}");
+        return ExitCode::FAILURE;
+    }
 
     let config = Config::parse();
     // Checked here too so a bad setting fails before we bind a port.

@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use webhook_common::EventType;
 
 pub use config::Config;
@@ -70,10 +69,13 @@ pub struct AppState {
     /// `ORDER_RATE_LIMIT_PER_SEC` and `ORDER_RATE_LIMIT_BURST`: the per-client budget of
     /// `POST /orders` (429 beyond); `None` when the limit is off.
     pub order_rate_limit: Option<Arc<OrderRateLimit>>,
+    /// Up while the dispatcher's loop runs; `GET /readyz` answers 503 without it.
+    pub dispatcher_running: webhook_common::telemetry::Liveness,
 }
 
 /// The router with every route and the JSON fallbacks. Does no I/O.
 pub fn build_app(state: AppState) -> Router {
+    webhook_common::metrics::install();
     let limit = state.max_body_bytes;
     let mut orders = api::orders::router();
     if let Some(limit) = state.order_rate_limit.clone() {
@@ -98,6 +100,14 @@ pub fn build_app(state: AppState) -> Router {
         );
     Router::new()
         .merge(api::health::router())
+        .merge(api::openapi::router())
+        // Prometheus text behind the admin token, outside the bound so a scrape still answers.
+        .route(
+            "/metrics",
+            axum::routing::get(webhook_common::metrics::metrics_handler).route_layer(
+                middleware::from_fn_with_state(state.clone(), api::admin::require_admin),
+            ),
+        )
         .merge(bounded)
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -114,7 +124,9 @@ pub fn build_app(state: AppState) -> Router {
             state.request_timeout,
         ))
         .layer(middleware::from_fn(webhook_common::error_body::json_errors))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(webhook_common::metrics::track_http))
+        // Outermost: request id, then the request span every log line of the request is in.
+        .layer(webhook_common::telemetry::request_tracing())
         .with_state(state)
 }
 
@@ -148,11 +160,14 @@ pub async fn run(
         request_timeout: Duration::from_secs(config.request_timeout_secs),
         max_concurrent_requests: config.max_concurrent_requests,
         order_rate_limit: order_rate_limit.clone(),
+        dispatcher_running: dispatcher.liveness(),
     };
     let app = build_app(state);
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(dispatcher.run(shutdown.clone()));
+    // Refreshes the outbox gauges of `/metrics` every few seconds.
+    tasks.spawn(store.clone().run_outbox_gauges(shutdown.clone()));
     // Deletes expired `Idempotency-Key`s in small batches, once a minute.
     tasks.spawn(store.clone().run_idempotency_key_expiry(shutdown.clone()));
     // Deletes finished events (and their deliveries, attempts, orders) past EVENT_RETENTION.

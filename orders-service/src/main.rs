@@ -3,17 +3,13 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use orders_service::Config;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        // Colours only on a terminal, so log files and `docker logs` stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    if let Err(e) = webhook_common::telemetry::init_tracing() {
+        eprintln!("orders-service: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match start().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

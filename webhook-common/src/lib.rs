@@ -12,7 +12,10 @@
 //! - [`group_commit`] (feature `group-commit`): one writer thread per SQLite database that
 //!   commits the writes of many callers in one transaction (one fsync for many requests);
 //! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
-//!   connection cap.
+//!   connection cap;
+//! - [`metrics`] (feature `metrics`): the Prometheus recorder, `/metrics` text and HTTP metrics;
+//! - [`telemetry`] (feature `server`): log setup (`LOG_FORMAT`), request ids and spans, W3C
+//!   `traceparent`, and the liveness flag of background loops.
 
 pub mod error_body;
 pub mod event;
@@ -26,8 +29,12 @@ pub mod client;
 pub mod extract;
 #[cfg(feature = "group-commit")]
 pub mod group_commit;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod telemetry;
 
 pub use event::{Event, EventPayload, EventType, OrderPaid, OrderPaymentFailed};
 pub use money::{Currency, Money};

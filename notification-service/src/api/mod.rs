@@ -1,7 +1,9 @@
 //! HTTP routes, one file per resource, plus the admin-token extractor they share.
 
 pub mod health;
+pub mod metrics;
 pub mod notifications;
+pub mod openapi;
 pub mod webhooks;
 
 use axum::extract::FromRequestParts;

@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
+use webhook_common::error_body::ErrorBody;
 
 use crate::api::AdminAuth;
 use crate::error::ApiError;
@@ -25,28 +26,49 @@ pub fn router() -> Router<AppState> {
         .route("/notifications/{id}", get(show))
 }
 
-#[derive(Deserialize)]
+/// Query of `GET /notifications`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
 }
 
 /// A notification as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Notification)]
 struct Item {
+    /// The notification's id.
     id: Uuid,
+    /// The `webhook-id` of the delivery that queued it.
     webhook_id: String,
+    /// e.g. `order.paid`.
     event_type: String,
+    /// The order it is about.
     order_id: Uuid,
+    /// The recipient.
     to: String,
+    /// The email's subject.
     subject: String,
+    /// `queued`, `sent`, `failed` or `cancelled`.
+    #[schema(value_type = String, pattern = "^(queued|sent|failed|cancelled)$")]
     status: NotificationStatus,
+    /// Sending attempts so far.
     attempts: u32,
+    /// What went wrong last.
     last_error: Option<String>,
+    /// RFC 3339.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
+    /// RFC 3339: when it was handed to the mail transport.
     #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     sent_at: Option<OffsetDateTime>,
+    /// The email's text (on `GET /notifications/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<String>,
 }
@@ -70,9 +92,13 @@ impl Item {
     }
 }
 
-#[derive(Serialize)]
+/// A page of notifications.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = NotificationPage)]
 struct Page {
+    /// This page, newest first.
     items: Vec<Item>,
+    /// Pass it back as `cursor` for the next page; `null` on the last.
     next_cursor: Option<String>,
 }
 
@@ -89,6 +115,18 @@ pub fn parse_limit(text: Option<&str>) -> Result<u32, ApiError> {
     }
 }
 
+/// `GET /notifications?cursor=&limit=`.
+#[utoipa::path(
+    get,
+    path = "/notifications",
+    tag = "notifications",
+    params(ListParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of notifications, newest first", body = Page),
+        (status = 400, description = "A bad `limit` or a cursor this API did not issue", body = ErrorBody),
+    )
+)]
 async fn list(
     _: AdminAuth,
     State(state): State<AppState>,
@@ -123,6 +161,19 @@ async fn list(
     }))
 }
 
+/// `GET /notifications/{id}`.
+#[utoipa::path(
+    get,
+    path = "/notifications/{id}",
+    tag = "notifications",
+    params(("id" = Uuid, Path, description = "The notification's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The notification with its email text", body = Item),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 404, description = "No notification with this id", body = ErrorBody),
+    )
+)]
 async fn show(
     _: AdminAuth,
     State(state): State<AppState>,

@@ -12,6 +12,7 @@ use axum::{middleware, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::ServiceBuilder;
+use webhook_common::error_body::ErrorBody;
 use webhook_common::extract::VerifiedWebhook;
 
 use crate::api::AdminAuth;
@@ -40,6 +41,33 @@ pub fn router(guard: Arc<IntakeGuard>, max_concurrent: usize) -> Router<AppState
 
 /// Verifies (in the extractor), then records the delivery and its email job in one
 /// transaction and answers as soon as that is durable. No email work happens here.
+#[utoipa::path(
+    post,
+    path = "/webhooks/orders",
+    tag = "webhooks",
+    params(
+        ("webhook-id" = String, Header, description = "Standard Webhooks message id"),
+        ("webhook-timestamp" = String, Header, description = "Unix seconds when it was signed"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`, space separated"),
+    ),
+    request_body(content = Object, content_type = "application/json",
+        description = "A Standard Webhooks event: `{\"type\", \"timestamp\", \"data\"}`"),
+    responses(
+        (status = 200, description = "Already recorded (`duplicate`), not for this service \
+            (`ignored`), or older than what the order has seen (`stale`)", body = super::openapi::IntakeAnswer),
+        (status = 202, description = "Recorded; its email is queued (`queued`)", body = super::openapi::IntakeAnswer),
+        (status = 400, description = "Unreadable body or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing, stale or wrong signature", body = ErrorBody),
+        (status = 403, description = "The client is not in `ALLOWED_NETWORKS`", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "Verified, but not an event this service understands", body = ErrorBody),
+        (status = 429, description = "Too many rejected requests from this client; retry after \
+            `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Overloaded or the database is unavailable; retry after \
+            `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(webhook_id = %webhook.id, event_type = webhook.event.type_name()))]
 async fn receive(
     State(state): State<AppState>,
@@ -58,6 +86,7 @@ async fn receive(
         .await
         .map_err(ApiError::Unavailable)?;
     tracing::info!(outcome = ?outcome, "webhook recorded");
+    crate::api::metrics::count_recorded(&incoming.event_type, &outcome);
     Ok(match outcome {
         IntakeOutcome::Queued { notification_id } => {
             state.wake.notify_one();
@@ -76,23 +105,37 @@ async fn receive(
 /// Answers a delivery shed by the concurrency bound.
 async fn overloaded(_: tower::BoxError) -> ApiError {
     tracing::warn!("webhook refused: too many deliveries in progress");
+    crate::api::metrics::count_rejected("overloaded");
     ApiError::Overloaded
 }
 
-#[derive(Deserialize)]
+/// Query of `GET /webhooks/received`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReceivedParams {
+    /// How many, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
 }
 
-#[derive(Serialize)]
-struct ReceivedItem {
+/// A recent delivery and what became of it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ReceivedItem {
+    /// Its `webhook-id`.
     webhook_id: String,
+    /// e.g. `order.paid`.
     event_type: String,
+    /// The order it is about.
     order_id: Option<String>,
+    /// What the intake did with it.
     outcome: String,
+    /// RFC 3339: the event's own time.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     event_at: time::OffsetDateTime,
+    /// RFC 3339: when it arrived.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     received_at: time::OffsetDateTime,
 }
 
@@ -109,6 +152,18 @@ impl From<ReceivedWebhook> for ReceivedItem {
     }
 }
 
+/// `GET /webhooks/received?limit=`.
+#[utoipa::path(
+    get,
+    path = "/webhooks/received",
+    tag = "webhooks",
+    params(ReceivedParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The latest deliveries, newest first", body = super::openapi::ReceivedList),
+        (status = 400, description = "A bad `limit`", body = ErrorBody),
+    )
+)]
 async fn list_received(
     _: AdminAuth,
     State(state): State<AppState>,

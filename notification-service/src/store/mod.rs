@@ -9,6 +9,7 @@
 //! millisecond timestamps, text UUIDs).
 
 mod intake;
+mod metrics;
 mod queue;
 mod rows;
 

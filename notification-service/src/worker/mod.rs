@@ -44,6 +44,22 @@ pub enum JobOutcome {
     Unrecorded,
 }
 
+impl JobOutcome {
+    /// The `outcome` label of `emails_sent_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Sent => "sent",
+            JobOutcome::Retrying => "retrying",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Released => "released",
+            JobOutcome::Unrecorded => "unrecorded",
+        }
+    }
+}
+
+/// `emails_sent_total{outcome}`: email jobs processed, by [`JobOutcome`].
+pub const EMAILS_SENT_TOTAL: &str = "emails_sent_total";
+
 /// Sends queued emails: claims due jobs from the database under expiring leases and sends
 /// at most `concurrency` at a time.
 ///
@@ -64,6 +80,8 @@ pub struct EmailWorker {
     /// stops retrying its outcome write when the lease is over (someone else may own the
     /// job by then).
     leases: Arc<HeldLeases>,
+    /// Up while [`EmailWorker::run`] runs, for readiness.
+    liveness: webhook_common::telemetry::Liveness,
 }
 
 impl EmailWorker {
@@ -80,7 +98,14 @@ impl EmailWorker {
             settings,
             wake,
             leases: Arc::default(),
+            liveness: webhook_common::telemetry::Liveness::new(),
         }
+    }
+
+    /// Reports whether [`EmailWorker::run`] runs through `flag` (`GET /readyz` reads it).
+    pub fn with_liveness(mut self, flag: webhook_common::telemetry::Liveness) -> Self {
+        self.liveness = flag;
+        self
     }
 
     /// Claims one batch of due jobs (at most `concurrency`, and at most `batch_size`) and
@@ -126,6 +151,7 @@ impl EmailWorker {
     /// finish for up to the shutdown grace period, and releases (unclaims) the rest. It
     /// renews the leases of the jobs it holds until the last one is done.
     pub async fn run(self, shutdown: CancellationToken) {
+        let _running = self.liveness.mark_running();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
@@ -336,7 +362,7 @@ impl EmailWorker {
                     }
                 }
             };
-            match recorded {
+            let outcome = match recorded {
                 Ok((true, outcome)) => {
                     if outcome == JobOutcome::Sent {
                         tracing::debug!("email job done");
@@ -351,7 +377,9 @@ impl EmailWorker {
                     tracing::error!(error = %e, "could not record the email job outcome; the job will be retried");
                     JobOutcome::Unrecorded
                 }
-            }
+            };
+            metrics::counter!(EMAILS_SENT_TOTAL, "outcome" => outcome.as_str()).increment(1);
+            outcome
         }
         .instrument(span)
         .await

@@ -6,6 +6,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use webhook_common::error_body::ErrorBody;
 
 use super::{path_id, rfc3339};
 use crate::domain::{Attempt, Delivery, DeliveryStatus, RetryOutcome};
@@ -18,7 +19,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A delivery as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryResponse {
     /// The delivery's id.
     pub id: Uuid,
@@ -45,7 +46,7 @@ pub struct DeliveryResponse {
 }
 
 /// One attempt as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptResponse {
     /// 1 for the first attempt.
     pub attempt: u32,
@@ -100,6 +101,18 @@ impl DeliveryResponse {
 /// dead-lettering; the same `webhook-id`, so receivers can deduplicate. 409 only while an
 /// attempt runs under a live lease; a delivery left in flight by a worker that died (its
 /// lease expired) is requeued like any other.
+#[utoipa::path(
+    post,
+    path = "/deliveries/{id}/retry",
+    tag = "deliveries",
+    params(("id" = Uuid, Path, description = "The delivery's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Due now, with a fresh retry schedule", body = DeliveryResponse),
+        (status = 404, description = "No delivery with this id", body = ErrorBody),
+        (status = 409, description = "An attempt of it is running", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(delivery_id = %id))]
 async fn retry(
     State(state): State<AppState>,

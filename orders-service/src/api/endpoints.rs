@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
+use webhook_common::error_body::ErrorBody;
 use webhook_common::{EventType, Secret};
 
 use super::{page_limit, parse_rfc3339, path_id, rfc3339, Page};
@@ -48,7 +49,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// An endpoint as the API shows it; never with its secret.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndpointResponse {
     /// The endpoint's id.
     pub id: Uuid,
@@ -90,7 +91,7 @@ impl From<&Endpoint> for EndpointResponse {
 }
 
 /// The answer to `POST /endpoints`: the endpoint and its new secret.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedEndpoint {
     /// The endpoint.
     #[serde(flatten)]
@@ -100,7 +101,7 @@ pub struct CreatedEndpoint {
 }
 
 /// An endpoint's signing secret.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretResponse {
     /// `whsec_...`: signs every delivery.
     pub secret: String,
@@ -118,29 +119,32 @@ impl From<EndpointSecret> for SecretResponse {
 }
 
 /// Body of `POST /endpoints`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     /// http(s) URL.
     pub url: String,
     /// Event types, e.g. `["order.paid"]`.
+    #[schema(min_items = 1, value_type = Vec<super::openapi::EventTypeName>)]
     pub event_types: Vec<String>,
     /// Free text.
     pub description: Option<String>,
 }
 
 /// Body of `PATCH /endpoints/{id}`; absent fields stay as they are.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
     /// New URL.
     pub url: Option<String>,
     /// New event types.
+    #[schema(min_items = 1, value_type = Option<Vec<super::openapi::EventTypeName>>)]
     pub event_types: Option<Vec<String>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
     /// New description; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
 }
 
@@ -152,15 +156,16 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 }
 
 /// Body of `POST /endpoints/{id}/rotate-secret` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
     /// How long the previous secret keeps signing; default 86400 (24 h), 0 for not at all.
+    #[schema(maximum = 2_592_000)]
     pub grace_period_secs: Option<u64>,
 }
 
 /// Body of `POST /endpoints/{id}/recover`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverBody {
     /// RFC 3339: requeue failed deliveries of events created at or after this.
@@ -170,7 +175,7 @@ pub struct RecoverBody {
 }
 
 /// The answer to a recovery.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecoverResponse {
     /// How many failed deliveries are due again.
     pub requeued: u64,
@@ -179,11 +184,13 @@ pub struct RecoverResponse {
 }
 
 /// Query of `GET /endpoints`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -250,6 +257,22 @@ fn check_description(description: Option<&str>, fields: &mut Fields) -> bool {
 }
 
 /// `POST /endpoints`.
+#[utoipa::path(
+    post,
+    path = "/endpoints",
+    tag = "endpoints",
+    security(("admin_token" = [])),
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The endpoint and its new secret", body = CreatedEndpoint,
+            headers(("Location" = String, description = "`/endpoints/{id}`"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "The service keeps its most endpoints already; delete one first", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid fields (`error.fields` says which)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(endpoint_id))]
 async fn create_endpoint(
     State(state): State<AppState>,
@@ -290,6 +313,18 @@ async fn create_endpoint(
 }
 
 /// `GET /endpoints?cursor=&limit=`: oldest first.
+#[utoipa::path(
+    get,
+    path = "/endpoints",
+    tag = "endpoints",
+    params(ListParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of endpoints, oldest first", body = Page<EndpointResponse>),
+        (status = 400, description = "A bad query or a cursor this API did not issue", body = ErrorBody),
+        (status = 422, description = "`limit` is out of range", body = ErrorBody),
+    )
+)]
 async fn list_endpoints(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,
@@ -317,6 +352,17 @@ async fn find(state: &AppState, id: &str) -> Result<(Uuid, Endpoint), ApiError> 
 }
 
 /// `GET /endpoints/{id}`.
+#[utoipa::path(
+    get,
+    path = "/endpoints/{id}",
+    tag = "endpoints",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The endpoint", body = EndpointResponse),
+        (status = 404, description = "No endpoint with this id", body = ErrorBody),
+    )
+)]
 async fn get_endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -326,6 +372,22 @@ async fn get_endpoint(
 }
 
 /// `PATCH /endpoints/{id}`.
+#[utoipa::path(
+    patch,
+    path = "/endpoints/{id}",
+    tag = "endpoints",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    security(("admin_token" = [])),
+    request_body(content = UpdateBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The endpoint, changed", body = EndpointResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No endpoint with this id", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid fields (`error.fields` says which)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn update_endpoint(
     State(state): State<AppState>,
@@ -367,6 +429,17 @@ async fn update_endpoint(
 }
 
 /// `DELETE /endpoints/{id}`: the endpoint, its deliveries and their attempts go; events stay.
+#[utoipa::path(
+    delete,
+    path = "/endpoints/{id}",
+    tag = "endpoints",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Deleted, with its deliveries and their attempts"),
+        (status = 404, description = "No endpoint with this id", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn delete_endpoint(
     State(state): State<AppState>,
@@ -385,6 +458,17 @@ async fn delete_endpoint(
 }
 
 /// `GET /endpoints/{id}/secret`.
+#[utoipa::path(
+    get,
+    path = "/endpoints/{id}/secret",
+    tag = "endpoints",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The endpoint's signing secret", body = SecretResponse),
+        (status = 404, description = "No endpoint with this id", body = ErrorBody),
+    )
+)]
 async fn get_secret(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -399,6 +483,22 @@ async fn get_secret(
 }
 
 /// `POST /endpoints/{id}/rotate-secret` with an optional `{"grace_period_secs": N}`.
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/rotate-secret",
+    tag = "endpoints",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    security(("admin_token" = [])),
+    request_body(content = Option<RotateBody>, content_type = "application/json",
+        description = "Optional: an empty body means the default grace period"),
+    responses(
+        (status = 200, description = "The new secret", body = SecretResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No endpoint with this id", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 422, description = "Invalid fields (`error.fields` says which)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn rotate_secret(
     State(state): State<AppState>,
@@ -435,6 +535,22 @@ async fn rotate_secret(
 }
 
 /// `POST /endpoints/{id}/recover` with `{"since": RFC 3339, "until"?: RFC 3339}`.
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/recover",
+    tag = "endpoints",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    security(("admin_token" = [])),
+    request_body(content = RecoverBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "How many failed deliveries are due again", body = RecoverResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No endpoint with this id", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid fields (`error.fields` says which)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn recover(
     State(state): State<AppState>,

@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
+use webhook_common::error_body::ErrorBody;
 use webhook_common::EventType;
 
 use super::deliveries::DeliveryResponse;
@@ -30,7 +31,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// An event as the history shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventResponse {
     /// The event's id.
     pub id: Uuid,
@@ -46,6 +47,7 @@ pub struct EventResponse {
     /// RFC 3339.
     pub created_at: String,
     /// The webhook body, exactly as signed and sent (the stored bytes, keys in their order).
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
 }
 
@@ -76,7 +78,7 @@ fn raw_payload(bytes: &[u8]) -> Box<RawValue> {
 }
 
 /// One event with its deliveries.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventDetail {
     /// The event.
     #[serde(flatten)]
@@ -89,7 +91,8 @@ pub struct EventDetail {
 }
 
 /// Query of `GET /events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Events after this cursor (`next_cursor`, or an event's `cursor`); from the start if absent.
     pub after: Option<String>,
@@ -97,10 +100,23 @@ pub struct ListParams {
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
 /// `GET /events?after=&type=&limit=`: oldest first.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    params(ListParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of events in commit order", body = Page<EventResponse>),
+        (status = 400, description = "A bad query or a cursor this API did not issue", body = ErrorBody),
+        (status = 422, description = "`limit` is out of range or `type` is unknown", body = ErrorBody),
+    )
+)]
 async fn list_events(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,
@@ -131,6 +147,17 @@ async fn list_events(
 }
 
 /// `GET /events/{id}`.
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    params(("id" = Uuid, Path, description = "The event's id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The event with its deliveries and their latest attempts", body = EventDetail),
+        (status = 404, description = "No event with this id", body = ErrorBody),
+    )
+)]
 async fn get_event(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -35,6 +35,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 use validator::ValidateEmail as _;
+use webhook_common::error_body::ErrorBody;
 use webhook_common::money::InvalidAmount;
 use webhook_common::signing::new_message_id;
 use webhook_common::{Currency, Event, EventPayload, Money, OrderPaid, OrderPaymentFailed};
@@ -86,7 +87,7 @@ pub fn admin_router() -> Router<AppState> {
 }
 
 /// An order as the API shows it. Money is exact decimal text plus integer minor units.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderResponse {
     /// UUID of the order.
     pub id: Uuid,
@@ -393,6 +394,28 @@ fn request_sha256(new: &NewOrder) -> String {
 }
 
 /// `POST /orders`.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 printable ASCII characters (a random UUID is best): for 24 h the \
+            same key with the same order answers the first answer again and creates nothing")),
+    request_body(content = super::openapi::NewOrderBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The order, created; or its first answer replayed for an \
+            `Idempotency-Key` (with `Idempotent-Replayed: true`)", body = OrderResponse,
+            headers(("Location" = String, description = "`/orders/{id}`"))),
+        (status = 400, description = "Malformed JSON or a bad `Idempotency-Key`", body = ErrorBody),
+        (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid fields (`error.fields` says which), or an \
+            `Idempotency-Key` already used for another order", body = ErrorBody),
+        (status = 429, description = "Over the client's rate limit; retry after `Retry-After` \
+            seconds", body = ErrorBody),
+        (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(order_id))]
 async fn create_order(
     State(state): State<AppState>,
@@ -406,6 +429,8 @@ async fn create_order(
         Placed::Created { order, body } => {
             tracing::Span::current().record("order_id", tracing::field::display(order.id));
             tracing::info!(status = order.status.as_str(), total = %order.total, "order created");
+            metrics::counter!("orders_created_total", "status" => order.status.as_str())
+                .increment(1);
             StoredAnswer {
                 order_id: order.id,
                 status: StatusCode::CREATED.as_u16(),
@@ -587,6 +612,16 @@ async fn commit_and_hand_over(
 }
 
 /// `GET /orders/{id}`.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    params(("id" = uuid::Uuid, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = OrderResponse),
+        (status = 404, description = "No order with this id", body = ErrorBody),
+    )
+)]
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -598,15 +633,29 @@ async fn get_order(
 }
 
 /// Query of `GET /orders`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
 /// `GET /orders?cursor=&limit=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    params(ListParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of orders, newest first", body = super::Page<OrderResponse>),
+        (status = 400, description = "A bad query or a cursor this API did not issue", body = ErrorBody),
+        (status = 422, description = "`limit` is out of range", body = ErrorBody),
+    )
+)]
 async fn list_orders(
     State(state): State<AppState>,
     query: Result<Query<ListParams>, QueryRejection>,

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use webhook_common::client::signed_request;
+use webhook_common::telemetry::{TraceParent, TRACEPARENT_HEADER};
 
 use super::retry::{parse_retry_after, RetryPolicy};
 use crate::domain::{Attempt, AttemptOutcome, DeliveryJob};
@@ -97,6 +98,9 @@ pub async fn attempt(
     if let Some(refused) = refused {
         return forbidden_report(number, started_at, &refused);
     }
+    // W3C Trace Context: the trace id is the event's (shared by every attempt of it), the
+    // span id this attempt's. Not signed: it is not one of the Standard Webhooks headers.
+    let traceparent = TraceParent::for_message(&job.msg_id);
     let sent = signed_request(
         client,
         job.url.as_str(),
@@ -104,6 +108,7 @@ pub async fn attempt(
         &job.msg_id,
         job.payload.clone(),
     )
+    .header(TRACEPARENT_HEADER, traceparent.to_string())
     .send()
     .await;
     let (status_code, error_kind, response_body, verdict, error) = match sent {

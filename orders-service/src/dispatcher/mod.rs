@@ -12,6 +12,7 @@
 //! worker's attempt of the same delivery.
 
 mod attempt;
+mod metrics;
 pub mod retry;
 
 use std::future::Future;
@@ -173,6 +174,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     /// Poked when an attempt finishes, so the loop claims again and recomputes its wait.
     slot_freed: Notify,
+    /// Up while [`Dispatcher::run`] runs, for readiness.
+    liveness: webhook_common::telemetry::Liveness,
 }
 
 /// The lease of one claim, shared by the attempts it claimed.
@@ -225,8 +228,14 @@ impl Dispatcher {
                 wake: Arc::new(Notify::new()),
                 slots,
                 slot_freed: Notify::new(),
+                liveness: webhook_common::telemetry::Liveness::new(),
             }),
         })
+    }
+
+    /// Up while [`Dispatcher::run`] runs (`GET /readyz` reads it).
+    pub fn liveness(&self) -> webhook_common::telemetry::Liveness {
+        self.inner.liveness.clone()
     }
 
     /// The signal to poke (`notify_one`) after new deliveries commit.
@@ -301,6 +310,7 @@ impl Dispatcher {
     /// finish within the grace period and gives back the leases of those that do not.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
+        let _running = inner.liveness.mark_running();
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         tracing::info!(
@@ -456,11 +466,15 @@ impl Inner {
             let policy = self.settings.retry.clone();
             let floor = self.settings.load_error_backoff;
             let next_delay = move |n| policy.next_delay(n, None).map(|d| d.max(floor));
-            match self
+            let recorded = self
                 .store
                 .record_load_failure(id, token, &error, next_delay)
-                .await
-            {
+                .await;
+            if let Ok(Some(outcome)) = &recorded {
+                // Not loaded, so its type is not known.
+                metrics::count_outcome("other", outcome);
+            }
+            match recorded {
                 Ok(Some(AttemptOutcome::Retry { at })) => tracing::warn!(
                     delivery_id = %id,
                     error,
@@ -540,10 +554,14 @@ impl Inner {
     }
 
     async fn process(&self, job: DeliveryJob, lease: Lease, hard_stop: CancellationToken) {
+        // The trace id the attempt's `traceparent` carries: the same for every attempt of
+        // one event, so both services' log lines of it can be found by it.
+        let traceparent = webhook_common::telemetry::TraceParent::for_message(&job.msg_id);
         let span = tracing::info_span!(
             "delivery",
             delivery_id = %job.delivery_id,
-            attempt = job.attempts + 1
+            attempt = job.attempts + 1,
+            trace_id = %traceparent.trace_id_hex()
         );
         self.process_inner(job, lease, hard_stop)
             .instrument(span)
@@ -579,6 +597,7 @@ impl Inner {
                 return;
             }
         };
+        metrics::observe_attempt(report.attempt.duration_ms);
         // The receiver has the request; losing its outcome to a database hiccup would send it
         // again after the lease. Nobody else may take the row while the lease lasts, so keep
         // trying that long (DISPATCH_LEASE exceeds WEBHOOK_TIMEOUT by at least 5 s for this).
@@ -591,6 +610,9 @@ impl Inner {
             )
         })
         .await;
+        if let Ok(true) = recorded {
+            metrics::count_outcome(metrics::event_type_of(&job.payload), &report.outcome);
+        }
         match recorded {
             Ok(true) => match &report.outcome {
                 AttemptOutcome::Delivered => tracing::info!(

@@ -16,6 +16,7 @@ mod deliveries;
 mod endpoints;
 mod events;
 pub mod idempotency;
+mod metrics;
 mod orders;
 mod retention;
 
@@ -100,6 +101,11 @@ impl Store {
             .run(&self.pool)
             .await
             .context("running database migrations")
+    }
+
+    /// The read pool, for readiness checks and diagnostics.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Commits what the writer has queued, stops it, then waits for open connections to

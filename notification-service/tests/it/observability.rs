@@ -1,0 +1,236 @@
+//! Request ids, the `trace_id` of an incoming `traceparent` on the request's log lines, and
+//! `GET /readyz`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use notification_service::{build_app, AppState, EmailWorker, RecordingMailer, Store};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::support::{self, msg_id, paid, secret, wait_for, TestApp};
+
+/// A service whose email worker runs on its own, as under `run`, with handles to stop the
+/// worker and to close the database.
+struct RunningApp {
+    base: String,
+    http: reqwest::Client,
+    store: Store,
+    stop_worker: CancellationToken,
+    shutdown: CancellationToken,
+    _dir: TempDir,
+}
+
+impl RunningApp {
+    async fn spawn() -> RunningApp {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = support::config(&dir, &[]).validate().unwrap();
+        let store = Store::connect(&settings.database_url).await.unwrap();
+        store.migrate().await.unwrap();
+        let wake = Arc::new(Notify::new());
+        let state = AppState::new(&settings, store.clone(), wake.clone());
+        let worker = EmailWorker::new(
+            store.clone(),
+            Arc::new(RecordingMailer::new()),
+            settings.worker.clone(),
+            wake,
+        )
+        .with_liveness(state.worker_running.clone());
+        let stop_worker = CancellationToken::new();
+        tokio::spawn(worker.run(stop_worker.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(webhook_common::server::serve(
+            listener,
+            build_app(state),
+            webhook_common::server::ServeLimits::default(),
+            shutdown.clone().cancelled_owned(),
+        ));
+        RunningApp {
+            base,
+            http: reqwest::Client::new(),
+            store,
+            stop_worker,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// Polls `/readyz` until it answers `status`; returns its body.
+    async fn readyz_until(&self, status: u16) -> Value {
+        wait_for(&format!("/readyz answers {status}"), || async {
+            let r = self
+                .http
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .ok()?;
+            if r.status() != status {
+                return None;
+            }
+            r.json::<Value>().await.ok()
+        })
+        .await
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        self.stop_worker.cancel();
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_generated_or_echoed() {
+    let app = TestApp::spawn().await;
+    for path in ["/healthz", "/readyz", "/notifications", "/no-such-route"] {
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap();
+        Uuid::parse_str(id).unwrap_or_else(|e| panic!("{path}: {id:?} is no UUID: {e}"));
+    }
+    let r = webhook_common::client::signed_request(
+        &app.http,
+        app.intake(),
+        &[secret()],
+        &msg_id(),
+        paid(Uuid::now_v7(), OffsetDateTime::now_utc()).to_json_bytes(),
+    )
+    .header("x-request-id", "from-the-sender-7")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["x-request-id"], "from-the-sender-7");
+}
+
+#[tokio::test]
+async fn readyz_is_ready_while_the_worker_runs_and_names_a_stopped_worker() {
+    let app = RunningApp::spawn().await;
+    assert_eq!(app.readyz_until(200).await, json!({"status": "ready"}));
+
+    app.stop_worker.cancel();
+    let body = app.readyz_until(503).await;
+    assert_eq!(
+        body,
+        json!({"status": "not_ready", "reason": "email worker not running"})
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_the_database_when_it_is_gone() {
+    let app = RunningApp::spawn().await;
+    app.readyz_until(200).await;
+
+    app.store.close().await;
+    let body = app.readyz_until(503).await;
+    assert_eq!(body["status"], "not_ready");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.starts_with("database unavailable"), "{reason}");
+    // Liveness is not readiness: the process still answers.
+    let r = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.stop_worker.cancel();
+}
+
+/// Log lines, as JSON, of every test in this binary from the first call on.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(sink.clone()))
+            .try_init()
+            .expect("no other subscriber in this test binary");
+        logs
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_intake_logs_carry_the_request_id_and_the_senders_trace_id() {
+    let logs = captured_logs();
+    let app = TestApp::spawn().await;
+    let send = |request_id: &'static str, traceparent: &'static str| {
+        webhook_common::client::signed_request(
+            &app.http,
+            app.intake(),
+            &[secret()],
+            &msg_id(),
+            paid(Uuid::now_v7(), OffsetDateTime::now_utc()).to_json_bytes(),
+        )
+        .header("x-request-id", request_id)
+        .header("traceparent", traceparent)
+        .send()
+    };
+    let r = send(
+        "trace-test-valid",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    // A malformed one is ignored: the webhook is still taken, without a trace id.
+    let r = send("trace-test-malformed", "00-not-a-trace")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let line_of = |request_id: &str| {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        text.lines()
+            .find(|l| l.contains("webhook recorded") && l.contains(request_id))
+            .map(str::to_owned)
+    };
+    let valid = wait_for("the intake logged the valid one", || async {
+        line_of("trace-test-valid")
+    })
+    .await;
+    let line: Value = serde_json::from_str(&valid).unwrap();
+    let request = line["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "request")
+        .unwrap_or_else(|| panic!("no request span: {valid}"));
+    assert_eq!(request["request_id"], "trace-test-valid");
+    assert_eq!(request["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(request["method"], "POST");
+    assert_eq!(request["route"], "/webhooks/orders");
+
+    let malformed = wait_for("the intake logged the malformed one", || async {
+        line_of("trace-test-malformed")
+    })
+    .await;
+    assert!(!malformed.contains("trace_id"), "{malformed}");
+}
