@@ -64,10 +64,14 @@ struct DemoArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    if let Err(e) = webhook_common::telemetry::init_tracing() {
-        eprintln!("error: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
+    // Kept until `main` returns: dropping it flushes the OTLP exporter, if any.
+    let _telemetry = match webhook_common::telemetry::init_tracing_for("webhooks-demo") {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let shutdown = webhook_common::server::shutdown_on_signals();
     let result = match cli.command {

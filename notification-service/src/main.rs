@@ -8,10 +8,14 @@ use notification_service::{run, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if let Err(e) = webhook_common::telemetry::init_tracing() {
-        eprintln!("notification-service: {e}");
-        return ExitCode::FAILURE;
-    }
+    // Kept until `main` returns: dropping it flushes the OTLP exporter, if any.
+    let _telemetry = match webhook_common::telemetry::init_tracing_for("notification-service") {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("notification-service: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let config = Config::parse();
     // Checked here too so a bad setting fails before we bind a port.

@@ -6,10 +6,14 @@ use orders_service::Config;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    if let Err(e) = webhook_common::telemetry::init_tracing() {
-        eprintln!("orders-service: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
+    // Kept until `main` returns: dropping it flushes the OTLP exporter, if any.
+    let _telemetry = match webhook_common::telemetry::init_tracing_for("orders-service") {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("orders-service: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match start().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,7 +1,8 @@
 //! What both services share for logs, traces and health:
 //!
-//! - [`init_tracing`]: the one log setup of every binary (`RUST_LOG` filters, `LOG_FORMAT`
-//!   picks human-readable text or one JSON object per line);
+//! - [`init_tracing_for`]: the one log setup of every binary (`RUST_LOG` filters, `LOG_FORMAT`
+//!   picks human-readable text or one JSON object per line), exporting spans over OTLP/HTTP
+//!   when built with the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
 //! - [`request_tracing`]: the HTTP layers that give every request an `x-request-id`
 //!   (generated UUID, or the caller's echoed back) and a span carrying it, the method, the
 //!   matched route (never the raw URI: a query string may hold a token) and, when the request
@@ -73,24 +74,175 @@ impl LogFormat {
     }
 }
 
+/// The environment variable that turns on OTLP trace export (with the `otlp` feature).
+pub const OTLP_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
 /// Installs the process's log subscriber: `RUST_LOG` filters (`info` when unset or invalid),
 /// `LOG_FORMAT` picks [`LogFormat`]. Fails, naming `LOG_FORMAT`, on an unknown format; call
 /// it first thing in `main` and stop on the error. A second call in one process (the tests)
 /// leaves the first subscriber in place.
+///
+/// Never exports spans; binaries call [`init_tracing_for`] with their service name instead.
 pub fn init_tracing() -> Result<LogFormat, InvalidLogFormat> {
-    use tracing_subscriber::EnvFilter;
+    install(None).map(|guard| guard.format)
+}
+
+/// [`init_tracing`], plus OTLP/HTTP span export under `service.name` = `service_name` when
+/// the binary is built with the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
+/// exporter appends `/v1/traces`; the other `OTEL_EXPORTER_OTLP_*` variables apply). Built
+/// without `otlp`, a set endpoint only logs a warning. Keep the returned guard alive until
+/// `main` returns: dropping it flushes the spans not yet sent.
+pub fn init_tracing_for(service_name: &str) -> Result<TelemetryGuard, InvalidLogFormat> {
+    install(Some(service_name))
+}
+
+/// What [`init_tracing_for`] set up; dropping it flushes and shuts down the OTLP exporter, if
+/// one runs.
+#[must_use = "dropping the guard shuts the OTLP exporter down"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    format: LogFormat,
+    #[cfg(feature = "otlp")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// The log format in use.
+    pub fn format(&self) -> LogFormat {
+        self.format
+    }
+
+    /// Whether spans are exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        #[cfg(feature = "otlp")]
+        let exporting = self.provider.is_some();
+        #[cfg(not(feature = "otlp"))]
+        let exporting = false;
+        exporting
+    }
+}
+
+#[cfg(feature = "otlp")]
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Exports what the batch still holds, waiting at most the export timeout.
+            if let Err(e) = provider.shutdown() {
+                eprintln!("OTLP exporter shutdown: {e}");
+            }
+        }
+    }
+}
+
+fn install(service_name: Option<&str>) -> Result<TelemetryGuard, InvalidLogFormat> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let format = LogFormat::from_env()?;
+    let endpoint = std::env::var(OTLP_ENDPOINT_VAR)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // `try_init`: only fails when a subscriber is already installed, which is fine.
-    let _ = match format {
+    let fmt = tracing_subscriber::fmt::layer();
+    let fmt = match format {
         // Colours only on a terminal, so log files and `docker logs` stay plain text.
-        LogFormat::Text => builder
+        LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .try_init(),
-        LogFormat::Json => builder.json().try_init(),
+            .boxed(),
+        LogFormat::Json => fmt.json().boxed(),
     };
-    Ok(format)
+
+    #[cfg(feature = "otlp")]
+    let (provider, otlp_error) = match (service_name, &endpoint) {
+        // `None`: the exporter reads the endpoint (and headers, timeout) from the environment.
+        (Some(name), Some(_)) => match otlp::tracer_provider(name, None) {
+            Ok(provider) => (Some(provider), None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
+    #[cfg(feature = "otlp")]
+    let otel = provider.as_ref().map(otlp::layer);
+    #[cfg(not(feature = "otlp"))]
+    let otel: Option<tracing_subscriber::layer::Identity> = None;
+
+    // `try_init`: only fails when a subscriber is already installed, which is fine.
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+
+    #[cfg(feature = "otlp")]
+    {
+        if let Some(e) = otlp_error {
+            tracing::warn!(error = %e, "{OTLP_ENDPOINT_VAR} is set but the OTLP exporter could not be built; spans are not exported");
+        } else if let Some(endpoint) = endpoint.as_deref().filter(|_| provider.is_some()) {
+            if installed {
+                tracing::info!(endpoint, "exporting spans over OTLP/HTTP");
+            }
+        }
+        let provider = provider.filter(|_| installed);
+        Ok(TelemetryGuard { format, provider })
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        if endpoint.is_some() && service_name.is_some() && installed {
+            tracing::warn!(
+                "{OTLP_ENDPOINT_VAR} is set but this binary was built without the `otlp` feature \
+                 (build with `--features otlp`); spans are not exported"
+            );
+        }
+        Ok(TelemetryGuard { format })
+    }
+}
+
+/// The OTLP/HTTP span exporter (feature `otlp`): protobuf over reqwest's blocking client,
+/// run on the SDK's batch thread, so it never blocks an async task.
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::Resource;
+
+    pub use opentelemetry_otlp::ExporterBuildError;
+
+    /// A tracer provider batching spans to an OTLP/HTTP collector under `service.name` =
+    /// `service_name`. `endpoint` is the full traces URL (`http://host:4318/v1/traces`);
+    /// `None` takes it from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (plus `/v1/traces`). Call `shutdown` (or
+    /// `force_flush`) before exit to send the last batch.
+    pub fn tracer_provider(
+        service_name: &str,
+        endpoint: Option<&str>,
+    ) -> Result<SdkTracerProvider, ExporterBuildError> {
+        let builder = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary);
+        let exporter = match endpoint {
+            Some(endpoint) => builder.with_endpoint(endpoint).build()?,
+            None => builder.build()?,
+        };
+        let resource = Resource::builder()
+            .with_service_name(service_name.to_owned())
+            .build();
+        Ok(SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(exporter)
+            .build())
+    }
+
+    /// The `tracing` layer turning spans into OpenTelemetry spans of `provider`.
+    pub fn layer<S>(
+        provider: &SdkTracerProvider,
+    ) -> tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("webhook-common"))
+    }
 }
 
 /// The span of one HTTP request: `request_id`, `method`, the matched `route` (or
@@ -389,6 +541,94 @@ mod tests {
             TraceParent::for_message("not-a-uuid-id").trace_id
         );
         assert_ne!(other.trace_id, first.trace_id);
+    }
+
+    /// A fake OTLP/HTTP collector: answers every request `200` with an empty (valid)
+    /// protobuf response and reports `(method, path, body length)` on the channel.
+    #[cfg(feature = "otlp")]
+    fn fake_collector() -> (
+        std::net::SocketAddr,
+        std::sync::mpsc::Receiver<(String, String, usize)>,
+    ) {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut parts = request_line.split_whitespace();
+                        let method = parts.next().unwrap_or("").to_owned();
+                        let path = parts.next().unwrap_or("").to_owned();
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let line = line.trim_end();
+                            if line.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let _ = tx.send((method, path, body.len()));
+                        let response = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(response.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[cfg(feature = "otlp")]
+    #[test]
+    fn spans_are_exported_to_an_otlp_http_collector() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let (addr, received) = fake_collector();
+        let endpoint = format!("http://{addr}/v1/traces");
+        let provider = otlp::tracer_provider("webhook-common-test", Some(&endpoint)).unwrap();
+        // A scoped subscriber, so no global one clashes with the other tests.
+        let subscriber = tracing_subscriber::registry().with(otlp::layer(&provider));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("deliver", msg_id = "msg_test");
+            span.in_scope(|| tracing::info!("inside the span"));
+        });
+        provider.force_flush().unwrap();
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match received.recv_timeout(left) {
+                Ok((method, path, len)) if method == "POST" && path == "/v1/traces" && len > 0 => {
+                    break;
+                }
+                Ok(other) => seen.push(other),
+                Err(_) => panic!("no POST /v1/traces with a body within 10s; saw {seen:?}"),
+            }
+        }
+        provider.shutdown().unwrap();
     }
 
     #[test]

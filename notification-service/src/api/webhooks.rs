@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -14,6 +14,7 @@ use serde_json::json;
 use tower::ServiceBuilder;
 use webhook_common::error_body::ErrorBody;
 use webhook_common::extract::VerifiedWebhook;
+use webhook_common::telemetry::TraceParent;
 
 use crate::api::AdminAuth;
 use crate::error::ApiError;
@@ -71,6 +72,7 @@ pub fn router(guard: Arc<IntakeGuard>, max_concurrent: usize) -> Router<AppState
 #[tracing::instrument(skip_all, fields(webhook_id = %webhook.id, event_type = webhook.event.type_name()))]
 async fn receive(
     State(state): State<AppState>,
+    headers: HeaderMap,
     webhook: VerifiedWebhook,
 ) -> Result<Response, ApiError> {
     let event = webhook.event;
@@ -79,6 +81,8 @@ async fn receive(
         event_type: event.type_name().to_owned(),
         event_at: event.timestamp,
         email: email::render(&event),
+        // A malformed `traceparent` is ignored, as the request span does.
+        trace_id: TraceParent::from_headers(&headers).map(|parent| parent.trace_id_hex()),
     };
     let outcome = state
         .store

@@ -58,13 +58,13 @@ const CANCEL_NOTICES: &str = "UPDATE notifications
        AND status = 'queued' AND (lease_until IS NULL OR lease_until < ?2)";
 
 /// The email job: `?1` id, `?2` webhook id, `?3` event type, `?4` order id, `?5` recipient,
-/// `?6` subject, `?7` body, `?8` when it is due, `?9` now. No `ON CONFLICT`: [`RECORD`]
-/// found no notification of this webhook under the writer's lock, so a conflict is a bug,
-/// and it fails the write.
+/// `?6` subject, `?7` body, `?8` when it is due, `?9` now, `?10` the trace id the webhook
+/// arrived with (NULL without one). No `ON CONFLICT`: [`RECORD`] found no notification of
+/// this webhook under the writer's lock, so a conflict is a bug, and it fails the write.
 const QUEUE: &str = "INSERT INTO notifications
          (id, webhook_id, event_type, order_id, recipient, subject, body,
-          status, attempts, next_attempt_at, created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?9)";
+          status, attempts, next_attempt_at, created_at, trace_id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?9, ?10)";
 
 impl Store {
     /// Records a verified webhook and, if it asks for an email that the ordering rule
@@ -167,7 +167,8 @@ fn record_in(conn: &Connection, webhook: &IncomingWebhook) -> rusqlite::Result<I
         email.subject,
         email.body,
         due_at,
-        now
+        now,
+        webhook.trace_id
     ])?;
     Ok(IntakeOutcome::Queued {
         notification_id: id,
@@ -203,6 +204,7 @@ mod tests {
                 subject: format!("subject of {id}"),
                 body: format!("body of {id}"),
             }),
+            trace_id: None,
         }
     }
 
@@ -264,8 +266,23 @@ mod tests {
             other => panic!("not queued: {other:?}"),
         };
 
-        // A failure notice: recorded, the order's state set, the job queued (due at once).
-        let failed = webhook("w1", Some(OrderEventKind::PaymentFailed), order, t);
+        // The trace id the job of notification `id` was stored with.
+        let trace_id = |id: Uuid| async move {
+            sqlx::query_scalar::<_, Option<String>>(
+                "SELECT trace_id FROM notifications WHERE id = $1",
+            )
+            .bind(id.to_string())
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        };
+
+        // A failure notice: recorded, the order's state set, the job queued (due at once)
+        // with the trace id its webhook arrived with.
+        let failed = IncomingWebhook {
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            ..webhook("w1", Some(OrderEventKind::PaymentFailed), order, t)
+        };
         let notice = queued(store.record_webhook(&failed).await.unwrap());
         assert_eq!(
             received("w1").await,
@@ -273,6 +290,10 @@ mod tests {
         );
         assert_eq!(state().await, (None, Some(t)));
         assert_eq!(job(notice).await, "w1 order.payment_failed queued due+0 0");
+        assert_eq!(
+            trace_id(notice).await.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
 
         // A newer failure: a notice of its own; only a payment cancels the earlier one.
         let again = webhook("w1b", Some(OrderEventKind::PaymentFailed), order, t + 1);
@@ -294,6 +315,8 @@ mod tests {
             "w1b order.payment_failed cancelled due+0 0"
         );
         assert_eq!(job(confirmation).await, "w2 order.paid queued due+0 0");
+        // A webhook without a trace id queues a job without one.
+        assert_eq!(trace_id(confirmation).await, None);
 
         // A repeat changes nothing; a later failure is stale; an unhandled type is ignored.
         assert_eq!(

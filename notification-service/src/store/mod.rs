@@ -92,6 +92,9 @@ pub struct IncomingWebhook {
     pub event_at: OffsetDateTime,
     /// The email it asks for; `None` for event types this service does not handle.
     pub email: Option<OrderEmail>,
+    /// The trace id (32 lowercase hex digits) of the valid `traceparent` the webhook arrived
+    /// with, if any; stored with its email job so the worker's log lines carry it too.
+    pub trace_id: Option<String>,
 }
 
 /// What recording a webhook did.
@@ -211,6 +214,9 @@ pub struct ClaimedJob {
     pub subject: String,
     /// Body.
     pub body: String,
+    /// The trace id the webhook that queued the job arrived with, if any (see
+    /// [`IncomingWebhook::trace_id`]).
+    pub trace_id: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -59,7 +59,8 @@ const CLAIM: &str = "WITH candidates AS (
      FROM candidates
      WHERE notifications.id = candidates.id
      RETURNING notifications.id, notifications.status, notifications.attempts,
-               notifications.recipient, notifications.subject, notifications.body";
+               notifications.recipient, notifications.subject, notifications.body,
+               notifications.trace_id";
 
 /// When the next queued job becomes claimable: the first entry of `notifications_due_at`.
 const NEXT_DUE: &str = "SELECT due_at FROM notifications

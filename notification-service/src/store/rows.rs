@@ -156,11 +156,13 @@ pub(super) struct ClaimedRow {
     recipient: String,
     subject: String,
     body: String,
+    /// The trace id the webhook arrived with; NULL without one.
+    trace_id: Option<String>,
 }
 
 impl ClaimedRow {
     /// Reads a row of the claim's `RETURNING`: id, status, attempts, recipient, subject,
-    /// body.
+    /// body, trace id.
     pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(ClaimedRow {
             id: row.get(0)?,
@@ -169,6 +171,7 @@ impl ClaimedRow {
             recipient: row.get(3)?,
             subject: row.get(4)?,
             body: row.get(5)?,
+            trace_id: row.get(6)?,
         })
     }
 
@@ -195,6 +198,7 @@ impl ClaimedRow {
             to: self.recipient,
             subject: self.subject,
             body: self.body,
+            trace_id: self.trace_id,
         })
     }
 }

@@ -307,8 +307,17 @@ impl EmailWorker {
         lease: HeldLease,
         hard_stop: CancellationToken,
     ) -> JobOutcome {
-        let span =
-            tracing::info_span!("email_job", notification_id = %job.id, attempt = job.attempts);
+        // `trace_id`: the one the webhook arrived with, so the job's lines join the sender's
+        // attempts and the intake's request in one trace; left out when it came without.
+        let span = tracing::info_span!(
+            "email_job",
+            notification_id = %job.id,
+            attempt = job.attempts,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(trace_id) = &job.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
         async move {
             let email = Email {
                 notification_id: job.id,
@@ -457,6 +466,7 @@ mod tests {
                     subject: "Order confirmed".into(),
                     body: "Thanks".into(),
                 }),
+                trace_id: None,
             })
             .await
             .unwrap();

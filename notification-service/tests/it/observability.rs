@@ -1,9 +1,11 @@
-//! Request ids, the `trace_id` of an incoming `traceparent` on the request's log lines, and
-//! `GET /readyz`.
+//! Request ids, the `trace_id` of an incoming `traceparent` on the request's log lines and on
+//! its email job's, and `GET /readyz`.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use notification_service::mailer::SimulatedMailer;
 use notification_service::{build_app, AppState, EmailWorker, RecordingMailer, Store};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -233,4 +235,74 @@ async fn the_intake_logs_carry_the_request_id_and_the_senders_trace_id() {
     })
     .await;
     assert!(!malformed.contains("trace_id"), "{malformed}");
+}
+
+#[tokio::test]
+async fn the_email_jobs_log_lines_carry_the_trace_id_its_webhook_arrived_with() {
+    let logs = captured_logs();
+    // A mailer that logs each email at info, inside the worker's `email_job` span.
+    let app = TestApp::spawn_with(&[], Some(Arc::new(SimulatedMailer::new(Duration::ZERO)))).await;
+    let send = |traceparent: Option<&'static str>| {
+        let request = webhook_common::client::signed_request(
+            &app.http,
+            app.intake(),
+            &[secret()],
+            &msg_id(),
+            paid(Uuid::now_v7(), OffsetDateTime::now_utc()).to_json_bytes(),
+        );
+        let request = match traceparent {
+            Some(value) => request.header("traceparent", value),
+            None => request,
+        };
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            let body: Value = r.json().await.unwrap();
+            body["notification_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let traced = send(Some(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .await;
+    let untraced = send(None).await;
+    let malformed = send(Some("00-not-a-trace")).await;
+    assert_eq!(app.worker.run_until_idle().await.unwrap(), 3);
+
+    // The email line of notification `id`, parsed.
+    let line_of = |id: String| {
+        let logs = logs.clone();
+        async move {
+            wait_for(&format!("the email of {id} was logged"), || async {
+                let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+                text.lines()
+                    .filter(|l| l.contains("email sent (simulated)") && l.contains(&id))
+                    .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            })
+            .await
+        }
+    };
+    let job_span = |line: &Value| {
+        line["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "email_job")
+            .cloned()
+            .unwrap_or_else(|| panic!("no email_job span: {line}"))
+    };
+    let line = line_of(traced.clone()).await;
+    let span = job_span(&line);
+    assert_eq!(span["notification_id"], traced.as_str());
+    assert_eq!(
+        span["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+        "{line}"
+    );
+
+    // Without a valid `traceparent`, the job's lines have no trace id.
+    for id in [untraced, malformed] {
+        let line = line_of(id.clone()).await;
+        assert_eq!(job_span(&line)["notification_id"], id.as_str());
+        assert!(!line.to_string().contains("trace_id"), "{line}");
+    }
 }

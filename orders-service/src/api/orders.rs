@@ -38,6 +38,7 @@ use validator::ValidateEmail as _;
 use webhook_common::error_body::ErrorBody;
 use webhook_common::money::InvalidAmount;
 use webhook_common::signing::new_message_id;
+use webhook_common::telemetry::TraceParent;
 use webhook_common::{Currency, Event, EventPayload, Money, OrderPaid, OrderPaymentFailed};
 
 use crate::domain::{NewEvent, Order, OrderStatus};
@@ -416,7 +417,7 @@ fn request_sha256(new: &NewOrder) -> String {
         (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(order_id))]
+#[tracing::instrument(skip_all, fields(order_id, trace_id))]
 async fn create_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -554,6 +555,10 @@ async fn place_order(
             response_status: StatusCode::CREATED.as_u16(),
             response_body: body.clone(),
         });
+    // The trace id every delivery attempt of the event will send in its `traceparent`
+    // (derived from the webhook-id), recorded on the request's `create_order` span once the
+    // order is written, so its "order created" line joins the attempts' trace.
+    let trace_id = TraceParent::for_message(&outbox.msg_id).trace_id_hex();
     // The write and the handover run to the end in a task of their own, even if the client
     // goes away meanwhile: a request dropped between the commit and the handover would leave
     // its claimed delivery unattempted until the lease runs out. Each task does one write
@@ -567,7 +572,10 @@ async fn place_order(
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("writing the order failed: {e}")))??;
     Ok(match replayed {
         Some(answer) => Placed::Replayed(answer),
-        None => Placed::Created { order, body },
+        None => {
+            tracing::Span::current().record("trace_id", trace_id.as_str());
+            Placed::Created { order, body }
+        }
     })
 }
 

@@ -1,4 +1,8 @@
-//! Request ids, `traceparent` on webhook attempts, and `GET /readyz`.
+//! Request ids, `traceparent` on webhook attempts (and its trace id on the order's creation
+//! log line), and `GET /readyz`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser as _;
 use orders_service::api::health::not_ready;
@@ -74,6 +78,66 @@ async fn every_attempt_of_one_event_carries_a_traceparent_with_the_same_trace_id
     let other = receiver.next().await;
     let other = TraceParent::parse(other.headers["traceparent"].to_str().unwrap()).unwrap();
     assert_ne!(other.trace_id, parents[0].trace_id);
+    app.stop().await;
+}
+
+/// Log lines, as JSON, of every test in this binary from the first call on.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(sink.clone()))
+            .try_init()
+            .expect("no other subscriber in this test binary");
+        logs
+    })
+    .clone()
+}
+
+/// A log writer that appends to the shared buffer of [`captured_logs`].
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_order_created_line_carries_the_trace_id_its_webhook_attempts_send() {
+    let logs = captured_logs();
+    let mut receiver = Receiver::start(vec![]).await;
+    let app = TestApp::spawn(AppOptions::to(&receiver)).await;
+    let order = app.create_order().await.to_string();
+
+    let attempt = receiver.next().await;
+    let value = attempt.headers["traceparent"].to_str().unwrap();
+    let sent = TraceParent::parse(value).unwrap_or_else(|| panic!("malformed: {value:?}"));
+
+    // The "order created" line of this order, in its `create_order` span.
+    let line = eventually("the order's creation was logged", || async {
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains("order created") && l.contains(&order))
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    })
+    .await;
+    let span = line["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "create_order")
+        .unwrap_or_else(|| panic!("no create_order span: {line}"));
+    assert_eq!(span["order_id"], order.as_str());
+    assert_eq!(span["trace_id"], sent.trace_id_hex().as_str(), "{line}");
     app.stop().await;
 }
 
