@@ -274,6 +274,7 @@ impl<B> MakeSpan<B> for RequestSpan {
         );
         if let Some(parent) = TraceParent::from_headers(request.headers()) {
             span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
+            parent.adopt(&span);
         }
         span
     }
@@ -361,6 +362,31 @@ impl TraceParent {
             .get(TRACEPARENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse)
+    }
+
+    /// Makes `span` a child of this (remote) trace context in exported traces, so its OTLP
+    /// trace id is this trace id and a receiver's spans join the sender's trace. Without the
+    /// `otlp` feature (nothing is exported) it does nothing. Call it right after creating the
+    /// span, before it is entered.
+    pub fn adopt(&self, span: &tracing::Span) {
+        #[cfg(feature = "otlp")]
+        {
+            use opentelemetry::trace::{
+                SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+            };
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let remote = SpanContext::new(
+                TraceId::from_bytes(self.trace_id),
+                SpanId::from_bytes(self.parent_id),
+                TraceFlags::new(self.flags),
+                true,
+                TraceState::default(),
+            );
+            // Fails only when no OpenTelemetry layer is installed (export not configured).
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        #[cfg(not(feature = "otlp"))]
+        let _ = span;
     }
 
     /// The trace id as 32 lowercase hex digits, as logged in `trace_id`.
@@ -548,7 +574,7 @@ mod tests {
     #[cfg(feature = "otlp")]
     fn fake_collector() -> (
         std::net::SocketAddr,
-        std::sync::mpsc::Receiver<(String, String, usize)>,
+        std::sync::mpsc::Receiver<(String, String, Vec<u8>)>,
     ) {
         use std::io::{BufRead as _, BufReader, Read as _, Write as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -589,7 +615,7 @@ mod tests {
                         if reader.read_exact(&mut body).is_err() {
                             return;
                         }
-                        let _ = tx.send((method, path, body.len()));
+                        let _ = tx.send((method, path, body));
                         let response = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
                         if stream.write_all(response.as_bytes()).is_err() {
                             return;
@@ -610,8 +636,11 @@ mod tests {
         let provider = otlp::tracer_provider("webhook-common-test", Some(&endpoint)).unwrap();
         // A scoped subscriber, so no global one clashes with the other tests.
         let subscriber = tracing_subscriber::registry().with(otlp::layer(&provider));
+        // A span that adopts a sender's traceparent is exported under the sender's trace id.
+        let sender = TraceParent::for_message("msg_0192f0c8a1b27c3d8e4f5a6b7c8d9e0f");
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("deliver", msg_id = "msg_test");
+            sender.adopt(&span);
             span.in_scope(|| tracing::info!("inside the span"));
         });
         provider.force_flush().unwrap();
@@ -621,10 +650,17 @@ mod tests {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match received.recv_timeout(left) {
-                Ok((method, path, len)) if method == "POST" && path == "/v1/traces" && len > 0 => {
+                Ok((method, path, body))
+                    if method == "POST" && path == "/v1/traces" && !body.is_empty() =>
+                {
+                    // The protobuf carries the trace id as its 16 raw bytes.
+                    assert!(
+                        body.windows(16).any(|w| w == sender.trace_id),
+                        "the exported span is not in the sender's trace"
+                    );
                     break;
                 }
-                Ok(other) => seen.push(other),
+                Ok((method, path, body)) => seen.push((method, path, body.len())),
                 Err(_) => panic!("no POST /v1/traces with a body within 10s; saw {seen:?}"),
             }
         }

@@ -563,6 +563,9 @@ impl Inner {
             attempt = job.attempts + 1,
             trace_id = %traceparent.trace_id_hex()
         );
+        // Exported (feature `otlp`), the attempt belongs to the event's trace, which the
+        // receiver joins through the `traceparent` it gets.
+        traceparent.adopt(&span);
         self.process_inner(job, lease, hard_stop)
             .instrument(span)
             .await;
