@@ -11,6 +11,7 @@
 //! - [`placeholders`]: the example credentials of `.env.example`, refused at startup;
 //! - [`group_commit`] (feature `group-commit`): one writer thread per SQLite database that
 //!   commits the writes of many callers in one transaction (one fsync for many requests);
+//! - [`readiness`] (feature `readiness`): the `GET /readyz` check both services answer;
 //! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
 //!   connection cap;
 //! - [`metrics`] (feature `metrics`): the Prometheus recorder, `/metrics` text and HTTP metrics;
@@ -31,6 +32,8 @@ pub mod extract;
 pub mod group_commit;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "readiness")]
+pub mod readiness;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

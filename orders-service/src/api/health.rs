@@ -3,12 +3,8 @@
 //! dispatcher runs; otherwise 503 `{"status":"not_ready","reason":"..."}`. Both are public,
 //! not rate limited and outside the bound on requests in progress.
 
-use std::collections::HashSet;
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -16,9 +12,6 @@ use sqlx::SqlitePool;
 use webhook_common::telemetry::Liveness;
 
 use crate::AppState;
-
-/// How long a readiness probe waits for the database before calling it unavailable.
-const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The health routes.
 pub fn router() -> Router<AppState> {
@@ -50,59 +43,14 @@ async fn healthz() -> Json<Value> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let problems = not_ready(state.store.pool(), &state.dispatcher_running).await;
-    if problems.is_empty() {
-        return Json(json!({"status": "ready"})).into_response();
-    }
-    let reason = problems.join("; ");
-    tracing::warn!(reason, "not ready");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "not_ready", "reason": reason})),
+    webhook_common::readiness::response(
+        &not_ready(state.store.pool(), &state.dispatcher_running).await,
     )
-        .into_response()
 }
 
-/// What keeps the service from being ready, empty when it is: the database does not answer a
-/// trivial query, an embedded migration is not applied, or the dispatcher is not running.
+/// What keeps the service from being ready, empty when it is (see
+/// [`webhook_common::readiness::not_ready`]).
 pub async fn not_ready(pool: &SqlitePool, dispatcher_running: &Liveness) -> Vec<String> {
-    let mut problems = Vec::new();
-    let probe = async {
-        // The trivial query; a database never migrated has no `_sqlx_migrations` yet.
-        let has_table: i64 = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
-             WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(pool)
-        .await?;
-        if has_table == 0 {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success = 1")
-            .fetch_all(pool)
-            .await
-    };
-    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, probe).await {
-        Err(_) => problems.push("database unavailable: no answer within 2 s".to_owned()),
-        Ok(Err(e)) => problems.push(format!("database unavailable: {e}")),
-        Ok(Ok(applied)) => {
-            let applied: HashSet<i64> = applied.into_iter().collect();
-            let missing: Vec<String> = sqlx::migrate!()
-                .iter()
-                .filter(|m| !m.migration_type.is_down_migration())
-                .filter(|m| !applied.contains(&m.version))
-                .map(|m| m.version.to_string())
-                .collect();
-            if !missing.is_empty() {
-                problems.push(format!(
-                    "database migrations not applied: {}",
-                    missing.join(", ")
-                ));
-            }
-        }
-    }
-    if !dispatcher_running.is_running() {
-        problems.push("dispatcher not running".to_owned());
-    }
-    problems
+    webhook_common::readiness::not_ready(pool, &sqlx::migrate!(), dispatcher_running, "dispatcher")
+        .await
 }
