@@ -21,13 +21,20 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8001")]
     pub listen_addr: SocketAddr,
 
-    /// SQLite database URL; the file and its directory are created if missing.
+    /// Database URL: `sqlite://path` (the file and its directory are created if missing) or
+    /// `postgres://user:password@host:port/database` (`postgresql://` too) for several
+    /// replicas on one database.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://data/notifications.db"
     )]
     pub database_url: String,
+
+    /// PostgreSQL: connections of each replica's pool (1 to 1000); one more per replica
+    /// listens for wake-ups. Ignored with SQLite (one writer, fixed read pools).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = crate::store::DEFAULT_MAX_CONNECTIONS)]
+    pub database_max_connections: u32,
 
     /// Bearer token for the read API (`Authorization: Bearer <ADMIN_TOKEN>`); at least 16 characters.
     #[arg(long, env = "ADMIN_TOKEN", value_parser = secret_arg, hide_env_values = true)]
@@ -183,6 +190,9 @@ pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
 /// Longest accepted `HEADER_READ_TIMEOUT_SECS`.
 pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
 
+/// Largest accepted `DATABASE_MAX_CONNECTIONS`.
+pub const MAX_DATABASE_CONNECTIONS: u32 = 1000;
+
 /// Largest accepted `MAX_CONNECTIONS`.
 pub const MAX_MAX_CONNECTIONS: usize = 100_000;
 
@@ -209,6 +219,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
             .field("admin_token", &redact(&self.admin_token))
             .field("webhook_secret", &redact(&self.webhook_secret))
             .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
@@ -411,6 +422,8 @@ pub struct Settings {
     pub listen_addr: SocketAddr,
     /// Database URL.
     pub database_url: String,
+    /// PostgreSQL pool size (ignored with SQLite).
+    pub database_max_connections: u32,
     /// Read API token.
     pub admin_token: SecretString,
     /// Webhook secrets and tolerance.
@@ -446,6 +459,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen_addr", &self.listen_addr)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_max_connections", &self.database_max_connections)
             .field("admin_token", &"<redacted>")
             .field("verifier", &self.verifier)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -487,13 +501,24 @@ impl Config {
         }
         refuse_example_admin_token(token).map_err(|e| bad("ADMIN_TOKEN", e))?;
 
-        if !self.database_url.starts_with("sqlite:") {
+        let url = &self.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return Err(bad(
                 "DATABASE_URL",
                 format!(
-                    "{:?} is not a sqlite: URL (only SQLite is supported so far)",
-                    redact_url(&self.database_url)
+                    "{:?} is neither a sqlite: URL (e.g. sqlite://data/notifications.db) nor a \
+                     postgres:// or postgresql:// URL (e.g. postgres://user:password@host/db)",
+                    redact_url(url)
                 ),
+            ));
+        }
+        if !(1..=MAX_DATABASE_CONNECTIONS).contains(&self.database_max_connections) {
+            return Err(bad(
+                "DATABASE_MAX_CONNECTIONS",
+                format!("must be between 1 and {MAX_DATABASE_CONNECTIONS}"),
             ));
         }
 
@@ -649,6 +674,7 @@ impl Config {
         Ok(Settings {
             listen_addr: self.listen_addr,
             database_url: self.database_url.clone(),
+            database_max_connections: self.database_max_connections,
             admin_token,
             verifier,
             max_body_bytes: self.max_body_bytes,
@@ -1185,8 +1211,23 @@ mod tests {
         );
         assert_eq!(setting_of(parse(&["--reject-burst", "0"])), "REJECT_BURST");
         assert_eq!(
-            setting_of(parse(&["--database-url", "postgres://a:b@db/n"])),
+            setting_of(parse(&["--database-url", "mysql://a:b@db/n"])),
             "DATABASE_URL"
+        );
+        for url in ["postgres://a:b@db/n", "postgresql://db/n", "sqlite://n.db"] {
+            assert!(parse(&["--database-url", url]).is_ok(), "{url}");
+        }
+        for n in ["0", "1001"] {
+            assert_eq!(
+                setting_of(parse(&["--database-max-connections", n])),
+                "DATABASE_MAX_CONNECTIONS"
+            );
+        }
+        assert_eq!(
+            parse(&["--database-max-connections", "1000"])
+                .unwrap()
+                .database_max_connections,
+            1000
         );
         assert_eq!(
             setting_of(parse(&["--worker-concurrency", "0"])),

@@ -21,7 +21,11 @@ pub enum ApiError {
     BadRequest(String),
     /// 500: the database failed; the body is opaque, the cause is logged.
     #[error("internal error")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+    /// 503: the database is busy or unreachable for now (see [`crate::store::is_transient`]);
+    /// the client should retry.
+    #[error("the database is unavailable right now; please retry")]
+    DatabaseUnavailable(#[source] sqlx::Error),
     /// 503: a webhook could not be recorded right now (its write or its batch failed, or the
     /// writer has stopped for shutdown); nothing of it is stored and the sender should retry.
     #[error("the webhook could not be recorded right now; please retry")]
@@ -31,6 +35,16 @@ pub enum ApiError {
     Overloaded,
 }
 
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::store::is_transient(&e) {
+            ApiError::DatabaseUnavailable(e)
+        } else {
+            ApiError::Database(e)
+        }
+    }
+}
+
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
@@ -38,7 +52,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) | ApiError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -48,7 +64,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Database(_) => "internal_error",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) => "unavailable",
             ApiError::Overloaded => "overloaded",
         }
     }
@@ -61,8 +77,11 @@ impl IntoResponse for ApiError {
             ApiError::Database(e) => {
                 tracing::error!(error = %e, "database error while handling a request");
             }
-            ApiError::Unavailable(WriteError::Closed) => {
-                tracing::warn!("webhook refused: the database writer has stopped (shutdown)");
+            ApiError::DatabaseUnavailable(e) => {
+                tracing::warn!(error = %e, "database unavailable while handling a request");
+            }
+            ApiError::Unavailable(e) if e.is_closed() => {
+                tracing::warn!("webhook refused: the database is closed (shutdown)");
             }
             ApiError::Unavailable(e) => {
                 tracing::error!(error = %e, "database error while handling a request");
@@ -80,7 +99,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::Overloaded => {
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) | ApiError::Overloaded => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -4,7 +4,8 @@
 //! Modules, by capability:
 //! - [`api`]: HTTP routes (`/webhooks/orders` intake, `/notifications` read API, `/healthz`);
 //! - [`guard`]: client-IP allow-list and the rate limit on rejected requests;
-//! - [`store`]: all SQL (dedup records, per-order state, the email job queue);
+//! - [`store`]: all SQL (dedup records, per-order state, the email job queue), on SQLite or
+//!   PostgreSQL (several replicas);
 //! - [`email`]: the text of the emails;
 //! - [`mailer`]: sending them (simulated, SMTP, or a recording test double);
 //! - [`worker`]: the email worker and the dedup-record cleanup;
@@ -133,7 +134,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = config.validate().context("invalid configuration")?;
-    let store = Store::connect(&settings.database_url).await?;
+    let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
     store
         .migrate()
         .await

@@ -28,9 +28,22 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
     pub listen_addr: SocketAddr,
 
-    /// SQLite database URL; the file and its directory are created if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/orders.db")]
+    /// The database: `sqlite://path/to/orders.db` (SQLite; the file and its directory are
+    /// created if missing) or `postgres://user:password@host:5432/database` (PostgreSQL, for
+    /// several replicas sharing one database; `postgresql://` works too). Its value is never
+    /// shown (it may hold a password).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/orders.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
+
+    /// Most connections of the PostgreSQL pool (per replica). Ignored on SQLite, whose writes
+    /// go through one connection and whose read pool has a fixed size.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = crate::store::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
 
     /// Bearer token for the management routes. Required.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
@@ -348,7 +361,11 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
-            .field("database_url", &self.database_url)
+            .field(
+                "database_url",
+                &crate::store::redact_url(&self.database_url),
+            )
+            .field("database_max_connections", &self.database_max_connections)
             .field("admin_token", &"<redacted>")
             .field("notification_webhook_url", &self.notification_webhook_url)
             .field(

@@ -52,8 +52,9 @@ pub enum ApiError {
     /// 405: the route exists but not with this method.
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
-    /// 503 with `Retry-After`: the database is busy (locked by a long write, or no pooled
-    /// connection came free in time). Nothing was changed; the same request can be sent again.
+    /// 503 with `Retry-After`: the database is busy (locked by a long write, no pooled
+    /// connection came free in time, a transient PostgreSQL condition such as a deadlock or a
+    /// lost connection). Nothing was changed; the same request can be sent again.
     #[error("the service is busy right now; please retry shortly")]
     Unavailable(anyhow::Error),
     /// 503 with `Retry-After`: too many requests are in progress.
@@ -72,18 +73,38 @@ pub enum ApiError {
     Internal(anyhow::Error),
 }
 
-/// Whether `e` is SQLite saying "busy" or "locked" (primary codes 5 and 6, including extended
-/// codes such as 517 `SQLITE_BUSY_SNAPSHOT`), or the pool running out of time for a
-/// connection: conditions that pass, so the client is told to retry rather than given a 500.
+/// Whether `e` is a condition that passes, so the client is told to retry (503 with
+/// `Retry-After`) rather than given a 500:
+/// - SQLite saying "busy" or "locked" (primary codes 5 and 6, including extended codes such
+///   as 517 `SQLITE_BUSY_SNAPSHOT`);
+/// - PostgreSQL's transient SQLSTATEs: serialization failure (40001), deadlock (40P01), lock
+///   not available (55P03), too many connections (53300), the server shutting down or
+///   starting (57P01, 57P02, 57P03), and every connection exception (class 08);
+/// - the pool running out of time for a connection, the pool closing (shutdown), or the
+///   connection failing (I/O: a network database that went away).
 pub fn is_transient_db_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|code| code.parse::<i64>().ok())
-            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                return is_transient_sqlstate(pg.code());
+            }
+            db.code()
+                .and_then(|code| code.parse::<i64>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+        }
         _ => false,
     }
+}
+
+/// Whether a PostgreSQL SQLSTATE names a condition that passes (see
+/// [`is_transient_db_error`]).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+        )
 }
 
 impl From<anyhow::Error> for ApiError {
@@ -265,6 +286,19 @@ mod tests {
         assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
         let other = ApiError::from(sqlx::Error::RowNotFound).into_response();
         assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn transient_postgres_states_are_503s_and_others_are_not() {
+        for code in ["40001", "40P01", "08006", "57P01", "53300"] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        // Unique and check violations, syntax errors: not worth a retry.
+        for code in ["23505", "23514", "42601"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        let closed = ApiError::from(sqlx::Error::PoolClosed).into_response();
+        assert_eq!(closed.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

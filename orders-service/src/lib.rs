@@ -3,7 +3,8 @@
 //! - [`api`]: the HTTP routes (orders and health, public; endpoints, events and deliveries,
 //!   behind the admin token) and JSON errors for unknown routes/methods;
 //! - [`ssrf`]: the rules for webhook target URLs and the guard against private targets;
-//! - [`store`]: all SQL (SQLite by default), behind methods on domain types;
+//! - [`store`]: all SQL (SQLite by default, PostgreSQL for several replicas), behind methods
+//!   on domain types;
 //! - [`dispatcher`]: the background loop that delivers signed webhooks with retries;
 //! - [`rate_limit`]: the per-client limit of `POST /orders` (public, and it sends email);
 //! - [`config`]: settings from flags and environment; [`error`]: the HTTP error type;
@@ -139,7 +140,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect_with(&config.database_url, config.database_max_connections).await?;
     store.migrate().await?;
     ensure_configured_subscription(&config, &store).await?;
 
@@ -168,6 +169,8 @@ pub async fn run(
     tasks.spawn(dispatcher.run(shutdown.clone()));
     // Refreshes the outbox gauges of `/metrics` every few seconds.
     tasks.spawn(store.clone().run_outbox_gauges(shutdown.clone()));
+    // On PostgreSQL, numbers newly committed events for the history (`GET /events`).
+    tasks.spawn(store.clone().run_event_sequencer(shutdown.clone()));
     // Deletes expired `Idempotency-Key`s in small batches, once a minute.
     tasks.spawn(store.clone().run_idempotency_key_expiry(shutdown.clone()));
     // Deletes finished events (and their deliveries, attempts, orders) past EVENT_RETENTION.

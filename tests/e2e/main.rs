@@ -4,3 +4,4 @@ mod support;
 mod delivery;
 mod durability;
 mod happy_path;
+mod replicas;

@@ -165,7 +165,12 @@ pub struct Demo {
 }
 
 /// Settings both services get in every test: fast retries so recovery takes milliseconds.
-fn orders_env(dir: &Path, token: &str, secret: &Secret, receiver: &str) -> Vec<(String, String)> {
+pub fn orders_env(
+    dir: &Path,
+    token: &str,
+    secret: &Secret,
+    receiver: &str,
+) -> Vec<(String, String)> {
     vec![
         ("DATABASE_URL".into(), format!("sqlite://{}", dir.join("orders.db").display())),
         ("ADMIN_TOKEN".into(), token.into()),
@@ -182,7 +187,7 @@ fn orders_env(dir: &Path, token: &str, secret: &Secret, receiver: &str) -> Vec<(
     ]
 }
 
-fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String, String)> {
+pub fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String, String)> {
     vec![
         (
             "DATABASE_URL".into(),
@@ -196,6 +201,28 @@ fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String, Str
 }
 
 impl Demo {
+    /// A demo over services already spawned (the replica tests start their own), with the
+    /// directory that holds their logs.
+    pub fn from_services(
+        orders: Service,
+        notifications: Service,
+        admin_token: String,
+        secret: Secret,
+        dir: TempDir,
+    ) -> Demo {
+        Demo {
+            orders,
+            notifications,
+            admin_token,
+            secret,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            _dir: dir,
+        }
+    }
+
     /// Starts notification-service then orders-service, both healthy.
     pub async fn start() -> Demo {
         let dir = tempfile::tempdir().unwrap();
@@ -209,17 +236,7 @@ impl Demo {
             dir.path(),
             orders_env(dir.path(), &admin_token, &secret, &receiver),
         );
-        let demo = Demo {
-            orders,
-            notifications,
-            admin_token,
-            secret,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-            _dir: dir,
-        };
+        let demo = Demo::from_services(orders, notifications, admin_token, secret, dir);
         demo.wait_healthy(&demo.notifications).await;
         demo.wait_healthy(&demo.orders).await;
         demo

@@ -11,6 +11,8 @@
 //! - [`placeholders`]: the example credentials of `.env.example`, refused at startup;
 //! - [`group_commit`] (feature `group-commit`): one writer thread per SQLite database that
 //!   commits the writes of many callers in one transaction (one fsync for many requests);
+//! - [`pg_listen`] (feature `pg-listen`): PostgreSQL `LISTEN/NOTIFY` as a local wake-up, so
+//!   work committed on one replica wakes the loops of every replica;
 //! - [`readiness`] (feature `readiness`): the `GET /readyz` check both services answer;
 //! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
 //!   connection cap;
@@ -32,6 +34,8 @@ pub mod extract;
 pub mod group_commit;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "pg-listen")]
+pub mod pg_listen;
 #[cfg(feature = "readiness")]
 pub mod readiness;
 #[cfg(feature = "server")]

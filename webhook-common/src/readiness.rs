@@ -9,38 +9,67 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use sqlx::migrate::Migrator;
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 
 use crate::telemetry::Liveness;
 
 /// How long a readiness probe waits for the database before calling it unavailable.
 const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The database a readiness probe asks, whichever backend the service runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Database<'a> {
+    /// The embedded default.
+    Sqlite(&'a SqlitePool),
+    /// Several replicas sharing one database.
+    Postgres(&'a PgPool),
+}
+
+impl Database<'_> {
+    /// The versions of the migrations applied successfully; empty when the database was never
+    /// migrated (no `_sqlx_migrations` table yet). One trivial query answers both questions:
+    /// does the database answer, and how far is it migrated.
+    async fn applied_migrations(self) -> Result<Vec<i64>, sqlx::Error> {
+        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+        match self {
+            Database::Sqlite(pool) => {
+                let has_table: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                     WHERE type = 'table' AND name = '_sqlx_migrations')",
+                )
+                .fetch_one(pool)
+                .await?;
+                if !has_table {
+                    return Ok(Vec::new());
+                }
+                sqlx::query_scalar(APPLIED).fetch_all(pool).await
+            }
+            Database::Postgres(pool) => {
+                // `to_regclass` follows the connection's `search_path`, like the migrator.
+                let has_table: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(pool)
+                        .await?;
+                if !has_table {
+                    return Ok(Vec::new());
+                }
+                sqlx::query_scalar(APPLIED).fetch_all(pool).await
+            }
+        }
+    }
+}
+
 /// What keeps the service from being ready, empty when it is: the database does not answer a
 /// trivial query within 2 s, a migration of `migrator` is not applied, or the background loop
 /// `worker` (named `worker_name` in the reason) is not running.
 pub async fn not_ready(
-    pool: &SqlitePool,
+    database: Database<'_>,
     migrator: &Migrator,
     worker: &Liveness,
     worker_name: &str,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let probe = async {
-        // The trivial query; a database never migrated has no `_sqlx_migrations` yet.
-        let has_table: i64 = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
-             WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(pool)
-        .await?;
-        if has_table == 0 {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success = 1")
-            .fetch_all(pool)
-            .await
-    };
+    let probe = database.applied_migrations();
     match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, probe).await {
         Err(_) => problems.push("database unavailable: no answer within 2 s".to_owned()),
         Ok(Err(e)) => problems.push(format!("database unavailable: {e}")),

@@ -7,9 +7,9 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use sqlx::SqlitePool;
 use webhook_common::telemetry::Liveness;
 
+use crate::store::Store;
 use crate::AppState;
 
 /// The health routes.
@@ -42,12 +42,12 @@ async fn healthz() -> Json<Value> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    webhook_common::readiness::response(&not_ready(state.store.pool(), &state.worker_running).await)
+    webhook_common::readiness::response(&not_ready(&state.store, &state.worker_running).await)
 }
 
 /// What keeps the service from being ready, empty when it is (see
 /// [`webhook_common::readiness::not_ready`]).
-pub async fn not_ready(pool: &SqlitePool, worker_running: &Liveness) -> Vec<String> {
-    webhook_common::readiness::not_ready(pool, &sqlx::migrate!(), worker_running, "email worker")
-        .await
+pub async fn not_ready(store: &Store, worker_running: &Liveness) -> Vec<String> {
+    let (database, migrator) = store.readiness_target();
+    webhook_common::readiness::not_ready(database, migrator, worker_running, "email worker").await
 }

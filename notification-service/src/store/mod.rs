@@ -1,343 +1,249 @@
-//! All SQL of the service, behind methods that take and return domain types.
+//! All SQL of the service, behind one [`Store`] whose methods take and return domain types.
 //!
-//! Writes go through one group committer per database (see [`Store`]); [`intake`] records
-//! webhooks, [`queue`] claims email jobs and records what became of them.
+//! Two backends, chosen by `DATABASE_URL` ([`Store::connect`]); everything above the store
+//! is the same for both:
 //!
-//! The writes run on the group committer's thread through `rusqlite` (`?n` placeholders);
-//! reads and migrations use the `sqlx` pools. The SQL sticks to what SQLite and PostgreSQL
-//! share where that is cheap (`ON CONFLICT`, `UPDATE ... FROM ... RETURNING`, integer
-//! millisecond timestamps, text UUIDs).
+//! - **SQLite** (`sqlite:`, the default; one process per database file). Every hot write
+//!   goes through one group committer (`webhook_common::group_commit`): a writer thread that
+//!   runs the writes of many callers back to back in one `BEGIN IMMEDIATE` transaction and
+//!   commits once with `synchronous=FULL`, so an `Ok` is on disk. The writer's lock is what
+//!   makes each intake's read-modify-write of an order atomic. Reads and migrations use
+//!   `sqlx` pools.
+//! - **PostgreSQL** (`postgres://` or `postgresql://`; several replicas on one database).
+//!   Ordinary transactions on a pool, `synchronous_commit=on` (an `Ok` is committed and
+//!   flushed; PostgreSQL's WAL flush coalesces concurrent commits). What one writer
+//!   guarantees on SQLite is enforced here by the database:
+//!   - *deduplication*: the primary key of `received_webhooks` decides, with
+//!     `INSERT ... ON CONFLICT DO NOTHING`: of two replicas recording one `webhook-id` at the
+//!     same instant, the second waits for the first's commit and answers `Duplicate`;
+//!   - *claims*: `FOR UPDATE SKIP LOCKED` over the partial index on `due_at`, under the same
+//!     leases (an expired lease of a dead replica makes its job claimable by any other);
+//!   - *the ordering rule* ([`decide`]): everything that reads or changes what an order's
+//!     emails may do is serialised per order by a transaction-scoped advisory lock on the
+//!     order id. The intake waits for it; claims and lease renewals only try it and pass
+//!     a failure notice over while an intake of its order runs (they never wait), and read
+//!     the order's confirmation in a statement that starts after they hold it;
+//!   - *wake-ups*: a transaction that makes a job due runs `pg_notify`, and every replica's
+//!     worker listens ([`Store::spawn_job_listener`]).
+//!
+//! Timestamps are integer unix milliseconds and money never appears, so the domain code is
+//! one for both. Replicas compare lease times taken from their own clocks: keep them in
+//! sync (NTP), as for any lease.
 
-mod intake;
-mod metrics;
-mod queue;
+mod domain;
+mod postgres;
 mod rows;
+mod sqlite;
+#[cfg(test)]
+pub(crate) mod tests;
 
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::migrate::Migrator;
+use sqlx::{PgPool, SqlitePool};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use webhook_common::group_commit::{GroupCommitSettings, GroupCommitStats, GroupCommitter};
+use webhook_common::group_commit::GroupCommitStats;
+use webhook_common::metrics::REFRESH_EVERY;
+use webhook_common::readiness::Database;
 
-pub use queue::RenewedLease;
-pub use rows::{Notification, NotificationStatus, ReceivedWebhook};
-use rows::{NotificationRow, ReceivedWebhookRow};
-/// Why a write did not commit (re-exported from `webhook_common::group_commit`).
-pub use webhook_common::group_commit::WriteError;
-
-/// How long a statement waits for SQLite's write lock before giving up. Within one process
-/// only the writer thread writes, so this is for other processes on the same file (a second
-/// replica, an operator's `sqlite3` shell).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connections of the pool the intake and the read API use.
-const REQUEST_POOL_CONNECTIONS: u32 = 8;
-
-/// Connections of the email worker's own read pool, so a burst of reads that takes every
-/// request connection cannot keep the worker from finding due work. (Its writes, like every
-/// write, go through the writer's own connection.)
-const BACKGROUND_POOL_CONNECTIONS: u32 = 2;
-
-/// The writer's bounds. A batch holds at most 256 writes (intakes are bounded by
-/// `MAX_CONCURRENT_REQUESTS`, the worker's writes by `WORKER_CONCURRENCY`, so one batch
-/// usually holds everything queued); up to 1024 more may wait, beyond that callers wait to
-/// enqueue (backpressure) rather than being dropped.
-const WRITER: GroupCommitSettings = GroupCommitSettings {
-    max_batch: 256,
-    queue: 1024,
-    busy_timeout: BUSY_TIMEOUT,
+pub use domain::{
+    decide, from_ms, to_ms, ClaimedJob, Cursor, IncomingWebhook, IntakeOutcome, Notification,
+    NotificationStatus, OrderEmail, OrderEventKind, OrderState, ReceivedWebhook, RenewedLease,
 };
+use domain::{duration_ms, now_ms};
 
-/// How long to wait for a free pooled connection.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `email_queue_depth`: queued email jobs (see [`Store::email_queue_depth`]).
+pub const EMAIL_QUEUE_DEPTH: &str = "email_queue_depth";
 
-/// Longest `type` of an unknown event we record; the rest is cut off.
-const MAX_RECORDED_TYPE_LEN: usize = 100;
+/// Connections of the PostgreSQL pool unless `DATABASE_MAX_CONNECTIONS` says otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
-/// The kind of customer email an order event produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderEventKind {
-    /// `order.paid`: an order confirmation.
-    Paid,
-    /// `order.payment_failed`: a payment failure notice.
-    PaymentFailed,
+/// Why a write did not commit; nothing of it is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// SQLite: the group committer's error.
+    #[error(transparent)]
+    Sqlite(#[from] webhook_common::group_commit::WriteError),
+    /// PostgreSQL: the transaction failed or could not commit.
+    #[error(transparent)]
+    Postgres(#[from] sqlx::Error),
 }
 
-/// A rendered email waiting to be queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderEmail {
-    /// Which event produced it.
-    pub kind: OrderEventKind,
-    /// The order it is about.
-    pub order_id: Uuid,
-    /// Recipient address.
-    pub to: String,
-    /// Subject line.
-    pub subject: String,
-    /// Plain-text body.
-    pub body: String,
-}
-
-/// A verified webhook, ready to be recorded.
-#[derive(Debug, Clone)]
-pub struct IncomingWebhook {
-    /// `webhook-id`, the deduplication key.
-    pub webhook_id: String,
-    /// The event's wire `type`.
-    pub event_type: String,
-    /// When the event happened (the envelope's `timestamp`).
-    pub event_at: OffsetDateTime,
-    /// The email it asks for; `None` for event types this service does not handle.
-    pub email: Option<OrderEmail>,
-    /// The trace id (32 lowercase hex digits) of the valid `traceparent` the webhook arrived
-    /// with, if any; stored with its email job so the worker's log lines carry it too.
-    pub trace_id: Option<String>,
-}
-
-/// What recording a webhook did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntakeOutcome {
-    /// First delivery; an email job is durable.
-    Queued {
-        /// The new notification.
-        notification_id: Uuid,
-    },
-    /// This `webhook-id` was already recorded; nothing changed.
-    Duplicate,
-    /// Recorded, but the type is not one this service handles.
-    Ignored,
-    /// Recorded, but what we already told the customer supersedes it (see [`decide`]).
-    Stale,
-}
-
-impl IntakeOutcome {
-    /// The `received_webhooks.outcome` it is recorded as. The row of a handled event is
-    /// inserted as `pending` and set to one of these in the same write, so `pending` is never
-    /// seen committed; an unhandled one is inserted as `ignored` at once.
-    /// (The comment in migration 0001 calls the rule `decide_outcome`: it is [`decide`]; the
-    /// applied migration is left unedited because sqlx refuses a changed checksum.)
-    fn recorded_as(&self) -> &'static str {
+impl WriteError {
+    /// Whether the store is closed (shutdown): nothing will succeed any more.
+    pub fn is_closed(&self) -> bool {
         match self {
-            IntakeOutcome::Queued { .. } => "queued",
-            IntakeOutcome::Duplicate => "duplicate",
-            IntakeOutcome::Ignored => "ignored",
-            IntakeOutcome::Stale => "stale",
+            WriteError::Sqlite(e) => matches!(e, webhook_common::group_commit::WriteError::Closed),
+            WriteError::Postgres(e) => matches!(e, sqlx::Error::PoolClosed),
+        }
+    }
+
+    /// Whether trying again later may succeed: see [`is_transient`].
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Sqlite(e) => e.is_transient(),
+            WriteError::Postgres(e) => is_transient(e),
         }
     }
 }
 
-/// What is known about one order: the event times of the emails it already produced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
-pub struct OrderState {
-    /// Event time (ms) of the `order.paid` that was notified.
-    pub paid_at: Option<i64>,
-    /// Event time (ms) of the newest `order.payment_failed` that was notified.
-    pub last_failure_at: Option<i64>,
-}
-
-/// The ordering rule. Events of one order may arrive in any order; the customer must never
-/// get an email that contradicts one already sent or queued:
-///
-/// 1. A successful payment is final. The first `order.paid` of an order always produces a
-///    confirmation (it supersedes any failure, older or newer: the customer did pay). Any
-///    later `order.paid` of that order, under a new webhook id, is stale: one confirmation
-///    per order.
-/// 2. Once an order is paid, every `order.payment_failed` is stale, whatever its timestamp:
-///    an older one is history, a newer one is a retry attempt that does not undo the payment.
-/// 3. Without a payment, an `order.payment_failed` produces a notice only if its event time is
-///    later than the last failure notified for the order (each new failed attempt is news,
-///    an older or equal one is stale).
-///
-/// A failure notice is never handed to the mailer after the confirmation of its order:
-/// - when rule 1 fires, failure notices of that order that are queued and not being sent are
-///   cancelled at once;
-/// - one that a worker holds right now cannot be recalled, so the confirmation is queued to
-///   become due only when that worker's lease ends (by then its send has finished or been
-///   cut off, see `WorkerSettings::send_limit`). That lease no longer grows:
-///   [`Store::renew_leases`] does not extend a failure notice of an order that has a
-///   confirmation, and a worker starts a send only while its lease outlasts the send limit;
-/// - whatever then happens to the held notice (a retry is scheduled, it is released at
-///   shutdown, its worker dies and the lease expires), [`Store::claim_due`] cancels instead
-///   of claiming any failure notice of an order that has a confirmation.
-pub fn decide(state: OrderState, kind: OrderEventKind, event_at_ms: i64) -> bool {
-    match kind {
-        OrderEventKind::Paid => state.paid_at.is_none(),
-        OrderEventKind::PaymentFailed => {
-            state.paid_at.is_none() && state.last_failure_at.is_none_or(|t| event_at_ms > t)
+/// Whether trying again later may succeed: the database was busy or locked (SQLite), a
+/// transaction lost a serialization or deadlock check, or the connection, the pool or the
+/// server is unavailable for now (PostgreSQL: no free connection within the acquire timeout,
+/// a dropped connection, a server shutting down or out of connections).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // Extended codes keep the primary code in the low byte.
+                let primary = code.and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+                return matches!(primary, Some(5 | 6)); // SQLITE_BUSY, SQLITE_LOCKED
+            }
+            let code = code.as_deref().unwrap_or("");
+            // serialization_failure, deadlock_detected, too_many_connections, the
+            // connection_exception class and the server shutting down or starting.
+            matches!(
+                code,
+                "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+            ) || code.starts_with("08")
         }
+        _ => false,
     }
 }
 
-/// Where a page of notifications starts: strictly older than this item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    /// `created_at` (ms) of the last item of the previous page.
-    pub created_at_ms: i64,
-    /// Its id, to break ties.
-    pub id: Uuid,
-}
-
-impl Cursor {
-    /// The opaque text form handed to clients.
-    pub fn encode(&self) -> String {
-        format!("{}_{}", self.created_at_ms, self.id.simple())
-    }
-
-    /// Parses [`Cursor::encode`]'s output.
-    pub fn decode(text: &str) -> Option<Cursor> {
-        let (ms, id) = text.split_once('_')?;
-        Some(Cursor {
-            created_at_ms: ms.parse().ok()?,
-            id: Uuid::try_parse(id).ok()?,
-        })
-    }
-}
-
-/// An email job claimed by a worker.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    /// The notification.
-    pub id: Uuid,
-    /// Proves the claim; every update of the job must present it.
-    pub lease_token: Uuid,
-    /// Attempts including this one.
-    pub attempts: u32,
-    /// When the claim expires and another worker may take the job, unless the worker renews
-    /// it first (see [`Store::renew_leases`]).
-    pub lease_until: OffsetDateTime,
-    /// Recipient.
-    pub to: String,
-    /// Subject.
-    pub subject: String,
-    /// Body.
-    pub body: String,
-    /// The trace id the webhook that queued the job arrived with, if any (see
-    /// [`IncomingWebhook::trace_id`]).
-    pub trace_id: Option<String>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn to_ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-/// The inverse of [`to_ms`].
-pub fn from_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-fn now_ms() -> i64 {
-    to_ms(OffsetDateTime::now_utc())
-}
-
-fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// The database. Cheap to clone (pool handles and the writer's handle).
-///
-/// Every hot write (the intake, claims, job outcomes, lease renewals, cleanup) goes through
-/// one [`GroupCommitter`]: a single writer thread that commits everything queued in one
-/// `BEGIN IMMEDIATE` transaction, so one fsync serves many callers and nobody waits in
-/// SQLite's busy handler for a lock another caller of this process holds. Reads use pools:
-/// requests (read API) and background work (the worker's next-due query) have separate ones,
-/// so neither can starve the other of connections.
-#[derive(Debug, Clone)]
+/// The database. Cheap to clone (pool handles, and on SQLite the writer's handle).
+#[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    background: SqlitePool,
-    /// Serialises and batches every write of this process; see [`Store`].
-    writer: GroupCommitter,
+    backend: Backend,
+}
+
+/// The active backend; every public method of [`Store`] delegates to it.
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Calls the same method on whichever backend is active and converts its error into the
+/// one the `Store` method returns (`sqlx::Error` for reads, [`WriteError`] for writes).
+macro_rules! delegate {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match &$self.backend {
+            Backend::Sqlite(store) => store.$method($($arg),*).await.map_err(Into::into),
+            Backend::Postgres(store) => store.$method($($arg),*).await.map_err(Into::into),
+        }
+    };
 }
 
 impl Store {
-    /// Opens (creating if missing, with its directory) the SQLite database at `url`, in WAL
-    /// mode with a busy timeout and foreign keys on, and starts its writer thread. Must be
-    /// called inside a tokio runtime; [`Store::close`] stops the writer.
-    pub async fn connect(url: &str) -> anyhow::Result<Store> {
-        use anyhow::Context as _;
-        // Messages show the URL with any `user:password@` redacted, never the raw URL or
-        // the file path derived from it.
+    /// Opens the database `url` names: `sqlite:...` (the file and its directory are created
+    /// if missing; `max_connections` is ignored, SQLite has one writer and fixed read pools)
+    /// or `postgres://...` / `postgresql://...` (a pool of `max_connections`, plus one
+    /// connection for `LISTEN`). Must be called inside a tokio runtime; [`Store::close`]
+    /// stops it. Errors name `DATABASE_URL` and never show a password.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+        // Messages show the URL with any `user:password@` redacted, never the raw URL.
         let shown = crate::config::redact_url(url);
-        if !url.starts_with("sqlite:") {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteStore::connect(url, &shown).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::PgStore::connect(url, &shown, max_connections).await?)
+        } else {
             anyhow::bail!(
-                "DATABASE_URL {shown:?} is not a sqlite: URL (only SQLite is supported so far)"
+                "DATABASE_URL {shown:?} is neither a sqlite: URL (e.g. \
+                 sqlite://data/notifications.db) nor a postgres:// or postgresql:// URL \
+                 (e.g. postgres://user:password@host:5432/notifications)"
             );
-        }
-        let options = SqliteConnectOptions::from_str(url)
-            .with_context(|| format!("DATABASE_URL {shown:?} is not a valid sqlite:// URL"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an accepted webhook (we answered 202 after its batch committed) survives
-            // a power cut, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let file = options.get_filename().to_owned();
-        if is_in_memory(url) {
-            anyhow::bail!(
-                "DATABASE_URL {shown:?} is an in-memory database; the service needs a file \
-                 (its writer and readers are separate connections), e.g. \
-                 sqlite://data/notifications.db"
-            );
-        }
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await.with_context(|| {
-                format!("DATABASE_URL {shown:?}: cannot create the database's directory")
-            })?;
-        }
-        let open = |connections: u32| {
-            SqlitePoolOptions::new()
-                .max_connections(connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                // A local file cannot go stale like a network connection; the default ping
-                // would cost every acquire a round trip to the connection's thread.
-                .test_before_acquire(false)
-                .connect_with(options.clone())
         };
-        let opened = |e| {
-            anyhow::Error::new(e)
-                .context(format!("DATABASE_URL {shown:?}: cannot open the database"))
-        };
-        let pool = open(REQUEST_POOL_CONNECTIONS).await.map_err(opened)?;
-        let background = open(BACKGROUND_POOL_CONNECTIONS).await.map_err(opened)?;
-        let writer = GroupCommitter::open(&file, WRITER).await.with_context(|| {
-            format!("DATABASE_URL {shown:?}: cannot open the database for writing")
-        })?;
-        Ok(Store {
-            pool,
-            background,
-            writer,
-        })
+        Ok(Store { backend })
     }
 
-    /// Applies the embedded migrations.
+    /// Applies the backend's embedded migrations (`migrations/sqlite` or
+    /// `migrations/postgres`). On PostgreSQL, replicas starting together take turns (the
+    /// migrator holds an advisory lock).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!().run(&self.pool).await?;
+        let (database, migrator) = self.readiness_target();
+        match database {
+            Database::Sqlite(pool) => migrator.run(pool).await?,
+            Database::Postgres(pool) => migrator.run(pool).await?,
+        }
         Ok(())
     }
 
-    /// The request pool (intake and read API), for tests and diagnostics.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The database and the migrations a readiness probe checks (see
+    /// `webhook_common::readiness::not_ready`).
+    pub fn readiness_target(&self) -> (Database<'_>, &'static Migrator) {
+        match &self.backend {
+            Backend::Sqlite(store) => (Database::Sqlite(store.pool()), &sqlite::MIGRATOR),
+            Backend::Postgres(store) => (Database::Postgres(store.pool()), &postgres::MIGRATOR),
+        }
     }
 
-    /// Batches and writes the writer has committed so far (for diagnostics and tests).
-    pub fn write_stats(&self) -> GroupCommitStats {
-        self.writer.stats()
+    /// The SQLite request pool, when SQLite is the backend (for tests and diagnostics).
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(store) => Some(store.pool()),
+            Backend::Postgres(_) => None,
+        }
     }
 
-    /// Commits the writes still queued, stops the writer (later writes fail with
-    /// [`WriteError::Closed`]) and closes the pools, waiting for connections in use to be
-    /// returned. Call it after the worker has drained: its last outcomes are writes too.
+    /// The PostgreSQL pool, when PostgreSQL is the backend (for tests and diagnostics).
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(store.pool()),
+        }
+    }
+
+    /// Batches and writes the SQLite writer has committed so far (for diagnostics and
+    /// tests); `None` on PostgreSQL, which has no group committer.
+    pub fn write_stats(&self) -> Option<GroupCommitStats> {
+        match &self.backend {
+            Backend::Sqlite(store) => Some(store.write_stats()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Until `shutdown`, pokes `wake` whenever any replica commits a job that is due (and
+    /// after each reconnect), so every replica's worker starts at once; PostgreSQL only
+    /// (`LISTEN`). `None` on SQLite: one process per database, whose intake pokes its own
+    /// worker directly.
+    pub fn spawn_job_listener(
+        &self,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(store) => Some(webhook_common::pg_listen::spawn(
+                store.pool(),
+                postgres::JOBS_CHANNEL,
+                wake,
+                shutdown,
+            )),
+        }
+    }
+
+    /// Commits the writes still queued (SQLite), then closes the pools, waiting for
+    /// connections in use to be returned; later writes fail with a [`WriteError`] whose
+    /// [`is_closed`](WriteError::is_closed) holds. Call it after the worker has drained:
+    /// its last outcomes are writes too.
     pub async fn close(&self) {
-        self.writer.close().await;
-        self.pool.close().await;
-        self.background.close().await;
+        match &self.backend {
+            Backend::Sqlite(store) => store.close().await,
+            Backend::Postgres(store) => store.close().await,
+        }
     }
 
     /// A page of notifications, newest first, starting after `cursor`.
@@ -346,56 +252,97 @@ impl Store {
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Vec<Notification>, sqlx::Error> {
-        let (before_ms, before_id) = match cursor {
-            Some(c) => (c.created_at_ms, c.id.to_string()),
-            // Past every row: ids are hyphenated lowercase hex, '~' sorts after them.
-            None => (i64::MAX, "~".to_owned()),
-        };
-        let rows: Vec<NotificationRow> = sqlx::query_as(
-            "SELECT id, webhook_id, event_type, order_id, recipient, subject, body, status,
-                    attempts, last_error, created_at, sent_at
-             FROM notifications
-             WHERE created_at < $1 OR (created_at = $1 AND id < $2)
-             ORDER BY created_at DESC, id DESC
-             LIMIT $3",
-        )
-        .bind(before_ms)
-        .bind(before_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(NotificationRow::into_domain)
-            .collect())
+        delegate!(self.list_notifications(cursor, limit))
     }
 
     /// One notification with its body.
     pub async fn get_notification(&self, id: Uuid) -> Result<Option<Notification>, sqlx::Error> {
-        let row: Option<NotificationRow> = sqlx::query_as(
-            "SELECT id, webhook_id, event_type, order_id, recipient, subject, body, status,
-                    attempts, last_error, created_at, sent_at
-             FROM notifications WHERE id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(NotificationRow::into_domain))
+        delegate!(self.get_notification(id))
     }
 
     /// The most recent received webhooks, newest first (for the read API).
     pub async fn list_received(&self, limit: u32) -> Result<Vec<ReceivedWebhook>, sqlx::Error> {
-        let rows: Vec<ReceivedWebhookRow> = sqlx::query_as(
-            "SELECT webhook_id, event_type, order_id, event_at, outcome, received_at
-             FROM received_webhooks ORDER BY received_at DESC, webhook_id DESC LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(ReceivedWebhookRow::into_domain)
-            .collect())
+        delegate!(self.list_received(limit))
+    }
+
+    /// Records a verified webhook and, if it asks for an email that the ordering rule
+    /// ([`decide`]) allows, enqueues the email job, all in one transaction: a webhook is
+    /// either fully recorded with its job or not at all, and a repeat of the same
+    /// `webhook-id` (even concurrent, even on another replica) changes nothing and answers
+    /// [`IntakeOutcome::Duplicate`]. Returns once that is committed, so the caller may
+    /// acknowledge the webhook.
+    #[tracing::instrument(skip_all, fields(webhook_id = %webhook.webhook_id))]
+    pub async fn record_webhook(
+        &self,
+        webhook: &IncomingWebhook,
+    ) -> Result<IntakeOutcome, WriteError> {
+        delegate!(self.record_webhook(webhook))
+    }
+
+    /// Claims up to `limit` due jobs for `lease`, counting an attempt on each. A job is due
+    /// when queued, its retry time has come and no live lease holds it; a lease left by a
+    /// crashed worker (or replica) expires and the job is claimed again.
+    ///
+    /// The due candidates (at most `limit`, read in due order from an index) are settled in
+    /// the same transaction that leases the others, so jobs that must not be sent never are:
+    /// a failure notice of an order that has a confirmation is cancelled (the ordering rule,
+    /// see [`decide`]); a job that already used `max_attempts` is marked failed; the rest
+    /// are leased and returned, in no particular order. When some candidates were settled,
+    /// the next ones are claimed, so a claim returns fewer than `limit` jobs only when fewer
+    /// are due (or after settling a bounded number; the worker then simply claims again).
+    pub async fn claim_due(
+        &self,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Vec<ClaimedJob>, WriteError> {
+        delegate!(self.claim_due(limit, lease, max_attempts))
+    }
+
+    /// Marks a claimed job sent. `false` if the lease was lost (another worker owns it now).
+    pub async fn mark_sent(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
+        delegate!(self.mark_sent(job))
+    }
+
+    /// Schedules another attempt of a claimed job at `retry_at`, recording why this one failed.
+    pub async fn schedule_retry(
+        &self,
+        job: &ClaimedJob,
+        retry_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<bool, WriteError> {
+        delegate!(self.schedule_retry(job, retry_at, error))
+    }
+
+    /// Gives up on a claimed job: it stays visible as `failed` with the last error.
+    pub async fn mark_failed(&self, job: &ClaimedJob, error: &str) -> Result<bool, WriteError> {
+        delegate!(self.mark_failed(job, error))
+    }
+
+    /// Hands a claimed job back unsent (shutdown, or a lease too short to send in),
+    /// refunding the attempt it was charged; it is due again at once.
+    pub async fn release(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
+        delegate!(self.release(job))
+    }
+
+    /// Extends to now + `lease` the leases of the jobs in `held` (job ids by the claim token
+    /// they were leased under: the jobs a live worker still has in hand), in one
+    /// transaction. Returns the leases it extended; a job missing from the answer was not
+    /// extended (its outcome is recorded, another worker took it over, or it is a failure
+    /// notice whose order has a confirmation, or on PostgreSQL one whose order an intake is
+    /// changing right now) and its holder must go by the expiry it knew.
+    pub async fn renew_leases(
+        &self,
+        held: Vec<(Uuid, Vec<Uuid>)>,
+        lease: Duration,
+    ) -> Result<Vec<RenewedLease>, WriteError> {
+        delegate!(self.renew_leases(held, lease))
+    }
+
+    /// When the next queued job becomes claimable (its retry time or its lease expiry); a
+    /// read of the first index entry.
+    pub async fn next_due_at(&self) -> Result<Option<OffsetDateTime>, sqlx::Error> {
+        delegate!(self.next_due_at())
     }
 
     /// Deletes up to `batch` finished notifications (sent or cancelled) created before now -
@@ -410,210 +357,43 @@ impl Store {
         retention: Duration,
         batch: u32,
     ) -> Result<(u64, u64), WriteError> {
-        let cutoff = now_ms().saturating_sub(duration_ms(retention));
-        self.writer
-            .write(move |conn| {
-                let notifications = conn
-                    .prepare_cached(
-                        "DELETE FROM notifications WHERE id IN (
-                             SELECT id FROM notifications
-                             WHERE created_at < ?1 AND status IN ('sent', 'cancelled')
-                             ORDER BY created_at LIMIT ?2)",
-                    )?
-                    .execute(rusqlite::params![cutoff, i64::from(batch)])?;
-                let states = conn
-                    .prepare_cached(
-                        "DELETE FROM order_states WHERE order_id IN (
-                             SELECT order_id FROM order_states AS state
-                             WHERE updated_at < ?1
-                               AND NOT EXISTS (SELECT 1 FROM notifications AS n
-                                               WHERE n.order_id = state.order_id
-                                                 AND n.status IN ('queued', 'failed'))
-                             ORDER BY updated_at LIMIT ?2)",
-                    )?
-                    .execute(rusqlite::params![cutoff, i64::from(batch)])?;
-                Ok((
-                    u64::try_from(notifications).unwrap_or(u64::MAX),
-                    u64::try_from(states).unwrap_or(u64::MAX),
-                ))
-            })
-            .await
+        delegate!(self.purge_finished(retention, batch))
     }
 
     /// Deletes up to `batch` dedup records older than `retention`; returns how many went.
-    /// Bounded so one run never holds up the writer (and the intakes batched with it) for
-    /// long; it goes through the writer like every other write, so it never competes with
-    /// them for SQLite's lock.
+    /// Bounded so one run never holds up other writes for long.
     ///
     /// `order_states` is kept: it is what says an order was paid, and a late event under a
     /// new webhook id must still be judged against it (rows are small: one per order).
     pub async fn delete_expired(&self, retention: Duration, batch: u32) -> Result<u64, WriteError> {
-        let cutoff = now_ms().saturating_sub(duration_ms(retention));
-        self.writer
-            .write(move |conn| {
-                let deleted = conn
-                    .prepare_cached(
-                        "DELETE FROM received_webhooks WHERE webhook_id IN (
-                             SELECT webhook_id FROM received_webhooks WHERE received_at < ?1 LIMIT ?2)",
-                    )?
-                    .execute(rusqlite::params![cutoff, i64::from(batch)])?;
-                Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
-            })
-            .await
-    }
-}
-
-/// Whether `url` names an in-memory database (`sqlite::memory:`, `mode=memory`), which each
-/// connection would see as a database of its own.
-fn is_in_memory(url: &str) -> bool {
-    url.contains(":memory:") || url.contains("mode=memory")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: i64 = 1_000_000;
-
-    #[test]
-    fn ordering_rule_never_contradicts_a_payment() {
-        let fresh = OrderState::default();
-        assert!(decide(fresh, OrderEventKind::Paid, T));
-        assert!(decide(fresh, OrderEventKind::PaymentFailed, T));
-
-        let paid = OrderState {
-            paid_at: Some(T),
-            last_failure_at: None,
-        };
-        assert!(
-            !decide(paid, OrderEventKind::Paid, T + 1),
-            "one confirmation per order"
-        );
-        assert!(
-            !decide(paid, OrderEventKind::PaymentFailed, T - 1),
-            "older failure is stale"
-        );
-        assert!(
-            !decide(paid, OrderEventKind::PaymentFailed, T + 1),
-            "paid is final"
-        );
-
-        let failed = OrderState {
-            paid_at: None,
-            last_failure_at: Some(T),
-        };
-        assert!(
-            decide(failed, OrderEventKind::Paid, T - 1),
-            "success supersedes failures"
-        );
-        assert!(
-            decide(failed, OrderEventKind::PaymentFailed, T + 1),
-            "a new failed attempt"
-        );
-        assert!(!decide(failed, OrderEventKind::PaymentFailed, T));
-        assert!(!decide(failed, OrderEventKind::PaymentFailed, T - 1));
+        delegate!(self.delete_expired(retention, batch))
     }
 
-    /// Finished notifications older than the retention go, with the order states nothing
-    /// needs any more; queued and failed ones stay however old, and so does their order's
-    /// state; recent ones stay.
-    #[tokio::test]
-    async fn retention_deletes_only_old_finished_notifications_and_unused_states() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let day = 24 * 3600 * 1000_i64;
-        let old = now_ms() - 100 * day;
-        let recent = now_ms() - day;
-        // (order, status, created at)
-        let cases = [
-            ("sent-old", "sent", old),
-            ("cancelled-old", "cancelled", old),
-            ("queued-old", "queued", old),
-            ("failed-old", "failed", old),
-            ("sent-recent", "sent", recent),
-        ];
-        for (order, status, at) in cases {
-            sqlx::query(
-                "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
-                     subject, body, status, attempts, next_attempt_at, created_at)
-                 VALUES ($1, $1, 'order.paid', $1, 'a@example.com', 's', 'b', $2, 1, $3, $3)",
-            )
-            .bind(order)
-            .bind(status)
-            .bind(at)
-            .execute(store.pool())
-            .await
-            .unwrap();
-            sqlx::query(
-                "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
-                 VALUES ($1, $2, NULL, $2)",
-            )
-            .bind(order)
-            .bind(at)
-            .execute(store.pool())
-            .await
-            .unwrap();
-        }
-        let purged = store
-            .purge_finished(Duration::from_secs(90 * 24 * 3600), 1000)
-            .await
-            .unwrap();
-        assert_eq!(purged, (2, 2));
-        let pool = store.pool().clone();
-        let left = |table: &'static str| {
-            let pool = pool.clone();
-            async move {
-                let mut ids: Vec<String> =
-                    sqlx::query_scalar(&format!("SELECT order_id FROM {table}"))
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
-                ids.sort();
-                ids
+    /// How many email jobs are queued (due, waiting for a retry, or held under a lease):
+    /// the entries of the partial index `notifications_due_at`, which holds only queued
+    /// jobs, so the count never reads the sent, failed or cancelled history.
+    pub async fn email_queue_depth(&self) -> Result<i64, sqlx::Error> {
+        delegate!(self.email_queue_depth())
+    }
+
+    /// Refreshes `email_queue_depth` (and runs the recorder's upkeep) at once and then every
+    /// [`REFRESH_EVERY`] until `shutdown`, on the background connections, never on a
+    /// scrape. A failed query keeps the last value and is logged.
+    pub async fn run_queue_gauge(self, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(REFRESH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => {}
             }
-        };
-        let kept = ["failed-old", "queued-old", "sent-recent"];
-        assert_eq!(left("notifications").await, kept);
-        assert_eq!(left("order_states").await, kept);
-        store.close().await;
-    }
-
-    /// The writer and the readers are separate connections: an in-memory database would be
-    /// a different one for each, so it is refused with a message naming the setting.
-    #[tokio::test]
-    async fn an_in_memory_database_is_refused_at_startup() {
-        let err = Store::connect("sqlite::memory:").await.unwrap_err();
-        let text = format!("{err:#}");
-        assert!(
-            text.contains("DATABASE_URL") && text.contains("in-memory"),
-            "{text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_bad_database_url_is_reported_without_its_password() {
-        for url in [
-            "postgres://app:s3cret@db:5432/n",
-            "sqlite://app:s3cret@db/n.db?mode=nonsense",
-        ] {
-            let err = Store::connect(url).await.unwrap_err();
-            let text = format!("{err:#}");
-            assert!(text.contains("DATABASE_URL"), "{text}");
-            assert!(!text.contains("s3cret"), "{text}");
-        }
-    }
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let c = Cursor {
-            created_at_ms: 42,
-            id: Uuid::now_v7(),
-        };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        for bad in ["", "42", "x_y", "42_nope", "_"] {
-            assert_eq!(Cursor::decode(bad), None, "{bad:?}");
+            webhook_common::metrics::run_upkeep();
+            match self.email_queue_depth().await {
+                // A count far below 2^52: exact as f64.
+                #[allow(clippy::cast_precision_loss)]
+                Ok(depth) => metrics::gauge!(EMAIL_QUEUE_DEPTH).set(depth as f64),
+                Err(e) => tracing::warn!(error = %e, "refreshing email_queue_depth failed"),
+            }
         }
     }
 }

@@ -1,81 +1,11 @@
-//! Row shapes as SQL returns them, and their conversion to domain types.
+//! Row shapes as SQL returns them, and their conversion to domain types. Both backends read
+//! into these: ids are text here (PostgreSQL's queries select their `uuid` columns
+//! `::text`), timestamps and counts 64-bit integers.
 
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{from_ms, ClaimedJob};
-
-/// Where a notification is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NotificationStatus {
-    /// Waiting to be sent, or being sent, or waiting for a retry.
-    Queued,
-    /// Handed to the mail transport.
-    Sent,
-    /// Given up after the maximum number of attempts.
-    Failed,
-    /// Withdrawn before sending because a later event superseded it (ordering rule).
-    Cancelled,
-}
-
-impl NotificationStatus {
-    fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "queued" => NotificationStatus::Queued,
-            "sent" => NotificationStatus::Sent,
-            "failed" => NotificationStatus::Failed,
-            "cancelled" => NotificationStatus::Cancelled,
-            _ => return None,
-        })
-    }
-}
-
-/// One customer email and its delivery state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notification {
-    /// Its id; also the basis of the email's Message-ID.
-    pub id: Uuid,
-    /// The webhook that produced it.
-    pub webhook_id: String,
-    /// The event type of that webhook.
-    pub event_type: String,
-    /// The order it is about.
-    pub order_id: Uuid,
-    /// Recipient.
-    pub to: String,
-    /// Subject.
-    pub subject: String,
-    /// Plain-text body.
-    pub body: String,
-    /// Delivery state.
-    pub status: NotificationStatus,
-    /// Send attempts so far (including one in progress).
-    pub attempts: u32,
-    /// Why the last attempt failed, if it did.
-    pub last_error: Option<String>,
-    /// When it was queued.
-    pub created_at: OffsetDateTime,
-    /// When it was sent.
-    pub sent_at: Option<OffsetDateTime>,
-}
-
-/// A recorded webhook delivery (the dedup record).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedWebhook {
-    /// `webhook-id`.
-    pub webhook_id: String,
-    /// Its event type.
-    pub event_type: String,
-    /// Its order, for handled types.
-    pub order_id: Option<String>,
-    /// When the event happened.
-    pub event_at: OffsetDateTime,
-    /// `queued`, `ignored` or `stale`.
-    pub outcome: String,
-    /// When it arrived.
-    pub received_at: OffsetDateTime,
-}
+use super::{from_ms, ClaimedJob, Notification, NotificationStatus, ReceivedWebhook};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct NotificationRow {
@@ -147,6 +77,7 @@ impl ReceivedWebhookRow {
 
 /// A candidate of a claim as the claim's statement (`queue::CLAIM`) returns it: leased (a job
 /// to send) or settled (cancelled or given up).
+#[derive(sqlx::FromRow)]
 pub(super) struct ClaimedRow {
     id: String,
     /// `queued` if leased; `cancelled` or `failed` if settled.
@@ -161,8 +92,8 @@ pub(super) struct ClaimedRow {
 }
 
 impl ClaimedRow {
-    /// Reads a row of the claim's `RETURNING`: id, status, attempts, recipient, subject,
-    /// body, trace id.
+    /// Reads a row of the SQLite claim's `RETURNING`: id, status, attempts, recipient,
+    /// subject, body, trace id.
     pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(ClaimedRow {
             id: row.get(0)?,

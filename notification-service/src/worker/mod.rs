@@ -71,8 +71,9 @@ pub struct EmailWorker {
     store: Store,
     mailer: Arc<dyn Mailer>,
     settings: WorkerSettings,
-    /// Signalled by the intake after its write has committed, so an idle worker starts at
-    /// once instead of at its next poll. `Notify` keeps one wake-up if nobody is waiting yet,
+    /// Signalled by the intake after its write has committed (and on PostgreSQL by the
+    /// listener, for jobs committed on any replica), so an idle worker starts at once
+    /// instead of at its next poll. `Notify` keeps one wake-up if nobody is waiting yet,
     /// so a job committed while the worker is busy is not missed.
     wake: Arc<Notify>,
     /// The leases of the jobs this worker (every clone of it) holds right now. The renewal
@@ -161,6 +162,12 @@ impl EmailWorker {
             let stop = renewal_stop.clone();
             async move { worker.renew_leases(&stop).await }
         });
+        // PostgreSQL: a job committed on any replica wakes this worker at once, not at its
+        // next poll (SQLite: one process, whose intake wakes it directly).
+        let listener_stop = CancellationToken::new();
+        let listener = self
+            .store
+            .spawn_job_listener(self.wake.clone(), listener_stop.clone());
         tracing::info!(
             concurrency = self.settings.concurrency,
             batch_size = self.settings.batch_size,
@@ -217,10 +224,8 @@ impl EmailWorker {
                         self.idle(&shutdown).await;
                     }
                 }
-                Err(WriteError::Closed) => {
-                    tracing::warn!(
-                        "the database writer has stopped; the email worker stops claiming"
-                    );
+                Err(e) if e.is_closed() => {
+                    tracing::warn!("the database is closed; the email worker stops claiming");
                     break;
                 }
                 Err(e) => {
@@ -253,6 +258,12 @@ impl EmailWorker {
         renewal_stop.cancel();
         if let Err(e) = renewal.await {
             tracing::error!(error = %e, "the lease renewal task failed");
+        }
+        listener_stop.cancel();
+        if let Some(listener) = listener {
+            if let Err(e) = listener.await {
+                tracing::error!(error = %e, "the wake-up listener task failed");
+            }
         }
         tracing::info!("email worker stopped");
     }
@@ -408,8 +419,8 @@ impl EmailWorker {
         loop {
             match write().await {
                 Ok(done) => return Ok(done),
-                // Shutdown has stopped the writer: nothing will succeed; the lease expires.
-                Err(e @ WriteError::Closed) => return Err(e),
+                // Shutdown has closed the store: nothing will succeed; the lease expires.
+                Err(e) if e.is_closed() => return Err(e),
                 Err(e) => {
                     let left = lease.remaining();
                     if left < RECORD_RETRY_FIRST {
@@ -441,18 +452,31 @@ impl EmailWorker {
 mod tests {
     use super::*;
     use crate::mailer::RecordingMailer;
+    use crate::store::tests::TestDb;
     use crate::store::{IncomingWebhook, OrderEmail, OrderEventKind};
     use uuid::Uuid;
+
+    #[tokio::test]
+    async fn sqlite_a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent() {
+        let db = TestDb::sqlite().await;
+        a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent(&db).await;
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent() {
+        let Some(db) = TestDb::postgres("lease_shorter_than_send_limit").await else {
+            return;
+        };
+        a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent(&db).await;
+        db.close().await;
+    }
 
     /// The pre-send check: a job whose lease (as last renewed) is shorter than the send
     /// limit is handed back unsent, with its attempt refunded, instead of being sent with a
     /// lease that could run out mid-send.
-    #[tokio::test]
-    async fn a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+    async fn a_job_whose_lease_is_shorter_than_the_send_limit_is_handed_back_unsent(db: &TestDb) {
+        let store = db.store();
         let order_id = Uuid::now_v7();
         store
             .record_webhook(&IncomingWebhook {
@@ -490,6 +514,5 @@ mod tests {
         let again = store.claim_due(1, settings.lease, 8).await.unwrap();
         assert_eq!(again.len(), 1, "due again at once");
         assert_eq!(again[0].attempts, 1, "the unstarted attempt is refunded");
-        store.close().await;
     }
 }

@@ -362,7 +362,7 @@ async fn a_sent_failure_notice_is_followed_by_the_confirmation_when_payment_succ
 #[tokio::test]
 async fn concurrent_deliveries_share_commits_and_each_is_recorded_once() {
     let app = TestApp::spawn().await;
-    let before = app.store.write_stats();
+    let before = app.store.write_stats().expect("SQLite");
     let limit = Arc::new(Semaphore::new(64));
     let mut posts = tokio::task::JoinSet::new();
     for _ in 0..200 {
@@ -380,7 +380,7 @@ async fn concurrent_deliveries_share_commits_and_each_is_recorded_once() {
     while let Some(status) = posts.join_next().await {
         assert_eq!(status.unwrap(), 202);
     }
-    let after = app.store.write_stats();
+    let after = app.store.write_stats().expect("SQLite");
     let (writes, batches) = (after.writes - before.writes, after.batches - before.batches);
     eprintln!("200 concurrent deliveries: {writes} writes in {batches} transactions");
     assert_eq!(writes, 200, "one write per delivery");

@@ -8,6 +8,7 @@ mod observability;
 mod openapi;
 mod ordering;
 mod ratelimit;
+mod replicas;
 mod run;
 mod smtp;
 mod support;

@@ -31,7 +31,9 @@ impl RunningApp {
     async fn spawn() -> RunningApp {
         let dir = tempfile::tempdir().unwrap();
         let settings = support::config(&dir, &[]).validate().unwrap();
-        let store = Store::connect(&settings.database_url).await.unwrap();
+        let store = Store::connect(&settings.database_url, settings.database_max_connections)
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         let wake = Arc::new(Notify::new());
         let state = AppState::new(&settings, store.clone(), wake.clone());

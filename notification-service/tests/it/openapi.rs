@@ -106,7 +106,7 @@ async fn routes_of(app: Router) -> BTreeSet<(String, String)> {
 /// The router the service serves, over a fresh database.
 async fn app_router(dir: &tempfile::TempDir) -> Router {
     let settings = config(dir, &[]).validate().expect("config");
-    let store = Store::connect(&settings.database_url)
+    let store = Store::connect(&settings.database_url, settings.database_max_connections)
         .await
         .expect("database");
     store.migrate().await.expect("migrations");

@@ -84,7 +84,7 @@ async fn a_confirmation_waits_until_the_failure_notice_being_sent_is_done() {
     let due: i64 = sqlx::query_scalar(
         "SELECT next_attempt_at FROM notifications WHERE event_type = 'order.paid'",
     )
-    .fetch_one(app.store.pool())
+    .fetch_one(app.db())
     .await
     .unwrap();
     let lease_until = to_ms(held[0].lease_until);
@@ -143,12 +143,12 @@ async fn an_order_stays_paid_after_its_dedup_records_are_cleaned_up() {
     let eight_days_ago = to_ms(now() - time::Duration::days(8));
     sqlx::query("UPDATE received_webhooks SET received_at = $1")
         .bind(eight_days_ago)
-        .execute(app.store.pool())
+        .execute(app.db())
         .await
         .unwrap();
     sqlx::query("UPDATE order_states SET updated_at = $1")
         .bind(eight_days_ago)
-        .execute(app.store.pool())
+        .execute(app.db())
         .await
         .unwrap();
 
@@ -226,7 +226,7 @@ async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation(
          WHERE f.id = $1 AND c.order_id = f.order_id AND c.event_type = 'order.paid'",
     )
     .bind(failure_id.to_string())
-    .fetch_one(app.store.pool())
+    .fetch_one(app.db())
     .await
     .unwrap();
     let claimed = held.iter().find(|j| j.id == failure_id).unwrap();

@@ -49,9 +49,9 @@ async fn run_serves_webhooks_and_on_cancel_finishes_the_send_in_flight_and_retur
         .unwrap();
 
     // The send under way at cancellation was finished and recorded, not abandoned.
-    let store = Store::connect(&database_url).await.unwrap();
+    let store = Store::connect(&database_url, 1).await.unwrap();
     let status: String = sqlx::query_scalar("SELECT status FROM notifications")
-        .fetch_one(store.pool())
+        .fetch_one(store.sqlite_pool().unwrap())
         .await
         .unwrap();
     assert_eq!(status, "sent");

@@ -85,7 +85,9 @@ impl TestApp {
     pub async fn spawn_with(extra: &[&str], mailer: Option<Arc<dyn Mailer>>) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let settings = config(&dir, extra).validate().unwrap();
-        let store = Store::connect(&settings.database_url).await.unwrap();
+        let store = Store::connect(&settings.database_url, settings.database_max_connections)
+            .await
+            .unwrap();
         store.migrate().await.unwrap();
         let wake = Arc::new(Notify::new());
         let state = AppState::new(&settings, store.clone(), wake.clone());
@@ -112,6 +114,14 @@ impl TestApp {
             shutdown,
             _dir: dir,
         }
+    }
+
+    /// The app's SQLite database (these tests run on SQLite; the store's own suite runs
+    /// on both backends), for reading and arranging rows directly.
+    pub fn db(&self) -> &sqlx::SqlitePool {
+        self.store
+            .sqlite_pool()
+            .expect("the integration tests run on SQLite")
     }
 
     /// The intake URL.

@@ -154,7 +154,7 @@ async fn a_renewal_extends_only_the_jobs_still_in_hand() {
             let (until,): (i64,) =
                 sqlx::query_as("SELECT lease_until FROM notifications WHERE id = $1")
                     .bind(id.to_string())
-                    .fetch_one(store.pool())
+                    .fetch_one(store.sqlite_pool().unwrap())
                     .await
                     .unwrap();
             until - notification_service::store::to_ms(now())
@@ -175,7 +175,7 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
     sqlx::query("UPDATE received_webhooks SET received_at = $1 WHERE webhook_id = $2")
         .bind(notification_service::store::to_ms(eight_days_ago))
         .bind(&old)
-        .execute(app.store.pool())
+        .execute(app.db())
         .await
         .unwrap();
 
@@ -221,14 +221,11 @@ async fn block_sent_marks(app: &TestApp, span: time::Duration) {
              WHERE until_ms > (julianday('now') - 2440587.5) * 86400000.0)
          BEGIN SELECT RAISE(ABORT, 'simulated database outage'); END",
     ] {
-        sqlx::query(statement)
-            .execute(app.store.pool())
-            .await
-            .unwrap();
+        sqlx::query(statement).execute(app.db()).await.unwrap();
     }
     sqlx::query("INSERT INTO outage (until_ms) VALUES ($1)")
         .bind(notification_service::store::to_ms(now() + span))
-        .execute(app.store.pool())
+        .execute(app.db())
         .await
         .unwrap();
 }
@@ -256,7 +253,7 @@ async fn the_worker_records_its_work_while_requests_hold_every_request_connectio
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     let mut taken = Vec::new();
     for _ in 0..8 {
-        taken.push(app.store.pool().acquire().await.unwrap());
+        taken.push(app.db().acquire().await.unwrap());
     }
     let claimed = tokio::time::timeout(DEADLINE, app.worker.run_once())
         .await
@@ -280,7 +277,7 @@ async fn a_live_worker_renews_its_lease_so_an_outage_longer_than_the_lease_sends
     let running = tokio::spawn(async move { worker.run_once().await });
     let lease_of_the_job = || async {
         sqlx::query_scalar::<_, Option<i64>>("SELECT lease_until FROM notifications")
-            .fetch_one(app.store.pool())
+            .fetch_one(app.db())
             .await
             .unwrap()
     };

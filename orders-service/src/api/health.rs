@@ -8,9 +8,9 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use sqlx::SqlitePool;
 use webhook_common::telemetry::Liveness;
 
+use crate::store::Store;
 use crate::AppState;
 
 /// The health routes.
@@ -43,14 +43,12 @@ async fn healthz() -> Json<Value> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    webhook_common::readiness::response(
-        &not_ready(state.store.pool(), &state.dispatcher_running).await,
-    )
+    webhook_common::readiness::response(&not_ready(&state.store, &state.dispatcher_running).await)
 }
 
 /// What keeps the service from being ready, empty when it is (see
-/// [`webhook_common::readiness::not_ready`]).
-pub async fn not_ready(pool: &SqlitePool, dispatcher_running: &Liveness) -> Vec<String> {
-    webhook_common::readiness::not_ready(pool, &sqlx::migrate!(), dispatcher_running, "dispatcher")
-        .await
+/// [`webhook_common::readiness::not_ready`]) for the store's backend and migrations.
+pub async fn not_ready(store: &Store, dispatcher_running: &Liveness) -> Vec<String> {
+    let (database, migrator) = store.readiness();
+    webhook_common::readiness::not_ready(database, migrator, dispatcher_running, "dispatcher").await
 }

@@ -1,7 +1,8 @@
 //! The background dispatcher: claims due deliveries from the database in batches and
 //! attempts them with bounded concurrency until each is delivered or given up.
 //!
-//! It wakes as soon as an order's transaction commits (a [`Notify`]), when a retry or an
+//! It wakes as soon as an order's transaction commits (a [`Notify`]; on PostgreSQL also when
+//! another replica commits work that is due now, through `LISTEN/NOTIFY`), when a retry or an
 //! expired lease falls due, when a worker slot frees up, and at least every sweep interval.
 //! Memory is bounded by the concurrency: at most that many deliveries are claimed and held.
 //!
@@ -333,6 +334,11 @@ impl Dispatcher {
                 shutdown.clone(),
             ))
         });
+        // On PostgreSQL, work committed by any replica wakes this loop too (LISTEN/NOTIFY);
+        // the sweep interval stays the backstop.
+        let listener = inner
+            .store
+            .listen_for_work(inner.wake.clone(), shutdown.clone());
         while !shutdown.is_cancelled() {
             let free = inner.slots.available_permits();
             let limit = u32::try_from(free)
@@ -409,6 +415,11 @@ impl Dispatcher {
         if let Some(handoffs) = handoffs {
             if let Err(e) = handoffs.await {
                 tracing::error!(error = %e, "the handoff task failed");
+            }
+        }
+        if let Some(listener) = listener {
+            if let Err(e) = listener.await {
+                tracing::error!(error = %e, "the wake-up listener failed");
             }
         }
         tracker.close();

@@ -1,10 +1,13 @@
-//! `Idempotency-Key` on `POST /orders`: a key's row, looked up and written inside the order's
-//! own group-committed write, and the background deletion of expired keys.
+//! `Idempotency-Key` on `POST /orders`: what a key stores and answers, and the background
+//! deletion of expired keys. Each backend decides a key inside the order's own transaction
+//! (see [`Store::create_order_keyed`]), so of two requests with one key, at the same instant
+//! or not, on one replica or two, at most one creates an order:
 //!
-//! The lookup and the insert run in the same write as the order (see
-//! [`Store::create_order_keyed`]): the writes of a batch run one after another in one
-//! transaction that holds SQLite's write lock, so of two requests with one key, in one batch
-//! or in two, the second always sees the first's row and creates nothing.
+//! - SQLite: the lookup and the insert run in the same group-committed write, which holds
+//!   the write lock, so the second request always sees the first's row.
+//! - PostgreSQL: the key's row is inserted first (`ON CONFLICT (key) DO UPDATE ... WHERE`
+//!   expired), so the primary key makes a second transaction wait for the first and then
+//!   find its committed row.
 //!
 //! Keys are global, not per client: `POST /orders` has no authentication to scope them to.
 //! A key is remembered for [`KEY_TTL_MS`] from the first request; after that it counts as
@@ -14,7 +17,6 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension as _};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -66,12 +68,12 @@ pub enum KeyedOrder {
     KeyReused,
 }
 
-/// A live key's row as the order's write reads it.
+/// A live key's row as the order's transaction reads it.
 pub(super) struct KeyRow {
-    request_sha256: String,
-    order_id: String,
-    status: u16,
-    body: String,
+    pub(super) request_sha256: String,
+    pub(super) order_id: String,
+    pub(super) status: u16,
+    pub(super) body: String,
 }
 
 impl KeyRow {
@@ -88,78 +90,7 @@ impl KeyRow {
     }
 }
 
-/// The row of `key` unless it is missing or expired at `now`. Runs on the writer.
-pub(super) fn find_live(
-    conn: &Connection,
-    key: &str,
-    now: i64,
-) -> rusqlite::Result<Option<KeyRow>> {
-    conn.prepare_cached(
-        "SELECT request_sha256, order_id, response_status, response_body \
-         FROM idempotency_keys WHERE key = ?1 AND expires_at > ?2",
-    )?
-    .query_row(params![key, now], |row| {
-        Ok(KeyRow {
-            request_sha256: row.get(0)?,
-            order_id: row.get(1)?,
-            status: row.get(2)?,
-            body: row.get(3)?,
-        })
-    })
-    .optional()
-}
-
-/// Remembers `key` for the order `order_id` just written, from `now` for [`KEY_TTL_MS`];
-/// replaces the key's expired row if there is one. Runs on the writer, after [`find_live`]
-/// found no live row in the same transaction.
-pub(super) fn remember(
-    conn: &Connection,
-    key: &IdempotencyKey,
-    order_id: &str,
-    now: i64,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO idempotency_keys (key, request_sha256, order_id, response_status, \
-         response_body, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-         ON CONFLICT (key) DO UPDATE SET request_sha256 = excluded.request_sha256, \
-         order_id = excluded.order_id, response_status = excluded.response_status, \
-         response_body = excluded.response_body, created_at = excluded.created_at, \
-         expires_at = excluded.expires_at",
-    )?
-    .execute(params![
-        key.key,
-        key.request_sha256,
-        order_id,
-        key.response_status,
-        key.response_body,
-        now,
-        now.saturating_add(KEY_TTL_MS),
-    ])?;
-    Ok(())
-}
-
 impl Store {
-    /// Deletes up to `limit` keys expired at `now`, oldest first, in one group-committed
-    /// write; returns how many went.
-    pub async fn delete_expired_idempotency_keys(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> anyhow::Result<usize> {
-        let deleted = self
-            .writer
-            .write(move |conn| {
-                conn.prepare_cached(
-                    "DELETE FROM idempotency_keys WHERE key IN \
-                     (SELECT key FROM idempotency_keys WHERE expires_at <= ?1 \
-                      ORDER BY expires_at LIMIT ?2)",
-                )?
-                .execute(params![now, limit])
-            })
-            .await?;
-        Ok(deleted)
-    }
-
     /// Deletes every key expired now, [`EXPIRY_BATCH`] per write, stopping early when
     /// `shutdown` is cancelled; returns how many went.
     pub async fn expire_idempotency_keys(

@@ -173,7 +173,7 @@ async fn readyz_names_a_stopped_dispatcher_missing_migrations_and_a_gone_databas
     let dispatcher =
         Dispatcher::new(store.clone(), DispatcherSettings::from_config(&config)).unwrap();
     let running = dispatcher.liveness();
-    let problems = not_ready(store.pool(), &running).await;
+    let problems = not_ready(&store, &running).await;
     assert!(
         problems
             .iter()
@@ -187,10 +187,7 @@ async fn readyz_names_a_stopped_dispatcher_missing_migrations_and_a_gone_databas
     let stop = CancellationToken::new();
     let task = tokio::spawn(dispatcher.run(stop.clone()));
     eventually("ready", || async {
-        not_ready(store.pool(), &running)
-            .await
-            .is_empty()
-            .then_some(())
+        not_ready(&store, &running).await.is_empty().then_some(())
     })
     .await;
 
@@ -198,13 +195,13 @@ async fn readyz_names_a_stopped_dispatcher_missing_migrations_and_a_gone_databas
     stop.cancel();
     task.await.unwrap();
     assert_eq!(
-        not_ready(store.pool(), &running).await,
+        not_ready(&store, &running).await,
         ["dispatcher not running"]
     );
 
     // The database goes away.
     store.close().await;
-    let problems = not_ready(store.pool(), &running).await;
+    let problems = not_ready(&store, &running).await;
     assert!(
         problems[0].starts_with("database unavailable"),
         "{problems:?}"

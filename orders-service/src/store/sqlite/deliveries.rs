@@ -2,18 +2,16 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rusqlite::OptionalExtension as _;
 use uuid::Uuid;
-use webhook_common::Secret;
 
-use super::{now_ms, parse_uuid, Store};
+use super::SqliteStore;
 use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome, UNLOADABLE,
 };
-
-/// Longest stored `last_error` text.
-const MAX_ERROR_CHARS: usize = 500;
+use crate::store::{
+    now_ms, parse_uuid, Claimed, ClaimedRow, EndpointRow, MAX_ERROR_CHARS, PAUSED_AT,
+};
 
 #[derive(sqlx::FromRow)]
 struct DeliveryRow {
@@ -59,11 +57,6 @@ struct AttemptRow {
     response_body: Option<String>,
     outcome: String,
 }
-
-/// `next_attempt_at` of a pending delivery whose endpoint is disabled: beyond every real due
-/// time, so paused rows sit outside the due range of the `(status, next_attempt_at)` index
-/// and no claim or next-due query walks past them. Enabling the endpoint makes them due.
-pub const PAUSED_AT: i64 = i64::MAX;
 
 /// The due time to store for a delivery of the row being updated: `at`, or [`PAUSED_AT`]
 /// while its endpoint is disabled. Both are placeholders, e.g. `due_or_paused("$1", "$9")`.
@@ -116,63 +109,6 @@ pub(super) async fn resume_endpoint(
     .rows_affected())
 }
 
-/// What one claim took: the jobs it can attempt, under one claim token.
-#[derive(Debug)]
-pub struct Claimed {
-    /// The token every later update of these deliveries must present.
-    pub token: Uuid,
-    /// When the leases end, in unix milliseconds.
-    pub lease_until: i64,
-    /// Everything each attempt needs.
-    pub jobs: Vec<DeliveryJob>,
-    /// Deliveries that were claimed but whose job could not be built (a stored secret that
-    /// does not parse, say), with why; the caller records each as an attempt
-    /// ([`Store::record_load_failure`]), so that one that never loads ends dead-lettered.
-    pub unloadable: Vec<(Uuid, anyhow::Error)>,
-}
-
-impl Claimed {
-    /// Builds the jobs of claimed rows outside the writer (parsing secrets is not the
-    /// database's work); rows whose job cannot be built are set aside as unloadable.
-    pub(super) fn from_rows(
-        token: Uuid,
-        lease_until: i64,
-        now: i64,
-        rows: Vec<ClaimedRow>,
-    ) -> Self {
-        let mut claimed = Claimed {
-            token,
-            lease_until,
-            jobs: Vec::with_capacity(rows.len()),
-            unloadable: Vec::new(),
-        };
-        for row in rows {
-            let id = row.id.clone();
-            match row.into_job(token, now) {
-                Ok(job) => claimed.jobs.push(job),
-                Err(e) => match parse_uuid(&id) {
-                    Ok(id) => claimed.unloadable.push((id, e)),
-                    // Not even the id parses: nothing can address the row but its lease,
-                    // which expires; it is then claimed (and reported) again.
-                    Err(_) => {
-                        tracing::error!(error = format!("{e:#}"), delivery_id = %id, "a claimed delivery has an unreadable id")
-                    }
-                },
-            }
-        }
-        claimed
-    }
-}
-
-/// An endpoint as a claim needs it.
-pub(super) struct EndpointRow {
-    pub(super) id: String,
-    pub(super) url: String,
-    pub(super) secret: String,
-    pub(super) previous_secret: Option<String>,
-    pub(super) previous_secret_expires_at: Option<i64>,
-}
-
 impl EndpointRow {
     /// Reads the first five columns of `row`: id, url, secret, previous_secret,
     /// previous_secret_expires_at.
@@ -185,18 +121,6 @@ impl EndpointRow {
             previous_secret_expires_at: row.get(4)?,
         })
     }
-}
-
-/// A claimed delivery as read in the claim's transaction; turned into a [`DeliveryJob`]
-/// outside it.
-pub(super) struct ClaimedRow {
-    pub(super) id: String,
-    pub(super) attempts: i64,
-    pub(super) retry_base: i64,
-    pub(super) msg_id: String,
-    pub(super) payload: Vec<u8>,
-    pub(super) endpoint_id: String,
-    pub(super) endpoint: std::sync::Arc<EndpointRow>,
 }
 
 /// Enabled endpoints with work due at `?1`, oldest due first, with what an attempt needs of
@@ -308,36 +232,7 @@ fn claim_rows(
     Ok(claimed)
 }
 
-impl ClaimedRow {
-    pub(super) fn into_job(self, claim_token: Uuid, now: i64) -> anyhow::Result<DeliveryJob> {
-        let endpoint = &*self.endpoint;
-        let mut secrets = vec![Secret::parse(&endpoint.secret)
-            .context("the endpoint's signing secret in the database does not parse")?];
-        if let (Some(previous), Some(expires)) = (
-            &endpoint.previous_secret,
-            endpoint.previous_secret_expires_at,
-        ) {
-            if expires > now {
-                secrets.push(Secret::parse(previous).context(
-                    "the endpoint's previous signing secret in the database does not parse",
-                )?);
-            }
-        }
-        Ok(DeliveryJob {
-            delivery_id: parse_uuid(&self.id)?,
-            claim_token,
-            attempts: u32::try_from(self.attempts)?,
-            retry_base: u32::try_from(self.retry_base)?,
-            msg_id: self.msg_id,
-            payload: self.payload.into(),
-            endpoint_id: parse_uuid(&self.endpoint_id)?,
-            url: endpoint.url.clone(),
-            secrets,
-        })
-    }
-}
-
-/// The statements of [`Store::finish_attempt`], run on the writer's thread.
+/// The statements of [`SqliteStore::finish_attempt`], run on the writer's thread.
 fn finish_rows(conn: &rusqlite::Connection, job: &FinishedJob, now: i64) -> rusqlite::Result<bool> {
     let (status, next_at, delivered_at) = match job.outcome {
         AttemptOutcome::Delivered => ("delivered", now, Some(now)),
@@ -401,7 +296,7 @@ fn finish_rows(conn: &rusqlite::Connection, job: &FinishedJob, now: i64) -> rusq
     Ok(true)
 }
 
-/// The statements of [`Store::record_load_failure`], run on the writer's thread: reads the
+/// The statements of [`SqliteStore::record_load_failure`], run on the writer's thread: reads the
 /// attempt count under the claim token, then records the failure through [`finish_rows`] as
 /// the next attempt. `None`, recording nothing, if the token no longer owns the delivery.
 fn load_failure_rows(
@@ -468,27 +363,8 @@ struct FinishedJob {
     error: Option<String>,
 }
 
-impl Store {
-    /// Claims up to `limit` due deliveries for `lease_ms` and returns everything their
-    /// attempts need, under one claim token that every later update must present. At most
-    /// `per_endpoint` deliveries to one endpoint are in flight at once (counting live leases
-    /// held by any worker or replica), so a slow receiver cannot take every slot.
-    ///
-    /// Due means pending with its retry time come, or in flight with an expired lease (its
-    /// worker died), for an enabled endpoint. Expired leases on disabled endpoints are paused
-    /// on the way, so they end pending like the endpoint's other rows. The claim is one
-    /// group-committed write; its cost does not grow with the backlog.
-    pub async fn claim_due(
-        &self,
-        limit: u32,
-        lease_ms: i64,
-        per_endpoint: u32,
-    ) -> anyhow::Result<Claimed> {
-        self.claim_due_with(move || limit, lease_ms, per_endpoint)
-            .await
-    }
-
-    /// [`Store::claim_due`] with a limit read when the claim runs on the writer, not when it
+impl SqliteStore {
+    /// [`crate::store::Store::claim_due`] with a limit read when the claim runs on the writer, not when it
     /// is queued: a dispatcher passes its free slots, so slots freed while the claim waited
     /// for its batch are filled too.
     pub async fn claim_due_with(
@@ -732,11 +608,6 @@ impl Store {
         Ok(Recovered { requeued, more })
     }
 
-    /// The recorded attempts of a delivery, in order.
-    pub async fn attempts(&self, delivery_id: Uuid) -> anyhow::Result<Vec<Attempt>> {
-        self.last_attempts(delivery_id, u32::MAX).await
-    }
-
     /// The last `limit` recorded attempts of a delivery, in order.
     pub async fn last_attempts(
         &self,
@@ -780,7 +651,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::DeliveryStatus;
 
     /// The claim path's statements must read indexes in order and stop at their limits: no
     /// full scan of `deliveries`, no sort of its rows. A plan regression here is what turns a
@@ -788,9 +658,10 @@ mod tests {
     #[tokio::test]
     async fn claim_queries_are_served_by_indexes_without_scans_or_sorts() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("p.db").display()))
-            .await
-            .unwrap();
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("p.db").display()))
+                .await
+                .unwrap();
         store.migrate().await.unwrap();
         // A few rows and fresh statistics, so the planner cannot pick a plan just because
         // the table is empty.
@@ -824,209 +695,6 @@ mod tests {
                 "{name}: not served by deliveries_endpoint_due:\n{text}"
             );
         }
-        store.close().await;
-    }
-
-    /// A migrated store on a fresh database in `dir`, with one endpoint (enabled or not).
-    async fn store_with_endpoint(dir: &tempfile::TempDir, enabled: bool) -> (Store, Uuid) {
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        let endpoint = store
-            .create_endpoint(
-                &crate::domain::NewEndpoint {
-                    url: "http://127.0.0.1:9/webhook".into(),
-                    description: None,
-                    event_types: vec!["order.paid".into()],
-                },
-                &Secret::generate(),
-            )
-            .await
-            .unwrap();
-        if !enabled {
-            set_enabled(&store, endpoint.id, false).await;
-        }
-        (store, endpoint.id)
-    }
-
-    /// Enables or disables an endpoint as the API does (pausing or resuming its deliveries).
-    async fn set_enabled(store: &Store, endpoint: Uuid, enabled: bool) {
-        let patch = crate::domain::EndpointPatch {
-            enabled: Some(enabled),
-            ..Default::default()
-        };
-        store
-            .update_endpoint(endpoint, &patch)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
-    /// Writes an event and its delivery to `endpoint`, in flight under a lease ending at
-    /// `lease_until` held by a worker that will never report (it died): what a crash leaves.
-    async fn abandoned_delivery(store: &Store, endpoint: Uuid, lease_until: i64) -> Uuid {
-        let (event, delivery) = (Uuid::now_v7(), Uuid::now_v7());
-        sqlx::query(
-            "INSERT INTO events (id, msg_id, event_type, payload, created_at) \
-             VALUES ($1, $2, 'order.paid', x'7b7d', 0)",
-        )
-        .bind(event.to_string())
-        .bind(format!("msg_{event}"))
-        .execute(&store.pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
-             next_attempt_at, lease_expires_at, claim_token, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'in_flight', 1, 0, $4, 'a-dead-worker', 0, 0)",
-        )
-        .bind(delivery.to_string())
-        .bind(event.to_string())
-        .bind(endpoint.to_string())
-        .bind(lease_until)
-        .execute(&store.pool)
-        .await
-        .unwrap();
-        delivery
-    }
-
-    /// The delivery `id`, which exists.
-    async fn get(store: &Store, id: Uuid) -> Delivery {
-        store.delivery(id).await.unwrap().unwrap()
-    }
-
-    /// A row in flight under an expired lease has no attempt running: a manual retry
-    /// requeues it (paused, on a disabled endpoint, which no claim serves). A row under a
-    /// live lease is never reset.
-    #[tokio::test]
-    async fn retry_requeues_an_abandoned_attempt_but_never_one_under_a_live_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, endpoint) = store_with_endpoint(&dir, false).await;
-        let live = abandoned_delivery(&store, endpoint, now_ms() + 60_000).await;
-        let expired = abandoned_delivery(&store, endpoint, now_ms() - 1).await;
-
-        assert_eq!(
-            store.retry_delivery(live).await.unwrap(),
-            RetryOutcome::InFlight
-        );
-        assert_eq!(get(&store, live).await.status, DeliveryStatus::InFlight);
-
-        let RetryOutcome::Requeued(requeued) = store.retry_delivery(expired).await.unwrap() else {
-            panic!("an expired lease was taken for a running attempt");
-        };
-        assert_eq!(requeued.status, DeliveryStatus::Pending);
-        assert_eq!(
-            requeued.next_attempt_at, PAUSED_AT,
-            "its endpoint is disabled"
-        );
-        assert_eq!(requeued.attempts, 1);
-        // Enabling the endpoint makes it due; the dead worker's token records nothing.
-        set_enabled(&store, endpoint, true).await;
-        let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
-        assert_eq!(
-            claimed
-                .jobs
-                .iter()
-                .map(|j| j.delivery_id)
-                .collect::<Vec<_>>(),
-            [expired]
-        );
-        let (token,): (Option<String>,) =
-            sqlx::query_as("SELECT claim_token FROM deliveries WHERE id = $1")
-                .bind(expired.to_string())
-                .fetch_one(&store.pool)
-                .await
-                .unwrap();
-        assert_eq!(token, Some(claimed.token.to_string()));
-        store.close().await;
-    }
-
-    /// Disabling an endpoint pauses its rows left in flight under expired leases with its
-    /// pending ones; a claim pauses those whose leases expire after the endpoint was
-    /// disabled. Rows under live leases stay with their workers.
-    #[tokio::test]
-    async fn abandoned_attempts_on_a_disabled_endpoint_end_paused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, endpoint) = store_with_endpoint(&dir, true).await;
-        let expired = abandoned_delivery(&store, endpoint, now_ms() - 1).await;
-        let live = abandoned_delivery(&store, endpoint, now_ms() + 60_000).await;
-        set_enabled(&store, endpoint, false).await;
-        let paused = get(&store, expired).await;
-        assert_eq!(
-            (paused.status, paused.next_attempt_at),
-            (DeliveryStatus::Pending, PAUSED_AT)
-        );
-        assert_eq!(get(&store, live).await.status, DeliveryStatus::InFlight);
-
-        // The worker holding `live` dies; its lease expires while the endpoint is disabled.
-        sqlx::query("UPDATE deliveries SET lease_expires_at = $1 WHERE id = $2")
-            .bind(now_ms() - 1)
-            .bind(live.to_string())
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
-        assert!(claimed.jobs.is_empty() && claimed.unloadable.is_empty());
-        let paused = get(&store, live).await;
-        assert_eq!(
-            (paused.status, paused.next_attempt_at),
-            (DeliveryStatus::Pending, PAUSED_AT)
-        );
-        assert_eq!(store.next_due_at().await.unwrap(), None);
-        store.close().await;
-    }
-
-    /// A load failure is recorded as the next attempt, only by the claim's owner; once the
-    /// schedule says no more, the delivery is dead-lettered with why.
-    #[tokio::test]
-    async fn load_failures_count_as_attempts_until_the_delivery_is_dead_lettered() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, endpoint) = store_with_endpoint(&dir, true).await;
-        let id = abandoned_delivery(&store, endpoint, now_ms() - 1).await;
-        // Three attempts in all: the one sent before, then two that cannot be loaded.
-        let schedule = |n: u32| (n < 3).then_some(Duration::ZERO);
-        let mut outcomes = Vec::new();
-        for _ in 0..2 {
-            let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
-            assert_eq!(claimed.jobs.len(), 1);
-            let stranger = Uuid::new_v4();
-            assert_eq!(
-                store
-                    .record_load_failure(id, stranger, "boom", schedule)
-                    .await
-                    .unwrap(),
-                None,
-                "only the claim's owner records"
-            );
-            outcomes.push(
-                store
-                    .record_load_failure(id, claimed.token, "boom", schedule)
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            );
-        }
-        assert!(matches!(outcomes[0], AttemptOutcome::Retry { .. }));
-        assert_eq!(outcomes[1], AttemptOutcome::Failed);
-        let dead = get(&store, id).await;
-        assert_eq!((dead.status, dead.attempts), (DeliveryStatus::Failed, 3));
-        assert_eq!(
-            dead.last_error.as_deref(),
-            Some("gave up after 3 attempts; last: the delivery could not be loaded: boom")
-        );
-        let attempts = store.attempts(id).await.unwrap();
-        let recorded: Vec<_> = attempts
-            .iter()
-            .map(|a| (a.attempt, a.error_kind.as_deref(), a.outcome.as_str()))
-            .collect();
-        assert_eq!(
-            recorded,
-            [
-                (2, Some(UNLOADABLE), "retry"),
-                (3, Some(UNLOADABLE), "failed")
-            ]
-        );
         store.close().await;
     }
 }

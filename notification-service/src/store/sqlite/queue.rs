@@ -15,8 +15,12 @@ use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::rows::ClaimedRow;
-use super::{duration_ms, from_ms, now_ms, to_ms, ClaimedJob, Store, WriteError};
+use webhook_common::group_commit::WriteError;
+
+use super::SqliteStore;
+use crate::store::domain::{duration_ms, now_ms, MAX_SETTLED_PER_CLAIM};
+use crate::store::rows::ClaimedRow;
+use crate::store::{from_ms, to_ms, ClaimedJob, RenewedLease};
 
 /// One round of a claim, in one statement: the first `?2` due jobs, oldest due first, read
 /// from `notifications_due_at` in index order (no sort, and no row past the limit is looked
@@ -83,23 +87,7 @@ const RENEW: &str = "UPDATE notifications
                               AND paid.event_type = 'order.paid'))
      RETURNING id, lease_until";
 
-/// Most candidates one claim settles (cancels or gives up) before it returns, so a backlog
-/// of jobs that must not be sent cannot hold up the writer, and every intake batched with
-/// it, for long; the next claim goes on where this one stopped.
-const MAX_SETTLED_PER_CLAIM: usize = 1000;
-
-/// A lease extended by [`Store::renew_leases`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RenewedLease {
-    /// The job.
-    pub id: Uuid,
-    /// The claim it belongs to.
-    pub lease_token: Uuid,
-    /// Its new expiry.
-    pub lease_until: OffsetDateTime,
-}
-
-impl Store {
+impl SqliteStore {
     /// Claims up to `limit` due jobs for `lease`, counting an attempt on each. A job is due
     /// when queued, its retry time has come and no live lease holds it; a lease left by a
     /// crashed worker expires and the job is claimed again.
@@ -254,7 +242,7 @@ impl Store {
     }
 }
 
-/// The claim, inside the writer's transaction (see [`Store::claim_due`]): one statement,
+/// The claim, inside the writer's transaction (see [`SqliteStore::claim_due`]): one statement,
 /// and one more per round that settled candidates.
 fn claim_in(
     conn: &Connection,
@@ -305,7 +293,7 @@ mod tests {
     use super::*;
 
     /// `EXPLAIN QUERY PLAN` of `sql`, one `detail` line per step.
-    async fn plan(store: &Store, sql: &str, binds: &[i64]) -> Vec<String> {
+    async fn plan(store: &SqliteStore, sql: &str, binds: &[i64]) -> Vec<String> {
         let explain = format!("EXPLAIN QUERY PLAN {sql}");
         let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
         for b in binds {
@@ -342,8 +330,8 @@ mod tests {
     async fn claims_next_due_and_renewals_read_an_index_in_order_never_the_whole_queue() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let store = SqliteStore::connect(&url, &url).await.unwrap();
+        super::super::MIGRATOR.run(store.pool()).await.unwrap();
         // A backlog, so the plans are those of a real queue (sent rows and queued ones).
         for i in 0..200_i64 {
             sqlx::query(
@@ -392,122 +380,6 @@ mod tests {
             ),
             "{renew:?}"
         );
-        store.close().await;
-    }
-
-    /// The generated `due_at` is the claim rule: claimable exactly when queued, the retry time
-    /// has come and the lease (live while `lease_until >= now`, as the intake reads it) is over.
-    #[tokio::test]
-    async fn due_at_is_exactly_when_a_job_becomes_claimable() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let cases: [(&str, i64, Option<i64>, Option<i64>); 5] = [
-            ("queued", 100, None, Some(100)),
-            ("queued", 100, Some(50), Some(100)),
-            ("queued", 100, Some(300), Some(301)),
-            ("sent", 100, None, None),
-            ("cancelled", 100, Some(300), None),
-        ];
-        for (status, next_attempt_at, lease_until, want) in cases {
-            let id = Uuid::now_v7().to_string();
-            sqlx::query(
-                "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
-                     subject, body, status, attempts, next_attempt_at, lease_until, created_at)
-                 VALUES ($1, $1, 'order.paid', $1, 'a@example.com', 's', 'b', $2, 0, $3, $4, 0)",
-            )
-            .bind(&id)
-            .bind(status)
-            .bind(next_attempt_at)
-            .bind(lease_until)
-            .execute(store.pool())
-            .await
-            .unwrap();
-            let due: Option<i64> =
-                sqlx::query_scalar("SELECT due_at FROM notifications WHERE id = $1")
-                    .bind(&id)
-                    .fetch_one(store.pool())
-                    .await
-                    .unwrap();
-            assert_eq!(due, want, "{status} {next_attempt_at} {lease_until:?}");
-        }
-        store.close().await;
-    }
-
-    /// One claim settles the candidates that must not be sent and goes on to the next due
-    /// jobs until it has `limit` of them: the settled ones do not count against it.
-    #[tokio::test]
-    async fn a_claim_settles_what_must_not_be_sent_and_leases_the_next_due_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = Store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let paid_order = Uuid::now_v7().to_string();
-        // (name, event type, order, attempts, due at): due in this order, the two that
-        // must not be sent first; the order's confirmation ("paid") is not due yet.
-        let jobs = [
-            ("notice", "order.payment_failed", paid_order.as_str(), 0, 1),
-            ("exhausted", "order.paid", "o2", 3, 2),
-            ("first", "order.paid", "o3", 1, 3),
-            ("second", "order.payment_failed", "o4", 0, 4),
-            ("third", "order.paid", "o5", 0, 5),
-            ("paid", "order.paid", paid_order.as_str(), 0, i64::MAX),
-        ];
-        for (name, event_type, order, attempts, due) in jobs {
-            sqlx::query(
-                "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
-                     subject, body, status, attempts, next_attempt_at, created_at)
-                 VALUES ($1, $2, $3, $4, 'a@example.com', $2, 'b', 'queued', $5, $6, 0)",
-            )
-            .bind(Uuid::now_v7().to_string())
-            .bind(name)
-            .bind(event_type)
-            .bind(order)
-            .bind(attempts)
-            .bind(due)
-            .execute(store.pool())
-            .await
-            .unwrap();
-        }
-
-        let before = now_ms();
-        let claimed = store
-            .claim_due(2, Duration::from_secs(60), 3)
-            .await
-            .unwrap();
-        let mut leased: Vec<(&str, u32)> = claimed
-            .iter()
-            .map(|j| (j.subject.as_str(), j.attempts))
-            .collect();
-        leased.sort_unstable();
-        assert_eq!(leased, [("first", 2), ("second", 1)]);
-        assert_eq!(claimed[0].lease_token, claimed[1].lease_token);
-        assert!(to_ms(claimed[0].lease_until) >= before + 60_000);
-
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT webhook_id || ' ' || status || ' ' || attempts || ' '
-                    || CASE WHEN lease_token IS NULL AND lease_until IS NULL THEN 'free'
-                            WHEN lease_token = $1 AND lease_until = $2 THEN 'leased'
-                            ELSE 'held elsewhere' END
-                    || COALESCE(': ' || last_error, '')
-             FROM notifications ORDER BY next_attempt_at",
-        )
-        .bind(claimed[0].lease_token.to_string())
-        .bind(to_ms(claimed[0].lease_until))
-        .fetch_all(store.pool())
-        .await
-        .unwrap();
-        let want = [
-            "notice cancelled 0 free: superseded by order.paid",
-            "exhausted failed 3 free: gave up after 3 attempts; the last one never reported \
-             back (the worker stopped while sending)",
-            "first queued 2 leased",
-            "second queued 1 leased",
-            "third queued 0 free",
-            "paid queued 0 free",
-        ];
-        assert_eq!(rows, want);
         store.close().await;
     }
 }

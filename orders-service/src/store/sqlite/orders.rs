@@ -3,31 +3,13 @@
 use uuid::Uuid;
 use webhook_common::{Currency, Money};
 
-use super::deliveries::{ClaimedRow, EndpointRow};
-use super::idempotency::{self, IdempotencyKey, KeyedOrder};
-use super::{now_ms, parse_uuid, Claimed, Store};
+use super::idempotency;
+use super::SqliteStore;
 use crate::domain::{NewEvent, Order};
-
-/// What writing an order produced.
-#[derive(Debug)]
-pub struct CreatedOrder {
-    /// How many deliveries were queued (one per subscribed, enabled endpoint).
-    pub deliveries: usize,
-    /// The delivery the order's own transaction claimed, when asked to ([`ClaimOnCreate`]).
-    pub claimed: Option<Claimed>,
-}
-
-/// Asks the order's transaction to claim one of its deliveries, leased like any claim, so
-/// the caller can attempt it at once instead of waiting for the dispatcher's next claim (one
-/// commit, and its fsync, less between an order and its webhook). The per-endpoint cap holds:
-/// an endpoint at its cap gets a plain pending delivery.
-#[derive(Debug, Clone, Copy)]
-pub struct ClaimOnCreate {
-    /// How long the lease lasts.
-    pub lease_ms: i64,
-    /// Attempts in flight to one endpoint, at most.
-    pub per_endpoint: u32,
-}
+use crate::store::idempotency::{IdempotencyKey, KeyRow, KeyedOrder};
+use crate::store::{
+    now_ms, parse_uuid, ClaimOnCreate, Claimed, ClaimedRow, CreatedOrder, EndpointRow,
+};
 
 #[derive(sqlx::FromRow)]
 struct OrderRow {
@@ -68,44 +50,12 @@ const ORDER_COLUMNS: &str = "id, product_name, quantity, unit_price, total, curr
      customer_email, status, failure_reason, created_at, \
      (SELECT e.id FROM events e WHERE e.order_id = orders.id ORDER BY e.seq LIMIT 1) AS event_id";
 
-impl Store {
-    /// Writes the order, its event and one pending delivery per enabled endpoint subscribed
-    /// to the event's type, in ONE transaction: either all of it is stored or none. The
-    /// number of endpoints is capped by the API, which bounds the fan-out here.
-    ///
-    /// The write is group-committed with others (see the module docs); it returns once its
-    /// batch is on disk.
-    #[tracing::instrument(skip_all, fields(order_id = %order.id, event_type = %event.event_type))]
-    pub async fn create_order_with_event(
-        &self,
-        order: &Order,
-        event: &NewEvent,
-    ) -> anyhow::Result<CreatedOrder> {
-        self.create_order_claiming(order, event, None).await
-    }
-
-    /// [`Store::create_order_with_event`], claiming one delivery in the same transaction when
-    /// `claim` asks for it (see [`ClaimOnCreate`]).
-    pub async fn create_order_claiming(
-        &self,
-        order: &Order,
-        event: &NewEvent,
-        claim: Option<ClaimOnCreate>,
-    ) -> anyhow::Result<CreatedOrder> {
-        match self.create_order_keyed(order, event, claim, None).await? {
-            KeyedOrder::Created(created) => Ok(created),
-            // Only a key can find an earlier request.
-            other => Err(anyhow::anyhow!(
-                "an order written without an idempotency key came to {other:?}"
-            )),
-        }
-    }
-
-    /// [`Store::create_order_claiming`] for a request with an `Idempotency-Key`: in the same
+impl SqliteStore {
+    /// [`crate::store::Store::create_order_claiming`] for a request with an `Idempotency-Key`: in the same
     /// write, first looks the key up; a live key answers [`KeyedOrder::Replayed`] (same
     /// request hash) or [`KeyedOrder::KeyReused`] (another) and writes nothing; otherwise the
     /// order is written and the key stored with it (see the `idempotency` module). Without a
-    /// key this is [`Store::create_order_claiming`].
+    /// key this is [`crate::store::Store::create_order_claiming`].
     pub async fn create_order_keyed(
         &self,
         order: &Order,
@@ -222,10 +172,10 @@ enum Inserted {
         claimed: Option<ClaimedRow>,
     },
     /// It wrote nothing: the idempotency key is live, with this row.
-    KeyTaken(idempotency::KeyRow),
+    KeyTaken(KeyRow),
 }
 
-/// The statements of [`Store::create_order_keyed`], run on the writer's thread: with a key,
+/// The statements of [`SqliteStore::create_order_keyed`], run on the writer's thread: with a key,
 /// its lookup first (a live key stops here); then the order, its event, the subscribed
 /// endpoints, one delivery per endpoint, the first endpoint below its cap's one already
 /// claimed when `claim` says so, and last the key's row. Check and insert run in one

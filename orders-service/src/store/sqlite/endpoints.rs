@@ -3,37 +3,15 @@
 
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 use webhook_common::Secret;
 
 use super::deliveries::{pause_endpoint, resume_endpoint};
-use super::{now_ms, parse_uuid, Store};
+use super::SqliteStore;
 use crate::domain::{Endpoint, EndpointPatch, NewEndpoint, DEFAULT_ROTATION_GRACE};
-
-/// What ensuring the configured subscription did.
-#[derive(Debug, Clone)]
-pub struct EnsuredEndpoint {
-    /// The endpoint's id (stable across restarts).
-    pub id: Uuid,
-    /// A secret was generated and stored because none was configured and none existed.
-    pub secret_generated: bool,
-    /// `WEBHOOK_SECRET` changed since it was last applied, so the endpoint now signs with it,
-    /// and with the secret it replaced until the default grace period ends.
-    pub secret_rotated: bool,
-    /// The stored secret, current after this call.
-    pub secret: Secret,
-}
-
-/// An endpoint's current secret, for the one route that reveals it.
-#[derive(Debug, Clone)]
-pub struct EndpointSecret {
-    /// Signs every delivery.
-    pub secret: Secret,
-    /// Until when (unix milliseconds) the previous secret also signs, if a rotation is in its
-    /// grace period.
-    pub previous_expires_at: Option<i64>,
-}
+use crate::store::{
+    fingerprint, millis, now_ms, parse_uuid, EndpointSecret, EnsuredEndpoint, CONFIG_UNSET_REASON,
+};
 
 #[derive(sqlx::FromRow)]
 struct EndpointRow {
@@ -71,25 +49,6 @@ impl TryFrom<EndpointRow> for Endpoint {
     }
 }
 
-/// Hex SHA-256 of a secret: enough to notice that the configured secret changed, useless for
-/// signing.
-fn fingerprint(secret: &Secret) -> String {
-    let digest = Sha256::digest(secret.expose_whsec().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Why the configured subscription is disabled when `NOTIFICATION_WEBHOOK_URL` is unset.
-pub const CONFIG_UNSET_REASON: &str = "NOTIFICATION_WEBHOOK_URL is no longer set";
-
-/// How many rows one statement of [`Store::delete_endpoint`] removes (attempts, or
-/// deliveries): each batch is its own short transaction, so orders and attempts are not held
-/// off the write lock for long.
-pub const DELETE_BATCH: u32 = 500;
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The next deliveries of endpoint `$1` to delete, at most `$2`. Each batch deletes the rows
 /// it read, which leaves the `deliveries_endpoint` index with them, so this reads on from where
 /// the previous batch stopped: O(batch) whatever was deleted before.
@@ -107,7 +66,7 @@ const DELETE_ATTEMPTS: &str = "DELETE FROM delivery_attempts WHERE id IN \
 const DELETE_DELIVERIES: &str =
     "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each($1))";
 
-/// [`Store::delete_endpoint`] on one connection; each statement commits on its own.
+/// [`SqliteStore::delete_endpoint`] on one connection; each statement commits on its own.
 ///
 /// Linear in the endpoint's rows: a batch of at most `batch` deliveries is read from the
 /// index, their attempts are deleted `batch` at a time, then the deliveries themselves, so
@@ -166,7 +125,7 @@ async fn delete_endpoint_on(
     Ok(deleted > 0)
 }
 
-impl Store {
+impl SqliteStore {
     /// Ensures the endpoint configured under `config_key` exists with `url` and `event_types`.
     ///
     /// The secret follows `WEBHOOK_SECRET` without undoing API rotations: the fingerprint of
@@ -244,7 +203,7 @@ impl Store {
 
     /// Disables the endpoint configured under `config_key`, if there is one and it is enabled,
     /// with [`CONFIG_UNSET_REASON`], pausing its pending deliveries. Returns its id if it was
-    /// disabled now. Setting the URL again ([`Store::ensure_config_endpoint`]) re-enables it.
+    /// disabled now. Setting the URL again ([`SqliteStore::ensure_config_endpoint`]) re-enables it.
     pub async fn disable_config_endpoint(&self, config_key: &str) -> anyhow::Result<Option<Uuid>> {
         let mut tx = self.pool.begin().await?;
         let row: Option<(String,)> = sqlx::query_as(
@@ -443,9 +402,9 @@ mod tests {
     use super::*;
 
     /// A migrated store on a fresh database in `dir`.
-    async fn store_in(dir: &tempfile::TempDir) -> Store {
+    async fn store_in(dir: &tempfile::TempDir) -> SqliteStore {
         let url = format!("sqlite://{}", dir.path().join("e.db").display());
-        let store = Store::connect(&url).await.unwrap();
+        let store = SqliteStore::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
         store
     }
@@ -453,7 +412,7 @@ mod tests {
     /// Writes `deliveries` events, and for each of two new endpoints one failed delivery of
     /// every event with `attempts` attempts each, in one transaction. Returns the endpoints'
     /// ids: the one to delete, and a neighbour whose rows must stay.
-    async fn seed(store: &Store, deliveries: u32, attempts: u32) -> (Uuid, Uuid) {
+    async fn seed(store: &SqliteStore, deliveries: u32, attempts: u32) -> (Uuid, Uuid) {
         let mut tx = store.pool.begin().await.unwrap();
         let count = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)";
         sqlx::query(&format!(
@@ -504,7 +463,7 @@ mod tests {
     }
 
     /// How many rows of `table` belong to `endpoint`.
-    async fn rows_of(store: &Store, table: &str, endpoint: Uuid) -> i64 {
+    async fn rows_of(store: &SqliteStore, table: &str, endpoint: Uuid) -> i64 {
         let sql = match table {
             "deliveries" => "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1",
             _ => {
@@ -523,7 +482,7 @@ mod tests {
     /// Deletes `endpoint` in batches of `batch` on one connection, counting the SQLite
     /// virtual-machine instructions it runs: a measure of work that, unlike a clock, is the
     /// same on every machine and every run.
-    async fn delete_counting_work(store: &Store, endpoint: Uuid, batch: u32) -> u64 {
+    async fn delete_counting_work(store: &SqliteStore, endpoint: Uuid, batch: u32) -> u64 {
         let ops = Arc::new(AtomicU64::new(0));
         let mut conn = store.pool.acquire().await.unwrap();
         let counter = ops.clone();
@@ -631,7 +590,7 @@ mod tests {
     }
 
     /// Wall-clock times of deleting endpoints with 20k, 40k and 80k attempts (4 per
-    /// delivery), in batches of [`DELETE_BATCH`]. Linear work shows as times that about double
+    /// delivery), in batches of [`crate::store::DELETE_BATCH`]. Linear work shows as times that about double
     /// with the rows (commits dominate). A measurement, not a check: run it by hand with
     /// `cargo test -p orders-service --lib delete_times -- --ignored --nocapture`.
     #[tokio::test]
@@ -642,7 +601,10 @@ mod tests {
             let store = store_in(&dir).await;
             let (doomed, _) = seed(&store, attempts / 4, 4).await;
             let start = std::time::Instant::now();
-            assert!(store.delete_endpoint(doomed, DELETE_BATCH).await.unwrap());
+            assert!(store
+                .delete_endpoint(doomed, crate::store::DELETE_BATCH)
+                .await
+                .unwrap());
             eprintln!(
                 "{attempts} attempts: deleted in {:.3} s",
                 start.elapsed().as_secs_f64()

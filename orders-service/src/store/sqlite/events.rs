@@ -2,8 +2,9 @@
 
 use uuid::Uuid;
 
-use super::{parse_uuid, Store};
+use super::SqliteStore;
 use crate::domain::EventRecord;
+use crate::store::parse_uuid;
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -34,16 +35,13 @@ impl TryFrom<EventRow> for EventRecord {
 
 const EVENT_COLUMNS: &str = "seq, id, msg_id, event_type, order_id, payload, created_at";
 
-impl Store {
+impl SqliteStore {
     /// Up to `limit` events with `seq > after`, oldest first, optionally of one type.
     ///
     /// Paging by `seq` has no gaps or repeats even while events are being inserted, because
     /// on SQLite writers are serialised: `seq` is assigned inside the single write
     /// transaction, so a larger `seq` never commits before a smaller one and every reader's
-    /// snapshot holds a gap-free prefix. PostgreSQL assigns sequence values before commit, so
-    /// there a page could skip an event whose transaction commits late; it would need to stop
-    /// pages below the oldest in-progress writer (`pg_snapshot_xmin` of a stored xid8) or take
-    /// a lock that serialises outbox inserts.
+    /// snapshot holds a gap-free prefix. (PostgreSQL needs more: see its events module.)
     pub async fn list_events(
         &self,
         after: i64,

@@ -1,0 +1,194 @@
+//! Recording a verified webhook: the dedup record, the order's state and the email job, in
+//! one transaction; the statements and their order are the SQLite backend's.
+//!
+//! [`RECORD`] inserts the dedup record (a duplicate stops there); a handled event then takes
+//! its order's advisory lock ([`lock_order`]), [`STATE`] reads what the ordering rule needs,
+//! [`decide`] rules in Rust, and the ruling is applied ([`STALE`], or the statements of a
+//! queued email and a `pg_notify`).
+//!
+//! Why this holds across replicas: each statement runs on a snapshot taken when it starts,
+//! and every statement after the lock starts after it is held. So [`STATE`] sees everything
+//! any other intake, claim or lease renewal of the order committed before (they hold the
+//! lock, or for a claim or renewal try it, while they touch the order), and nothing of
+//! theirs can commit in between until this transaction ends.
+
+use sqlx::{PgConnection, Row as _};
+use uuid::Uuid;
+
+use super::{lock_order, notify_jobs, PgStore};
+use crate::store::domain::MAX_RECORDED_TYPE_LEN;
+use crate::store::{
+    decide, now_ms, to_ms, IncomingWebhook, IntakeOutcome, OrderEventKind, OrderState,
+};
+
+/// Inserts the dedup record, unless this `webhook-id` was recorded before (the primary key
+/// decides; a concurrent insert of the same id on another replica waits for that one's
+/// commit, then inserts nothing) or produced a notification whose dedup record has been
+/// cleaned up since (the notification outlives it); inserts one row for a first delivery,
+/// none for a duplicate.
+///
+/// `$1` webhook id, `$2` event type, `$3` order id (NULL for unhandled types), `$4` event
+/// time, `$5` now, `$6` the outcome recorded: final for an unhandled type (`ignored`),
+/// otherwise `pending` until the ruling sets it, in the same transaction, so `pending` is
+/// never seen committed.
+const RECORD: &str = "INSERT INTO received_webhooks
+         (webhook_id, event_type, order_id, event_at, outcome, received_at)
+     SELECT $1, $2, $3::uuid, $4, $6, $5
+     WHERE NOT EXISTS (SELECT 1 FROM notifications WHERE webhook_id = $1)
+     ON CONFLICT (webhook_id) DO NOTHING";
+
+/// The order `$1`'s state, and until when a worker holds a failure notice of it (a lease is
+/// live while `lease_until >= now`, `$2`, as the claim reads it).
+const STATE: &str = "SELECT state.paid_at, state.last_failure_at,
+            (SELECT MAX(lease_until) FROM notifications
+             WHERE order_id = $1::uuid AND event_type = 'order.payment_failed'
+               AND status = 'queued' AND lease_until >= $2) AS held_until
+     FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = $1::uuid";
+
+/// The outcome of a stale event.
+const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = $1";
+
+/// The outcome of an event that [`decide`] lets through.
+const QUEUED: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = $1";
+
+/// The order `$1`'s new state: `paid_at` `$2`, `last_failure_at` `$3`, at `$4`.
+const SET_STATE: &str = "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
+     VALUES ($1::uuid, $2, $3, $4)
+     ON CONFLICT (order_id) DO UPDATE
+     SET paid_at = excluded.paid_at,
+         last_failure_at = excluded.last_failure_at,
+         updated_at = excluded.updated_at";
+
+/// The failure notices of order `$1` that a payment supersedes (rule 1's tail: queued and
+/// not held by a worker at `$2`; one under a live lease is being sent and cannot be recalled).
+const CANCEL_NOTICES: &str = "UPDATE notifications
+     SET status = 'cancelled', last_error = 'superseded by order.paid'
+     WHERE order_id = $1::uuid AND event_type = 'order.payment_failed'
+       AND status = 'queued' AND (lease_until IS NULL OR lease_until < $2)";
+
+/// The email job: `$1` id, `$2` webhook id, `$3` event type, `$4` order id, `$5` recipient,
+/// `$6` subject, `$7` body, `$8` when it is due, `$9` now, `$10` the trace id the webhook
+/// arrived with (NULL without one). No `ON CONFLICT`: [`RECORD`] inserted this webhook's
+/// dedup record, so no other transaction can be queueing it, and a conflict is a bug that
+/// fails the transaction.
+const QUEUE: &str = "INSERT INTO notifications
+         (id, webhook_id, event_type, order_id, recipient, subject, body,
+          status, attempts, next_attempt_at, created_at, trace_id)
+     VALUES ($1::uuid, $2, $3, $4::uuid, $5, $6, $7, 'queued', 0, $8, $9, $10)";
+
+impl PgStore {
+    /// Records a verified webhook (see `Store::record_webhook`) in one transaction; returns
+    /// once it is committed.
+    pub async fn record_webhook(
+        &self,
+        webhook: &IncomingWebhook,
+    ) -> Result<IntakeOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = record_in(&mut tx, webhook).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+/// The intake's statements, inside its transaction.
+async fn record_in(
+    tx: &mut PgConnection,
+    webhook: &IncomingWebhook,
+) -> Result<IntakeOutcome, sqlx::Error> {
+    let event_at = to_ms(webhook.event_at);
+    let event_type: String = webhook
+        .event_type
+        .chars()
+        .take(MAX_RECORDED_TYPE_LEN)
+        .collect();
+    let order_id = webhook.email.as_ref().map(|e| e.order_id.to_string());
+    let first_outcome = match webhook.email {
+        None => IntakeOutcome::Ignored.recorded_as(),
+        Some(_) => "pending",
+    };
+    let recorded = sqlx::query(RECORD)
+        .bind(&webhook.webhook_id)
+        .bind(&event_type)
+        .bind(&order_id)
+        .bind(event_at)
+        .bind(now_ms())
+        .bind(first_outcome)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if recorded != 1 {
+        return Ok(IntakeOutcome::Duplicate);
+    }
+    let (Some(email), Some(order_id)) = (&webhook.email, &order_id) else {
+        return Ok(IntakeOutcome::Ignored);
+    };
+    lock_order(tx, order_id).await?;
+    // The time after the lock: the lease comparisons must use the clock the claims use,
+    // at the moment nothing of this order can change any more.
+    let now = now_ms();
+    let row = sqlx::query(STATE)
+        .bind(order_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+    let state = OrderState {
+        paid_at: row.try_get(0)?,
+        last_failure_at: row.try_get(1)?,
+    };
+    let held_until: Option<i64> = row.try_get(2)?;
+    if !decide(state, email.kind, event_at) {
+        sqlx::query(STALE)
+            .bind(&webhook.webhook_id)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(IntakeOutcome::Stale);
+    }
+    let is_payment = email.kind == OrderEventKind::Paid;
+    let (paid_at, last_failure_at) = if is_payment {
+        (Some(event_at), state.last_failure_at)
+    } else {
+        (state.paid_at, Some(event_at))
+    };
+    // The confirmation waits until no worker holds a failure notice of its order (see
+    // `decide`); everything else is due at once.
+    let due_at = match held_until {
+        Some(held_until) if is_payment => held_until.saturating_add(1),
+        _ => now,
+    };
+    sqlx::query(QUEUED)
+        .bind(&webhook.webhook_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(SET_STATE)
+        .bind(order_id)
+        .bind(paid_at)
+        .bind(last_failure_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    if is_payment {
+        sqlx::query(CANCEL_NOTICES)
+            .bind(order_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let id = Uuid::now_v7();
+    sqlx::query(QUEUE)
+        .bind(id.to_string())
+        .bind(&webhook.webhook_id)
+        .bind(&event_type)
+        .bind(order_id)
+        .bind(&email.to)
+        .bind(&email.subject)
+        .bind(&email.body)
+        .bind(due_at)
+        .bind(now)
+        .bind(&webhook.trace_id)
+        .execute(&mut *tx)
+        .await?;
+    notify_jobs(tx).await?;
+    Ok(IntakeOutcome::Queued {
+        notification_id: id,
+    })
+}

@@ -1,0 +1,178 @@
+//! Recording a verified webhook: the dedup record, the order's state and the email job, as
+//! one write of the group commit.
+//!
+//! The statements run on the writer's thread, back to back: [`RECORD`] inserts the dedup
+//! record, [`STATE`] reads what the ordering rule needs, [`decide`] rules in Rust, and the
+//! ruling is applied ([`STALE`], or the statements of a queued email). A duplicate, or an
+//! event type this service does not handle, stops after the first.
+
+use rusqlite::{params, Connection};
+use uuid::Uuid;
+
+use webhook_common::group_commit::WriteError;
+
+use super::SqliteStore;
+use crate::store::domain::MAX_RECORDED_TYPE_LEN;
+use crate::store::{
+    decide, now_ms, to_ms, IncomingWebhook, IntakeOutcome, OrderEventKind, OrderState,
+};
+
+/// Inserts the dedup record, unless this `webhook-id` was recorded before (the primary key
+/// decides) or produced a notification whose dedup record has been cleaned up since (the
+/// notification outlives it); changes one row for a first delivery, none for a duplicate.
+///
+/// `?1` webhook id, `?2` event type, `?3` order id (NULL for unhandled types), `?4` event
+/// time, `?5` now, `?6` the outcome recorded: final for an unhandled type (`ignored`),
+/// otherwise `pending` until the ruling sets it, in the same transaction, so `pending` is
+/// never seen committed.
+const RECORD: &str = "INSERT INTO received_webhooks
+         (webhook_id, event_type, order_id, event_at, outcome, received_at)
+     SELECT ?1, ?2, ?3, ?4, ?6, ?5
+     WHERE NOT EXISTS (SELECT 1 FROM notifications WHERE webhook_id = ?1)
+     ON CONFLICT (webhook_id) DO NOTHING";
+
+/// The order `?1`'s state, and until when a worker holds a failure notice of it (a lease is
+/// live while `lease_until >= now`, `?2`, as the claim reads it).
+const STATE: &str = "SELECT state.paid_at, state.last_failure_at,
+            (SELECT MAX(lease_until) FROM notifications
+             WHERE order_id = ?1 AND event_type = 'order.payment_failed'
+               AND status = 'queued' AND lease_until >= ?2) AS held_until
+     FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = ?1";
+
+/// The outcome of a stale event.
+const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = ?1";
+
+/// The outcome of an event that [`decide`] lets through.
+const QUEUED: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = ?1";
+
+/// The order `?1`'s new state: `paid_at` `?2`, `last_failure_at` `?3`, at `?4`.
+const SET_STATE: &str = "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (order_id) DO UPDATE
+     SET paid_at = excluded.paid_at,
+         last_failure_at = excluded.last_failure_at,
+         updated_at = excluded.updated_at";
+
+/// The failure notices of order `?1` that a payment supersedes (rule 1's tail: queued and
+/// not held by a worker at `?2`; one under a live lease is being sent and cannot be recalled).
+const CANCEL_NOTICES: &str = "UPDATE notifications
+     SET status = 'cancelled', last_error = 'superseded by order.paid'
+     WHERE order_id = ?1 AND event_type = 'order.payment_failed'
+       AND status = 'queued' AND (lease_until IS NULL OR lease_until < ?2)";
+
+/// The email job: `?1` id, `?2` webhook id, `?3` event type, `?4` order id, `?5` recipient,
+/// `?6` subject, `?7` body, `?8` when it is due, `?9` now, `?10` the trace id the webhook
+/// arrived with (NULL without one). No `ON CONFLICT`: [`RECORD`] found no notification of
+/// this webhook under the writer's lock, so a conflict is a bug, and it fails the write.
+const QUEUE: &str = "INSERT INTO notifications
+         (id, webhook_id, event_type, order_id, recipient, subject, body,
+          status, attempts, next_attempt_at, created_at, trace_id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?9, ?10)";
+
+impl SqliteStore {
+    /// Records a verified webhook and, if it asks for an email that the ordering rule
+    /// ([`decide`]) allows, enqueues the email job — all in one write, so a webhook is
+    /// either fully recorded with its job or not at all, and a repeat of the same
+    /// `webhook-id` (even concurrent) finds the record and changes nothing.
+    ///
+    /// Returns once the batch holding the write has committed (`synchronous=FULL`: fsynced),
+    /// so the caller may acknowledge the webhook. Writes of one batch run one after the
+    /// other in one transaction, so of two concurrent deliveries of one `webhook-id` the
+    /// second sees the first's row: the unique insert decides, exactly as across batches.
+    pub async fn record_webhook(
+        &self,
+        webhook: &IncomingWebhook,
+    ) -> Result<IntakeOutcome, WriteError> {
+        let webhook = webhook.clone();
+        self.writer
+            .write(move |conn| record_in(conn, &webhook))
+            .await
+    }
+}
+
+/// The intake's statements, run inside the writer's transaction.
+///
+/// SQLite: the writer's `BEGIN IMMEDIATE` holds the write lock for the whole batch, so
+/// nothing can change between the statements (the order_states read-modify-write, the lease
+/// read, the dedup check) but this write.
+fn record_in(conn: &Connection, webhook: &IncomingWebhook) -> rusqlite::Result<IntakeOutcome> {
+    // The time the write runs, not when the request arrived: the lease comparisons must
+    // use the clock the claims use.
+    let now = now_ms();
+    let event_at = to_ms(webhook.event_at);
+    let event_type: String = webhook
+        .event_type
+        .chars()
+        .take(MAX_RECORDED_TYPE_LEN)
+        .collect();
+    let order_id = webhook.email.as_ref().map(|e| e.order_id.to_string());
+    let first_outcome = match webhook.email {
+        None => IntakeOutcome::Ignored.recorded_as(),
+        Some(_) => "pending",
+    };
+    let recorded = conn.prepare_cached(RECORD)?.execute(params![
+        webhook.webhook_id,
+        event_type,
+        order_id,
+        event_at,
+        now,
+        first_outcome
+    ])?;
+    if recorded != 1 {
+        return Ok(IntakeOutcome::Duplicate);
+    }
+    let Some(email) = &webhook.email else {
+        return Ok(IntakeOutcome::Ignored);
+    };
+    let (state, held_until) =
+        conn.prepare_cached(STATE)?
+            .query_row(params![order_id, now], |row| {
+                Ok((
+                    OrderState {
+                        paid_at: row.get(0)?,
+                        last_failure_at: row.get(1)?,
+                    },
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            })?;
+    if !decide(state, email.kind, event_at) {
+        conn.prepare_cached(STALE)?.execute([&webhook.webhook_id])?;
+        return Ok(IntakeOutcome::Stale);
+    }
+    let is_payment = email.kind == OrderEventKind::Paid;
+    let (paid_at, last_failure_at) = if is_payment {
+        (Some(event_at), state.last_failure_at)
+    } else {
+        (state.paid_at, Some(event_at))
+    };
+    // The confirmation waits until no worker holds a failure notice of its order (see
+    // `decide`); everything else is due at once.
+    let due_at = match held_until {
+        Some(held_until) if is_payment => held_until.saturating_add(1),
+        _ => now,
+    };
+    conn.prepare_cached(QUEUED)?
+        .execute([&webhook.webhook_id])?;
+    conn.prepare_cached(SET_STATE)?
+        .execute(params![order_id, paid_at, last_failure_at, now])?;
+    if is_payment {
+        conn.prepare_cached(CANCEL_NOTICES)?
+            .execute(params![order_id, now])?;
+    }
+    let id = Uuid::now_v7();
+    conn.prepare_cached(QUEUE)?.execute(params![
+        id.to_string(),
+        webhook.webhook_id,
+        event_type,
+        order_id,
+        email.to,
+        email.subject,
+        email.body,
+        due_at,
+        now,
+        webhook.trace_id
+    ])?;
+    Ok(IntakeOutcome::Queued {
+        notification_id: id,
+    })
+}
