@@ -169,7 +169,7 @@ impl Cluster {
     /// The orders replica for the `n`th try of order `i`: alternating, so both take orders
     /// and a retry goes to the other one.
     fn orders_replica(&self, i: usize, n: usize) -> &Service {
-        if (i + n) % 2 == 0 {
+        if (i + n).is_multiple_of(2) {
             &self.orders_a
         } else {
             &self.demo.orders

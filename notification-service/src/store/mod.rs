@@ -23,8 +23,9 @@
 //!     order id. The intake waits for it; claims and lease renewals only try it and pass
 //!     a failure notice over while an intake of its order runs (they never wait), and read
 //!     the order's confirmation in a statement that starts after they hold it;
-//!   - *wake-ups*: a transaction that makes a job due runs `pg_notify`, and every replica's
-//!     worker listens ([`Store::spawn_job_listener`]).
+//!   - *wake-ups*: after a commit that makes a job due, the store sends `NOTIFY` (in a
+//!     transaction of its own, see `webhook_common::pg_listen`), and every replica's worker
+//!     listens ([`Store::spawn_job_listener`]).
 //!
 //! Timestamps are integer unix milliseconds and money never appears, so the domain code is
 //! one for both. Replicas compare lease times taken from their own clocks: keep them in

@@ -954,7 +954,7 @@ async fn a_job_leased_by_a_dead_replica_is_claimed_by_another_once_its_lease_exp
 }
 
 /// PostgreSQL: a job committed on one replica wakes the listener of another at once (the
-/// intake's `pg_notify`), not at its next poll. SQLite has no listener.
+/// `NOTIFY` the intake sends after its commit), not at its next poll. SQLite has no listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_committed_on_one_replica_wakes_the_workers_of_another() {
     let sqlite = TestDb::sqlite().await;

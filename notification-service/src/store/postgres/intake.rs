@@ -4,7 +4,7 @@
 //! [`RECORD`] inserts the dedup record (a duplicate stops there); a handled event then takes
 //! its order's advisory lock ([`lock_order`]), [`STATE`] reads what the ordering rule needs,
 //! [`decide`] rules in Rust, and the ruling is applied ([`STALE`], or the statements of a
-//! queued email and a `pg_notify`).
+//! queued email; the store wakes every replica's worker once it commits).
 //!
 //! Why this holds across replicas: each statement runs on a snapshot taken when it starts,
 //! and every statement after the lock starts after it is held. So [`STATE`] sees everything
@@ -15,7 +15,7 @@
 use sqlx::{PgConnection, Row as _};
 use uuid::Uuid;
 
-use super::{lock_order, notify_jobs, PgStore};
+use super::{lock_order, PgStore};
 use crate::store::domain::MAX_RECORDED_TYPE_LEN;
 use crate::store::{
     decide, now_ms, to_ms, IncomingWebhook, IntakeOutcome, OrderEventKind, OrderState,
@@ -86,6 +86,9 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let outcome = record_in(&mut tx, webhook).await?;
         tx.commit().await?;
+        if matches!(outcome, IntakeOutcome::Queued { .. }) {
+            self.wake_workers();
+        }
         Ok(outcome)
     }
 }
@@ -187,7 +190,6 @@ async fn record_in(
         .bind(&webhook.trace_id)
         .execute(&mut *tx)
         .await?;
-    notify_jobs(tx).await?;
     Ok(IntakeOutcome::Queued {
         notification_id: id,
     })

@@ -21,6 +21,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use uuid::Uuid;
+use webhook_common::pg_listen::Notifier;
 
 use super::rows::{NotificationRow, ReceivedWebhookRow};
 use super::{duration_ms, now_ms, Cursor, Notification, ReceivedWebhook};
@@ -57,6 +58,9 @@ pub(super) struct PgStore {
     /// waiting on anything but row and advisory locks of one order), so one pool serves the
     /// requests and the worker alike.
     pool: PgPool,
+    /// Wakes every replica's worker after a commit that made a job due now (after the commit,
+    /// not in it: see [`webhook_common::pg_listen`] for why).
+    notifier: Notifier,
 }
 
 impl PgStore {
@@ -81,7 +85,13 @@ impl PgStore {
             .connect_with(options)
             .await
             .with_context(|| format!("DATABASE_URL {shown:?}: cannot connect to PostgreSQL"))?;
-        Ok(PgStore { pool })
+        let notifier = Notifier::spawn(&pool, JOBS_CHANNEL);
+        Ok(PgStore { pool, notifier })
+    }
+
+    /// Wakes the workers of every replica; call it after the commit that made a job due.
+    fn wake_workers(&self) {
+        self.notifier.notify();
     }
 
     /// The pool, for migrations, readiness, `LISTEN` and tests.
@@ -221,14 +231,5 @@ pub(super) async fn lock_order(
     order_id: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(LOCK_ORDER).bind(order_id).execute(tx).await?;
-    Ok(())
-}
-
-/// Makes every replica's worker look for due jobs once `tx` commits.
-pub(super) async fn notify_jobs(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(JOBS_CHANNEL)
-        .execute(tx)
-        .await?;
     Ok(())
 }

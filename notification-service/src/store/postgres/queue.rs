@@ -19,7 +19,7 @@ use sqlx::{PgConnection, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{notify_jobs, order_lock_key, PgStore};
+use super::{order_lock_key, PgStore};
 use crate::store::domain::{duration_ms, now_ms, MAX_SETTLED_PER_CLAIM};
 use crate::store::rows::ClaimedRow;
 use crate::store::{from_ms, to_ms, ClaimedJob, RenewedLease};
@@ -182,19 +182,17 @@ impl PgStore {
         Ok(changed.rows_affected() == 1)
     }
 
-    /// Hands a claimed job back unsent; it is due again at once, so the transaction wakes
-    /// every replica's worker (this one is stopping, or its lease ran low).
+    /// Hands a claimed job back unsent; it is due again at once, so every replica's worker
+    /// is woken once it is committed (this one is stopping, or its lease ran low).
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
         let released = settle(RELEASE, job)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?
             .rows_affected()
             == 1;
         if released {
-            notify_jobs(&mut tx).await?;
+            self.wake_workers();
         }
-        tx.commit().await?;
         Ok(released)
     }
 

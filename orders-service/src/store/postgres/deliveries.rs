@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{notify_dispatchers, PgStore};
+use super::PgStore;
 use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome, UNLOADABLE,
 };
@@ -168,7 +168,8 @@ pub(super) async fn pause_endpoint(
 }
 
 /// Makes the paused deliveries of `endpoint_id` (just enabled, its row locked by this
-/// transaction) due at `now`, and wakes every replica's dispatcher if there were any.
+/// transaction) due at `now`; returns how many, so the caller wakes every replica's
+/// dispatcher after its commit if there were any.
 pub(super) async fn resume_endpoint(
     conn: &mut PgConnection,
     endpoint_id: Uuid,
@@ -184,9 +185,6 @@ pub(super) async fn resume_endpoint(
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if resumed > 0 {
-        notify_dispatchers(conn).await?;
-    }
     Ok(resumed)
 }
 
@@ -557,10 +555,10 @@ impl PgStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if released > 0 && due <= now {
-            notify_dispatchers(&mut tx).await?;
-        }
         tx.commit().await?;
+        if released > 0 && due <= now {
+            self.wake_dispatchers();
+        }
         Ok(())
     }
 
@@ -658,10 +656,10 @@ impl PgStore {
                 None => RetryOutcome::NotFound,
             });
         };
-        if next != PAUSED_AT {
-            notify_dispatchers(&mut tx).await?;
-        }
         tx.commit().await?;
+        if next != PAUSED_AT {
+            self.wake_dispatchers();
+        }
         Ok(RetryOutcome::Requeued(row.try_into()?))
     }
 
@@ -708,10 +706,10 @@ impl PgStore {
             .bind(until)
             .fetch_one(&mut *tx)
             .await?;
-        if requeued > 0 && next != PAUSED_AT {
-            notify_dispatchers(&mut tx).await?;
-        }
         tx.commit().await?;
+        if requeued > 0 && next != PAUSED_AT {
+            self.wake_dispatchers();
+        }
         Ok(Recovered { requeued, more })
     }
 

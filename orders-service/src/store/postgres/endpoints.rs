@@ -168,10 +168,15 @@ impl PgStore {
                 .bind(CONFIG_UNSET_REASON)
                 .fetch_one(&mut *tx)
                 .await?;
-        if enabled {
-            resume_endpoint(&mut tx, id, now).await?;
-        }
+        let resumed = if enabled {
+            resume_endpoint(&mut tx, id, now).await?
+        } else {
+            0
+        };
         tx.commit().await?;
+        if resumed > 0 {
+            self.wake_dispatchers();
+        }
         Ok(EnsuredEndpoint {
             id,
             secret_generated: secret.is_none() && stored == generated.expose_whsec(),
@@ -293,16 +298,20 @@ impl PgStore {
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
+        let mut resumed = 0;
         match (&row, patch.enabled) {
             (Some(_), Some(false)) => {
                 pause_endpoint(&mut tx, id).await?;
             }
             (Some(_), Some(true)) => {
-                resume_endpoint(&mut tx, id, now_ms()).await?;
+                resumed = resume_endpoint(&mut tx, id, now_ms()).await?;
             }
             _ => {}
         }
         tx.commit().await?;
+        if resumed > 0 {
+            self.wake_dispatchers();
+        }
         row.map(Endpoint::try_from).transpose()
     }
 

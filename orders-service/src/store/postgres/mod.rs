@@ -9,8 +9,9 @@
 //! - claims ([`deliveries`]): `FOR UPDATE SKIP LOCKED` over a partial index of open work, under
 //!   leases and claim tokens; claims of one endpoint are serialised by a transaction-scoped
 //!   advisory lock, so the per-endpoint cap counts every replica's live leases;
-//! - wake-ups: every transaction that makes a delivery due now runs
-//!   `pg_notify(`[`WAKE_CHANNEL`]`, '')`, delivered on commit to every replica's listener;
+//! - wake-ups: after every commit that makes a delivery due now, the store's [`Notifier`]
+//!   sends `NOTIFY` on [`WAKE_CHANNEL`] to every replica's listener (after the commit, not in
+//!   it: see [`webhook_common::pg_listen`] for why);
 //! - the event history ([`events`]): events are numbered only once committed;
 //! - `Idempotency-Key` ([`orders`]): the key's row is inserted first, so the primary key
 //!   decides which of two concurrent requests creates the order.
@@ -29,7 +30,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
+use webhook_common::pg_listen::Notifier;
 
 use super::{redact_url, WAKE_CHANNEL};
 
@@ -45,6 +47,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Wakes every replica's dispatcher after a commit that made work due now.
+    notifier: Notifier,
 }
 
 impl PgStore {
@@ -65,7 +69,8 @@ impl PgStore {
                      (is the server up, and do the user, password and database exist?)"
                 )
             })?;
-        Ok(PgStore { pool })
+        let notifier = Notifier::spawn(&pool, WAKE_CHANNEL);
+        Ok(PgStore { pool, notifier })
     }
 
     /// Applies the embedded migrations. sqlx takes an advisory lock for them, so replicas
@@ -88,14 +93,11 @@ impl PgStore {
     }
 }
 
-/// Wakes the dispatchers of every replica once the current transaction commits (PostgreSQL
-/// delivers a notification on commit only, and folds repeats within one transaction).
-async fn notify_dispatchers(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(WAKE_CHANNEL)
-        .execute(conn)
-        .await?;
-    Ok(())
+impl PgStore {
+    /// Wakes the dispatchers of every replica; call it after the commit that made work due.
+    fn wake_dispatchers(&self) {
+        self.notifier.notify();
+    }
 }
 
 #[cfg(test)]

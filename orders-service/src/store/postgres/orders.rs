@@ -9,7 +9,7 @@ use webhook_common::{Currency, Money};
 
 use super::deliveries::{try_lock_endpoint, BUSY};
 use super::idempotency::{claim_key, live_key};
-use super::{notify_dispatchers, PgStore};
+use super::PgStore;
 use crate::domain::{NewEvent, Order};
 use crate::store::idempotency::{IdempotencyKey, KeyedOrder};
 use crate::store::{now_ms, ClaimOnCreate, Claimed, ClaimedRow, CreatedOrder, EndpointRow};
@@ -105,6 +105,10 @@ impl PgStore {
         let claim = claim.zip(lease_until).map(|(c, until)| (c, until, token));
         let inserted = insert_order(&mut tx, order, event, now, claim).await?;
         tx.commit().await?;
+        if inserted.deliveries > usize::from(inserted.claimed.is_some()) {
+            // Deliveries this request did not claim for itself: any replica may take them.
+            self.wake_dispatchers();
+        }
         let claimed = inserted
             .claimed
             .zip(lease_until)
@@ -283,10 +287,6 @@ async fn insert_order(
                 }),
             });
         }
-    }
-    let pending = inserted.deliveries - usize::from(inserted.claimed.is_some());
-    if pending > 0 {
-        notify_dispatchers(conn).await?;
     }
     Ok(inserted)
 }
