@@ -15,6 +15,14 @@ settings otherwise. It sends orders (POST /orders), waits until every accepted o
 sent (or --deadline passes), reads the timestamps the services recorded from their databases and \
 prints a table followed by ONE line of JSON with every figure (`loadgen ... | tail -1 | jq`).
 
+With --postgres ADMIN_URL the services run on PostgreSQL instead: loadgen creates two fresh \
+databases on that server for each set of services (loadgen_orders_<random>, \
+loadgen_notifications_<random>) and drops them at the end, also after a failure (--keep keeps \
+them). With --replicas N it starts N orders-service and N notification-service processes on the \
+same two databases: the orders go round-robin to the orders replicas, and every orders replica \
+delivers its webhooks to one round-robin TCP balancer that loadgen runs in front of the \
+notification replicas.
+
 It exits 0 when no email was lost or duplicated and every answer was 2xx; 1 when a check failed; \
 2 when the run could not be done. Build first with `cargo build --release --workspace`.";
 
@@ -25,6 +33,9 @@ Examples (the binaries are in target/release, or in $CARGO_TARGET_DIR/release):
   loadgen backlog -n 20000 --compare               receiver down, then the drain
   loadgen history --prefill 500000 -n 50000        a large database vs an empty one
   loadgen throughput --orders-env RUST_LOG=warn    quieter service logs
+  loadgen throughput -n 20000 -c 64 --baseline \
+      --postgres postgres://postgres@127.0.0.1:5432/postgres --replicas 2
+                                                   2 + 2 replicas on PostgreSQL
   loadgen throughput --orders-url http://127.0.0.1:8000 \\
       --orders-db data/orders.db --notifications-db data/notifications.db";
 
@@ -91,6 +102,19 @@ pub enum Command {
     /// Internal: the baseline server that --baseline starts as a child process.
     #[command(hide = true)]
     BaselineServer(BaselineServerArgs),
+}
+
+impl Command {
+    /// The scenario's name and its shared settings; `None` for `baseline-server`.
+    pub fn scenario(&self) -> Option<(&'static str, &RunArgs)> {
+        match self {
+            Command::Throughput(a) => Some(("throughput", &a.run)),
+            Command::Latency(a) => Some(("latency", &a.run)),
+            Command::Backlog(a) => Some(("backlog", &a.run)),
+            Command::History(a) => Some(("history", &a.run)),
+            Command::BaselineServer(_) => None,
+        }
+    }
 }
 
 /// `throughput`.
@@ -183,7 +207,8 @@ pub struct RunArgs {
     /// the directory of the loadgen executable.
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// Keep the temporary directory (databases and service logs) and print its path.
+    /// Keep the temporary directory (SQLite databases and service logs) and print its path;
+    /// with --postgres, also keep the PostgreSQL databases and print their URLs.
     #[arg(long)]
     pub keep: bool,
     /// Extra environment for orders-service, `KEY=VALUE`; repeatable. Applied last, so it can
@@ -193,26 +218,82 @@ pub struct RunArgs {
     /// Extra environment for notification-service, `KEY=VALUE`; repeatable.
     #[arg(long = "notifications-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub notifications_env: Vec<(String, String)>,
+    /// Extra environment for both services (every replica), `KEY=VALUE`; repeatable. Applied
+    /// before --orders-env and --notifications-env, which win over it.
+    #[arg(long = "services-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub services_env: Vec<(String, String)>,
     /// Timeout of one `POST /orders`; a request that times out counts as a transport error.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Where the services loadgen starts store their data, and how many of each run.
+#[derive(Debug, Args)]
+#[command(
+    next_help_heading = "PostgreSQL and replicas (throughput, latency, backlog; not history)"
+)]
+pub struct BackendArgs {
+    /// Run the services on PostgreSQL: an administration URL of the server, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/postgres`. loadgen creates two fresh databases on
+    /// it per set of services (`loadgen_orders_<random>`, `loadgen_notifications_<random>`),
+    /// and drops them at the end (`DROP DATABASE ... WITH (FORCE)`), also after a failure;
+    /// `--keep` keeps them and prints their URLs. Each service process gets
+    /// `DATABASE_MAX_CONNECTIONS=10`, less if the server has no room for that (override with
+    /// `--services-env DATABASE_MAX_CONNECTIONS=N`). Not for `history`, whose pre-fill writes
+    /// SQLite files.
+    #[arg(long, value_name = "ADMIN_URL", value_parser = crate::postgres::parse_admin_url)]
+    pub postgres: Option<String>,
+    /// Replicas of each service, all on the same two databases (needs --postgres above 1:
+    /// the SQLite backend is single-writer, one file per service). The orders go round-robin
+    /// to the orders-service replicas; every orders-service replica delivers to one
+    /// round-robin TCP balancer (in loadgen, at most 1,024 connections at once) in front of
+    /// the notification-service replicas. Peak RSS is then reported per service as the sum
+    /// and the largest over its replicas. Not for `history`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub replicas: u32,
+}
+
+impl BackendArgs {
+    /// Whether these options can run `scenario`; the error says why not.
+    pub fn check(&self, scenario: &str) -> Result<(), String> {
+        if scenario == "history" && (self.postgres.is_some() || self.replicas > 1) {
+            return Err(
+                "history does not support --postgres or --replicas: its pre-fill writes the \
+                 services' SQLite files directly; run it without them"
+                    .to_owned(),
+            );
+        }
+        if self.replicas > 1 && self.postgres.is_none() {
+            return Err(format!(
+                "--replicas {} needs --postgres <ADMIN_URL>: replicas share one database per \
+                 service, and the SQLite backend is single-writer (one process per file, which \
+                 replicas on other machines could not share either)",
+                self.replicas
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Running services to target instead of starting them (throughput and latency only). The
-/// databases are opened read-only, so loadgen must run on the services' machine.
+/// databases are opened read-only; a SQLite file must be on loadgen's machine.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Running services (instead of starting them)")]
 pub struct TargetArgs {
     /// Base URL of a running orders-service, e.g. `http://127.0.0.1:8000`.
-    #[arg(long, requires_all = ["orders_db", "notifications_db"])]
+    #[arg(long, requires_all = ["orders_db", "notifications_db"], conflicts_with = "postgres")]
     pub orders_url: Option<String>,
     /// Base URL of the running notification-service (checked with `/healthz`).
     #[arg(long, requires = "orders_url")]
     pub notifications_url: Option<String>,
-    /// orders-service's database, e.g. `sqlite://data/orders.db` or a path.
+    /// orders-service's database, e.g. `sqlite://data/orders.db` or a path, or a
+    /// `postgres://` URL (read with a read-only session).
     #[arg(long, requires = "orders_url")]
     pub orders_db: Option<String>,
-    /// notification-service's database, e.g. `sqlite://data/notifications.db` or a path.
+    /// notification-service's database, e.g. `sqlite://data/notifications.db`, a path or a
+    /// `postgres://` URL.
     #[arg(long, requires = "orders_url")]
     pub notifications_db: Option<String>,
     /// orders-service's admin token; when given, loadgen first checks that an enabled
@@ -330,6 +411,100 @@ mod tests {
             panic!("not history")
         };
         assert_eq!((h.prefill, h.orders), (1_000, 50_000));
+    }
+
+    /// The backend options of a command line, checked as `run_with_fleet` checks them.
+    fn backend(args: &[&str]) -> Result<(), String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        let (scenario, run) = cli.command.scenario().unwrap();
+        run.backend.check(scenario)
+    }
+
+    const PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    #[test]
+    fn postgres_and_replicas_are_shared_by_the_scenarios() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "throughput",
+            "--postgres",
+            PG,
+            "--replicas",
+            "2",
+            "--services-env",
+            "DATABASE_MAX_CONNECTIONS=4",
+        ])
+        .unwrap();
+        let (_, run) = cli.command.scenario().unwrap();
+        assert_eq!(run.backend.postgres.as_deref(), Some(PG));
+        assert_eq!(run.backend.replicas, 2);
+        assert_eq!(
+            run.services_env,
+            [("DATABASE_MAX_CONNECTIONS".to_owned(), "4".to_owned())]
+        );
+        let cli = Cli::try_parse_from(["loadgen", "latency"]).unwrap();
+        let (_, run) = cli.command.scenario().unwrap();
+        assert_eq!(
+            (run.backend.postgres.as_deref(), run.backend.replicas),
+            (None, 1)
+        );
+
+        for scenario in ["throughput", "latency", "backlog"] {
+            assert_eq!(backend(&["loadgen", scenario, "--postgres", PG]), Ok(()));
+            assert_eq!(
+                backend(&["loadgen", scenario, "--postgres", PG, "--replicas", "8"]),
+                Ok(())
+            );
+        }
+    }
+
+    #[test]
+    fn replicas_need_postgres_and_say_so() {
+        let e = backend(&["loadgen", "throughput", "--replicas", "2"]).unwrap_err();
+        assert!(
+            e.contains("--replicas 2") && e.contains("--postgres") && e.contains("SQLite"),
+            "{e}"
+        );
+        assert_eq!(
+            backend(&["loadgen", "throughput", "--replicas", "1"]),
+            Ok(())
+        );
+        for out_of_range in ["0", "9"] {
+            assert!(backend(&["loadgen", "throughput", "--replicas", out_of_range]).is_err());
+        }
+    }
+
+    #[test]
+    fn history_refuses_postgres_and_replicas() {
+        for args in [
+            &["loadgen", "history", "--postgres", PG][..],
+            &["loadgen", "history", "--postgres", PG, "--replicas", "2"][..],
+            &["loadgen", "history", "--replicas", "2"][..],
+        ] {
+            let e = backend(args).unwrap_err();
+            assert!(e.starts_with("history does not support"), "{e}");
+        }
+        assert_eq!(backend(&["loadgen", "history"]), Ok(()));
+    }
+
+    #[test]
+    fn postgres_takes_a_postgres_url_and_no_running_target() {
+        assert!(
+            Cli::try_parse_from(["loadgen", "throughput", "--postgres", "sqlite://x.db"]).is_err()
+        );
+        assert!(Cli::try_parse_from([
+            "loadgen",
+            "throughput",
+            "--postgres",
+            PG,
+            "--orders-url",
+            "http://127.0.0.1:8000",
+            "--orders-db",
+            "a.db",
+            "--notifications-db",
+            "b.db",
+        ])
+        .is_err());
     }
 
     #[test]

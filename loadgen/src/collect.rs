@@ -1,15 +1,20 @@
 //! After the load: wait (with a deadline) until every accepted order's email is sent, then
-//! read what was recorded — straight from the services' SQLite databases, opened read-only,
-//! or from the baseline's counter — and reconcile it with the order ids the driver got back:
-//! lost emails, duplicated emails and the end-to-end latencies. Every recipient carries its
-//! request number, so an email is matched to its request even when the driver never saw the
-//! order acknowledged (see [`reconcile`]).
+//! read what was recorded — straight from the services' databases (SQLite or PostgreSQL),
+//! opened read-only, or from the baseline's counter — and reconcile it with the order ids the
+//! driver got back: lost emails, duplicated emails and the end-to-end latencies. Every
+//! recipient carries its request number, so an email is matched to its request even when the
+//! driver never saw the order acknowledged (see [`reconcile`]).
 //!
 //! Only these stable tables and columns are read: `orders(id, created_at)` in the orders
 //! database; `received_webhooks(webhook_id, received_at)` and
 //! `notifications(id, webhook_id, order_id, recipient, status, created_at, sent_at)` in the
 //! notification database. Never the deliveries tables, whose schema is being reworked. The
 //! polling query looks up this run's orders by `notifications.order_id`, which is indexed.
+//!
+//! The databases are SQLite files or PostgreSQL databases (see [`Db`]), with the same tables
+//! and columns; on PostgreSQL ids may be native `uuid` and timestamps `bigint` unix
+//! milliseconds, so every id read is cast to `text` and every time to `bigint` in SQL, and the
+//! polling query compares `order_id` in its own type (see [`pg_sent_query`]).
 //!
 //! `notifications.webhook_id` is UNIQUE, so the table cannot show an email sent twice (say,
 //! after a lost lease). When loadgen started notification-service itself it also counts the
@@ -21,7 +26,9 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::ConnectOptions as _;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -55,9 +62,9 @@ pub enum Sink {
     /// The real services' databases.
     Services {
         /// orders-service's database, read-only.
-        orders: SqlitePool,
+        orders: Db,
         /// notification-service's database, read-only.
-        notifications: SqlitePool,
+        notifications: Db,
     },
     /// The baseline's counter server.
     Baseline {
@@ -212,23 +219,11 @@ pub fn sqlite_read_only(db: &str) -> anyhow::Result<SqliteConnectOptions> {
 }
 
 impl Sink {
-    /// Opens both services' databases read-only.
+    /// Opens both services' databases read-only (SQLite URLs or paths, or PostgreSQL URLs).
     pub async fn services(orders_db: &str, notifications_db: &str) -> anyhow::Result<Sink> {
-        let open = |db: &str| -> anyhow::Result<_> {
-            let options = sqlite_read_only(db)?;
-            Ok(SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options))
-        };
-        let orders = open(orders_db)?
-            .await
-            .with_context(|| format!("opening {orders_db} read-only"))?;
-        let notifications = open(notifications_db)?
-            .await
-            .with_context(|| format!("opening {notifications_db} read-only"))?;
         Ok(Sink::Services {
-            orders,
-            notifications,
+            orders: Db::open(orders_db).await?,
+            notifications: Db::open(notifications_db).await?,
         })
     }
 
@@ -253,22 +248,7 @@ impl Sink {
                     let n = budget.min(CHECK_CHUNK);
                     budget -= n;
                     let chunk: Vec<Uuid> = pending.drain(..n).collect();
-                    let sql = format!(
-                        "SELECT DISTINCT order_id FROM notifications \
-                         WHERE order_id IN ({}) AND status = 'sent'",
-                        vec!["?"; n].join(", ")
-                    );
-                    let mut query = sqlx::query_as::<_, (String,)>(&sql);
-                    for id in &chunk {
-                        query = query.bind(id.to_string());
-                    }
-                    let sent: HashSet<Uuid> = query
-                        .fetch_all(notifications)
-                        .await
-                        .context("checking for sent notifications")?
-                        .into_iter()
-                        .filter_map(|(id,)| Uuid::parse_str(&id).ok())
-                        .collect();
+                    let sent = notifications.sent_among(&chunk).await?;
                     // The unsent go to the back: next time the others come first.
                     pending.extend(chunk.into_iter().filter(|id| !sent.contains(id)));
                 }
@@ -330,7 +310,7 @@ impl Sink {
 }
 
 /// One notification with the arrival time of its webhook.
-#[derive(sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct NotificationRow {
     id: String,
     order_id: String,
@@ -340,33 +320,226 @@ struct NotificationRow {
     received_at: Option<i64>,
 }
 
+/// One service's database, opened read-only.
+pub enum Db {
+    /// A SQLite file.
+    Sqlite(SqlitePool),
+    /// A PostgreSQL database (a read-only session).
+    Postgres {
+        /// One connection.
+        pool: PgPool,
+        /// The type of `notifications.order_id` (notification database only).
+        order_id: IdColumn,
+    },
+}
+
+/// The type of `notifications.order_id` on PostgreSQL, which decides how the polling query
+/// compares it with the order ids (a `text[]`) so that its index serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdColumn {
+    /// Native `uuid`: the ids are cast to `uuid[]`.
+    Uuid,
+    /// `text` or `varchar`: compared as they are.
+    Text,
+    /// Anything else, or no such column: the column is cast to `text` (no index).
+    Other,
+}
+
+impl IdColumn {
+    /// From `format_type()` of the column, `None` when there is no such column.
+    pub fn from_type(name: Option<&str>) -> IdColumn {
+        match name {
+            Some("uuid") => IdColumn::Uuid,
+            Some(t) if t == "text" || t.starts_with("character varying") => IdColumn::Text,
+            _ => IdColumn::Other,
+        }
+    }
+}
+
+/// SQLite: which of `n` order ids (bound as text, one `?` each) have a sent notification.
+pub fn sqlite_sent_query(n: usize) -> String {
+    format!(
+        "SELECT DISTINCT order_id FROM notifications \
+         WHERE order_id IN ({}) AND status = 'sent'",
+        vec!["?"; n].join(", ")
+    )
+}
+
+/// PostgreSQL: which of the order ids in `$1` (a `text[]`) have a sent notification.
+pub fn pg_sent_query(column: IdColumn) -> &'static str {
+    match column {
+        IdColumn::Uuid => {
+            "SELECT DISTINCT order_id::text FROM notifications \
+             WHERE order_id = ANY($1::text[]::uuid[]) AND status::text = 'sent'"
+        }
+        IdColumn::Text => {
+            "SELECT DISTINCT order_id::text FROM notifications \
+             WHERE order_id = ANY($1::text[]) AND status::text = 'sent'"
+        }
+        IdColumn::Other => {
+            "SELECT DISTINCT order_id::text FROM notifications \
+             WHERE order_id::text = ANY($1::text[]) AND status::text = 'sent'"
+        }
+    }
+}
+
+/// The type of `notifications.order_id` in the current schema search path; no row when the
+/// table or column does not exist.
+const PG_ORDER_ID_TYPE: &str = "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+     WHERE a.attrelid = to_regclass('notifications') AND a.attname = 'order_id' \
+     AND NOT a.attisdropped";
+
+/// Orders created from `$1` (unix ms) on: id and creation time.
+pub const SQLITE_ORDERS_SINCE: &str = "SELECT id, created_at FROM orders WHERE created_at >= $1";
+/// The same on PostgreSQL, ids as text and times as `bigint` whatever their column types.
+pub const PG_ORDERS_SINCE: &str = "SELECT id::text AS id, created_at::bigint AS created_at \
+     FROM orders WHERE created_at >= $1";
+/// Notifications created from `$1` (unix ms) on, with when their webhook arrived.
+pub const SQLITE_NOTIFICATIONS_SINCE: &str =
+    "SELECT n.id, n.order_id, n.recipient, n.status, n.sent_at, r.received_at \
+     FROM notifications n LEFT JOIN received_webhooks r ON r.webhook_id = n.webhook_id \
+     WHERE n.created_at >= $1";
+/// The same on PostgreSQL, ids and status as text and times as `bigint`.
+pub const PG_NOTIFICATIONS_SINCE: &str =
+    "SELECT n.id::text AS id, n.order_id::text AS order_id, n.recipient::text AS recipient, \
+     n.status::text AS status, n.sent_at::bigint AS sent_at, r.received_at::bigint AS received_at \
+     FROM notifications n LEFT JOIN received_webhooks r ON r.webhook_id = n.webhook_id \
+     WHERE n.created_at >= $1";
+
+/// Whether `db` names a PostgreSQL database.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+impl Db {
+    /// Opens `db` read-only: a `postgres://` URL, or a `sqlite:` URL or file path.
+    pub async fn open(db: &str) -> anyhow::Result<Db> {
+        if is_postgres_url(db) {
+            let shown = crate::postgres::redact(db);
+            let options = PgConnectOptions::from_str(db)
+                .with_context(|| format!("parsing {shown:?}"))?
+                .application_name("loadgen")
+                .options([("default_transaction_read_only", "on")])
+                .disable_statement_logging();
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("opening {shown} read-only"))?;
+            let column: Option<(String,)> = sqlx::query_as(PG_ORDER_ID_TYPE)
+                .fetch_optional(&pool)
+                .await
+                .with_context(|| {
+                    format!("reading the type of notifications.order_id in {shown}")
+                })?;
+            let order_id = IdColumn::from_type(column.as_ref().map(|(t,)| t.as_str()));
+            return Ok(Db::Postgres { pool, order_id });
+        }
+        let options = sqlite_read_only(db)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {db} read-only"))?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// Which of `orders` have a sent notification.
+    async fn sent_among(&self, orders: &[Uuid]) -> anyhow::Result<HashSet<Uuid>> {
+        let rows: Vec<(String,)> = match self {
+            Db::Sqlite(pool) => {
+                let sql = sqlite_sent_query(orders.len());
+                let mut query = sqlx::query_as::<_, (String,)>(&sql);
+                for id in orders {
+                    query = query.bind(id.to_string());
+                }
+                query.fetch_all(pool).await
+            }
+            Db::Postgres { pool, order_id } => {
+                let ids: Vec<String> = orders.iter().map(Uuid::to_string).collect();
+                sqlx::query_as(pg_sent_query(*order_id))
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .context("checking for sent notifications")?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id,)| Uuid::parse_str(&id).ok())
+            .collect())
+    }
+
+    /// Orders created from `since_ms` on: (id, created_at).
+    async fn orders_since(&self, since_ms: i64) -> anyhow::Result<Vec<(String, i64)>> {
+        match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(SQLITE_ORDERS_SINCE)
+                    .bind(since_ms)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Postgres { pool, .. } => {
+                sqlx::query_as(PG_ORDERS_SINCE)
+                    .bind(since_ms)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .context("reading orders")
+    }
+
+    /// Notifications created from `since_ms` on.
+    async fn notifications_since(&self, since_ms: i64) -> anyhow::Result<Vec<NotificationRow>> {
+        match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(SQLITE_NOTIFICATIONS_SINCE)
+                    .bind(since_ms)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Postgres { pool, .. } => {
+                sqlx::query_as(PG_NOTIFICATIONS_SINCE)
+                    .bind(since_ms)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .context("reading notifications")
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres { pool, .. } => pool.close().await,
+        }
+    }
+}
+
 async fn observe_services(
-    orders: &SqlitePool,
-    notifications: &SqlitePool,
+    orders: &Db,
+    notifications: &Db,
     since_ms: i64,
     recipient_prefix: &str,
 ) -> anyhow::Result<Observed> {
+    let created = orders.orders_since(since_ms).await?;
+    let rows = notifications.notifications_since(since_ms).await?;
+    Ok(observe_rows(created, rows, recipient_prefix))
+}
+
+/// The traces of orders (`created`: id, created_at) and notifications as read.
+fn observe_rows(
+    created: Vec<(String, i64)>,
+    rows: Vec<NotificationRow>,
+    recipient_prefix: &str,
+) -> Observed {
     let mut observed = Observed::default();
-    let created: Vec<(String, i64)> =
-        sqlx::query_as("SELECT id, created_at FROM orders WHERE created_at >= $1")
-            .bind(since_ms)
-            .fetch_all(orders)
-            .await
-            .context("reading orders")?;
     for (id, created_at) in created {
         if let Ok(id) = Uuid::parse_str(&id) {
             observed.traces.entry(id).or_default().created_us = Some(created_at * 1_000);
         }
     }
-    let rows: Vec<NotificationRow> = sqlx::query_as(
-        "SELECT n.id, n.order_id, n.recipient, n.status, n.sent_at, r.received_at \
-         FROM notifications n LEFT JOIN received_webhooks r ON r.webhook_id = n.webhook_id \
-         WHERE n.created_at >= $1",
-    )
-    .bind(since_ms)
-    .fetch_all(notifications)
-    .await
-    .context("reading notifications")?;
     for row in rows {
         // A notification whose order id is not a UUID cannot be an accepted order's; if it
         // is this run's it counts as a notification of an unknown order, under the nil id.
@@ -393,7 +566,7 @@ async fn observe_services(
             trace.received_us = Some(trace.received_us.map_or(received, |r| r.min(received)));
         }
     }
-    Ok(observed)
+    observed
 }
 
 /// The counter's records as traces: "webhook accepted" and "email sent" are both the moment
@@ -487,39 +660,73 @@ pub enum SendCheck {
     NotPossible(String),
 }
 
-/// Counts, in notification-service's log at `log`, the simulated sends of this run's
-/// `notifications` (by id: whether each was recorded sent). `rust_log` is the RUST_LOG the
-/// service ran with, if one was given, to explain a log that shows fewer sends than the
-/// database: then the check is not possible, rather than a reassuring 0.
-pub fn count_sends(
-    log: &Path,
+/// Counts, in the logs of every notification-service replica (`logs`), the simulated sends
+/// of this run's `notifications` (by id: whether each was recorded sent); a send logged by
+/// two replicas counts twice. `rust_log` is the RUST_LOG the service ran with, if one was
+/// given, to explain logs that show fewer sends than the database: then the check is not
+/// possible, rather than a reassuring 0.
+pub fn count_sends<P: AsRef<Path>>(
+    logs: &[P],
     notifications: &HashMap<Uuid, bool>,
     rust_log: Option<&str>,
 ) -> SendCheck {
-    let sends = std::fs::File::open(log)
-        .and_then(|file| sends_in_log(std::io::BufReader::new(file), notifications));
-    match sends {
-        Ok(sends) => judge_sends(&sends, notifications, rust_log, log),
-        Err(e) => SendCheck::NotPossible(format!("reading {}: {e}", log.display())),
+    let mut sends: HashMap<Uuid, u64> = HashMap::new();
+    for log in logs {
+        let log = log.as_ref();
+        let read = std::fs::File::open(log).and_then(|file| {
+            sends_in_log(std::io::BufReader::new(file), notifications, &mut sends)
+        });
+        if let Err(e) = read {
+            return SendCheck::NotPossible(format!("reading {}: {e}", log.display()));
+        }
     }
+    let logs: Vec<&Path> = logs.iter().map(AsRef::as_ref).collect();
+    judge_sends(&sends, notifications, rust_log, &logs)
 }
 
-/// Per notification of `notifications`, how many send lines `log` has for it. Read a line at
-/// a time: the log of a long run is large.
+/// Adds to `sends`, per notification of `notifications`, how many send lines `log` has for
+/// it. Read a line at a time: the log of a long run is large.
 fn sends_in_log(
     mut log: impl std::io::BufRead,
     notifications: &HashMap<Uuid, bool>,
-) -> std::io::Result<HashMap<Uuid, u64>> {
-    let mut sends: HashMap<Uuid, u64> = HashMap::new();
+    sends: &mut HashMap<Uuid, u64>,
+) -> std::io::Result<()> {
     let mut line = Vec::new();
     loop {
         line.clear();
         if log.read_until(b'\n', &mut line)? == 0 {
-            return Ok(sends);
+            return Ok(());
         }
         if let Some(id) = sent_notification_id(&String::from_utf8_lossy(&line)) {
             if notifications.contains_key(&id) {
                 *sends.entry(id).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// `logs` for a message: the one path, or the directory of several and their names.
+fn describe_logs(logs: &[&Path]) -> String {
+    match logs {
+        [] => "no log".to_owned(),
+        [one] => one.display().to_string(),
+        [first, ..] => {
+            let names: Vec<String> = logs
+                .iter()
+                .map(|log| {
+                    log.file_name()
+                        .map_or_else(|| log.display().to_string(), |n| n.to_string_lossy().into())
+                })
+                .collect();
+            match first.parent() {
+                Some(dir) if logs.iter().all(|log| log.parent() == Some(dir)) => {
+                    format!("{} ({})", dir.display(), names.join(", "))
+                }
+                _ => logs
+                    .iter()
+                    .map(|log| log.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }
         }
     }
@@ -566,8 +773,9 @@ fn judge_sends(
     sends: &HashMap<Uuid, u64>,
     notifications: &HashMap<Uuid, bool>,
     rust_log: Option<&str>,
-    log: &Path,
+    logs: &[&Path],
 ) -> SendCheck {
+    let log = describe_logs(logs);
     let recorded_sent = notifications.values().filter(|sent| **sent).count() as u64;
     let unlogged = notifications
         .iter()
@@ -585,7 +793,7 @@ fn judge_sends(
             "{} of {} emails recorded sent have no {SEND_MARK:?} line in {} ({})",
             crate::report::fmt_count(unlogged),
             crate::report::fmt_count(recorded_sent),
-            log.display(),
+            log,
             why()
         ));
     }
@@ -593,7 +801,7 @@ fn judge_sends(
         return SendCheck::NotPossible(format!(
             "no email of this run was recorded sent and {} has no {SEND_MARK:?} line of this \
              run, so it cannot be told whether the log shows sends ({})",
-            log.display(),
+            log,
             why()
         ));
     }
@@ -813,7 +1021,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("notification-service.log");
         std::fs::write(&log, log_text).unwrap();
-        count_sends(&log, notifications, rust_log)
+        count_sends(&[&log], notifications, rust_log)
     }
 
     #[test]
@@ -868,9 +1076,253 @@ mod tests {
         ));
         // A missing log file.
         assert!(matches!(
-            count_sends(Path::new("/nonexistent/loadgen.log"), &notifications, None),
+            count_sends(
+                &[Path::new("/nonexistent/loadgen.log")],
+                &notifications,
+                None
+            ),
             SendCheck::NotPossible(_)
         ));
+    }
+
+    #[test]
+    fn sends_are_counted_across_the_logs_of_every_replica() {
+        let [a, b, c] = [(); 3].map(|()| Uuid::now_v7());
+        let notifications = HashMap::from([(a, true), (b, true), (c, true)]);
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("01-notification-service-1.log");
+        let second = dir.path().join("02-notification-service-2.log");
+        std::fs::write(
+            &first,
+            [send_line(&a.to_string()), send_line(&b.to_string())].concat(),
+        )
+        .unwrap();
+        std::fs::write(&second, send_line(&c.to_string())).unwrap();
+        assert_eq!(
+            count_sends(&[&first, &second], &notifications, None),
+            SendCheck::Counted {
+                extra_sends: 0,
+                repeated_emails: 0
+            }
+        );
+        // `b` sent again by the other replica (say, after its lease was taken over).
+        std::fs::write(
+            &second,
+            [send_line(&c.to_string()), send_line(&b.to_string())].concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            count_sends(&[&first, &second], &notifications, None),
+            SendCheck::Counted {
+                extra_sends: 1,
+                repeated_emails: 1
+            }
+        );
+        // One replica's log alone misses sends: not possible, naming both logs.
+        std::fs::write(&second, "").unwrap();
+        let SendCheck::NotPossible(why) = count_sends(&[&first, &second], &notifications, None)
+        else {
+            panic!("counted")
+        };
+        assert!(
+            why.contains("1 of 3 emails")
+                && why.contains("01-notification-service-1.log, 02-notification-service-2.log"),
+            "{why}"
+        );
+        // A missing log of one replica makes the check impossible, not partial.
+        let missing = dir.path().join("03-notification-service-3.log");
+        assert!(matches!(
+            count_sends(&[&first, &missing], &notifications, None),
+            SendCheck::NotPossible(_)
+        ));
+    }
+
+    #[test]
+    fn the_polling_query_compares_order_ids_in_their_column_type() {
+        assert_eq!(IdColumn::from_type(Some("uuid")), IdColumn::Uuid);
+        assert_eq!(IdColumn::from_type(Some("text")), IdColumn::Text);
+        assert_eq!(
+            IdColumn::from_type(Some("character varying(36)")),
+            IdColumn::Text
+        );
+        assert_eq!(IdColumn::from_type(Some("bytea")), IdColumn::Other);
+        assert_eq!(IdColumn::from_type(None), IdColumn::Other);
+
+        assert!(pg_sent_query(IdColumn::Uuid).contains("order_id = ANY($1::text[]::uuid[])"));
+        assert!(pg_sent_query(IdColumn::Text).contains("order_id = ANY($1::text[])"));
+        assert!(pg_sent_query(IdColumn::Other).contains("order_id::text = ANY($1::text[])"));
+        for column in [IdColumn::Uuid, IdColumn::Text, IdColumn::Other] {
+            let sql = pg_sent_query(column);
+            assert!(
+                sql.starts_with("SELECT DISTINCT order_id::text FROM notifications"),
+                "{sql}"
+            );
+            assert!(!sql.contains('?'), "{sql}");
+        }
+        assert_eq!(
+            sqlite_sent_query(3),
+            "SELECT DISTINCT order_id FROM notifications \
+             WHERE order_id IN (?, ?, ?) AND status = 'sent'"
+        );
+    }
+
+    #[test]
+    fn postgres_reads_cast_ids_to_text_and_times_to_bigint() {
+        for sql in [PG_ORDERS_SINCE, PG_NOTIFICATIONS_SINCE] {
+            assert!(sql.contains("id::text AS id"), "{sql}");
+        }
+        assert!(PG_ORDERS_SINCE.contains("created_at::bigint AS created_at"));
+        for cast in [
+            "n.order_id::text AS order_id",
+            "n.status::text AS status",
+            "n.recipient::text AS recipient",
+            "n.sent_at::bigint AS sent_at",
+            "r.received_at::bigint AS received_at",
+        ] {
+            assert!(PG_NOTIFICATIONS_SINCE.contains(cast), "{cast}");
+        }
+        assert!(is_postgres_url("postgres://h/db") && is_postgres_url("postgresql://h/db"));
+        assert!(!is_postgres_url("sqlite://x.db") && !is_postgres_url("data/postgres.db"));
+    }
+
+    fn row(
+        id: Uuid,
+        order: Uuid,
+        recipient: &str,
+        status: &str,
+        sent: Option<i64>,
+    ) -> NotificationRow {
+        NotificationRow {
+            id: id.to_string(),
+            order_id: order.to_string(),
+            recipient: recipient.to_owned(),
+            status: status.to_owned(),
+            sent_at: sent,
+            received_at: Some(1_010),
+        }
+    }
+
+    #[test]
+    fn rows_become_traces_in_microseconds() {
+        let [order, other, n1, n2, n3] = [(); 5].map(|()| Uuid::now_v7());
+        let prefix = "loadgen-abc-";
+        let observed = observe_rows(
+            vec![(order.to_string(), 1_000), ("not-a-uuid".to_owned(), 1)],
+            vec![
+                row(n1, order, "loadgen-abc-7@example.com", "sent", Some(1_030)),
+                row(n2, order, "loadgen-abc-7@example.com", "queued", None),
+                row(n3, other, "someone@example.com", "sent", Some(1_040)),
+            ],
+            prefix,
+        );
+        let trace = observed.traces[&order];
+        assert_eq!(trace.created_us, Some(1_000_000));
+        assert_eq!(trace.received_us, Some(1_010_000));
+        assert_eq!(trace.sent_us, Some(1_030_000));
+        assert_eq!(
+            (trace.notifications, trace.this_run, trace.request),
+            (2, true, Some(7))
+        );
+        assert!(!observed.traces[&other].this_run);
+        assert_eq!(
+            observed.notifications,
+            HashMap::from([(n1, true), (n2, false)])
+        );
+    }
+
+    /// The reads against a real PostgreSQL server (`TEST_DATABASE_URL`, as the services'
+    /// tests use), on a schema like the services', with ids as `uuid` and as `text`.
+    #[tokio::test]
+    async fn postgres_reads_work_with_uuid_and_text_ids() {
+        let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+            eprintln!("SKIPPED: TEST_DATABASE_URL is not set");
+            return;
+        };
+        for id_type in ["uuid", "text"] {
+            let server = crate::postgres::Server::connect(&admin_url).await.unwrap();
+            let pair = server.create_pair().await.unwrap();
+            let checked = check_postgres_reads(&pair, id_type).await;
+            assert!(server.drop_all().await.is_empty());
+            checked.unwrap();
+        }
+    }
+
+    async fn check_postgres_reads(
+        pair: &crate::postgres::DatabasePair,
+        id_type: &str,
+    ) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let mut orders = sqlx::PgConnection::connect(&pair.orders_url).await?;
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE orders (id {id_type} PRIMARY KEY, created_at BIGINT NOT NULL)"
+        ))
+        .execute(&mut orders)
+        .await?;
+        let mut notifications = sqlx::PgConnection::connect(&pair.notifications_url).await?;
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE received_webhooks (webhook_id TEXT PRIMARY KEY, received_at BIGINT NOT NULL); \
+             CREATE TABLE notifications (id {id_type} PRIMARY KEY, webhook_id TEXT NOT NULL UNIQUE, \
+               order_id {id_type} NOT NULL, recipient TEXT NOT NULL, status TEXT NOT NULL, \
+               created_at BIGINT NOT NULL, sent_at BIGINT); \
+             CREATE INDEX notifications_order ON notifications (order_id, status);"
+        ))
+        .execute(&mut notifications)
+        .await?;
+        let [sent_order, queued_order, n1, n2] = [(); 4].map(|()| Uuid::now_v7());
+        sqlx::query(&format!(
+            "INSERT INTO orders VALUES ($1::text::{id_type}, 5000), ($2::text::{id_type}, 5001)"
+        ))
+        .bind(sent_order.to_string())
+        .bind(queued_order.to_string())
+        .execute(&mut orders)
+        .await?;
+        sqlx::raw_sql(&format!(
+            "INSERT INTO received_webhooks VALUES ('msg_1', 5010), ('msg_2', 5011); \
+             INSERT INTO notifications VALUES \
+               ('{n1}', 'msg_1', '{sent_order}', 'loadgen-t-0@example.com', 'sent', 5010, 5020), \
+               ('{n2}', 'msg_2', '{queued_order}', 'loadgen-t-1@example.com', 'queued', 5011, NULL);"
+        ))
+        .execute(&mut notifications)
+        .await?;
+
+        let sink = Sink::services(&pair.orders_url, &pair.notifications_url).await?;
+        let Sink::Services {
+            notifications: db, ..
+        } = &sink
+        else {
+            unreachable!()
+        };
+        let expected = if id_type == "uuid" {
+            IdColumn::Uuid
+        } else {
+            IdColumn::Text
+        };
+        assert!(matches!(db, Db::Postgres { order_id, .. } if *order_id == expected));
+        let mut pending = VecDeque::from([sent_order, queued_order]);
+        sink.drop_sent(&mut pending, 2).await?;
+        assert_eq!(pending, [queued_order]);
+        let observed = sink.observe(4_000, "loadgen-t-").await?;
+        assert_eq!(observed.traces[&sent_order].created_us, Some(5_000_000));
+        assert_eq!(observed.traces[&sent_order].received_us, Some(5_010_000));
+        assert_eq!(observed.traces[&sent_order].sent_us, Some(5_020_000));
+        assert_eq!(observed.traces[&queued_order].sent_us, None);
+        assert_eq!(
+            observed.notifications,
+            HashMap::from([(n1, true), (n2, false)])
+        );
+        // The session is read-only.
+        let Sink::Services { orders: db, .. } = &sink else {
+            unreachable!()
+        };
+        let Db::Postgres { pool, .. } = db else {
+            unreachable!()
+        };
+        assert!(sqlx::query("CREATE TABLE t (x int)")
+            .execute(pool)
+            .await
+            .is_err());
+        sink.close().await;
+        Ok(())
     }
 
     #[test]

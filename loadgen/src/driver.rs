@@ -163,11 +163,12 @@ impl Driven {
     }
 }
 
-/// Sends orders to one `POST /orders` URL through one pooled keep-alive client.
+/// Sends orders to the `POST /orders` URL of one or more replicas (request `i` to replica
+/// `i mod n`) through one pooled keep-alive client.
 #[derive(Clone)]
 pub struct Driver {
     http: reqwest::Client,
-    url: Arc<str>,
+    urls: Arc<[String]>,
     /// Makes every customer email of this run unique, also across runs on the same database.
     tag: Arc<str>,
     /// Requests answered so far (any outcome), for progress lines.
@@ -175,8 +176,13 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// A driver for `base_url` (`http://host:port`) sized for `load`.
-    pub fn new(base_url: &str, load: &Load, request_timeout: Duration) -> anyhow::Result<Driver> {
+    /// A driver for `base_urls` (`http://host:port` of each replica) sized for `load`.
+    pub fn new(
+        base_urls: &[String],
+        load: &Load,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Driver> {
+        anyhow::ensure!(!base_urls.is_empty(), "no orders-service to send orders to");
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(load.pool_size())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -187,7 +193,10 @@ impl Driver {
             .context("building the HTTP client")?;
         Ok(Driver {
             http,
-            url: format!("{}/orders", base_url.trim_end_matches('/')).into(),
+            urls: base_urls
+                .iter()
+                .map(|base| format!("{}/orders", base.trim_end_matches('/')))
+                .collect(),
             tag: Uuid::new_v4().simple().to_string()[..12].into(),
             answered: Arc::new(AtomicU64::new(0)),
         })
@@ -308,7 +317,7 @@ impl Driver {
     async fn post_order(&self, i: u64) -> Answer {
         let response = self
             .http
-            .post(&*self.url)
+            .post(replica_url(&self.urls, i))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(order_body(&self.tag, i))
             .send()
@@ -327,6 +336,12 @@ impl Driver {
         self.answered.fetch_add(1, Ordering::Relaxed);
         answer
     }
+}
+
+/// The URL request `i` goes to: round-robin over the replicas.
+fn replica_url(urls: &[String], i: u64) -> &str {
+    let at = usize::try_from(i % urls.len() as u64).unwrap_or(0);
+    &urls[at]
 }
 
 /// When request `i` is due, counted from the start, at `rate` per second.
@@ -428,6 +443,48 @@ mod tests {
         assert_eq!(order_id(body.as_bytes()), Some(id));
         assert_eq!(order_id(br#"{"status":"paid"}"#), None);
         assert_eq!(order_id(b"not json"), None);
+    }
+
+    #[test]
+    fn requests_go_round_robin_over_the_replicas() {
+        let urls = ["http://a/orders".to_owned(), "http://b/orders".to_owned()];
+        let picked: Vec<&str> = (0..5).map(|i| replica_url(&urls, i)).collect();
+        assert_eq!(
+            picked,
+            [
+                "http://a/orders",
+                "http://b/orders",
+                "http://a/orders",
+                "http://b/orders",
+                "http://a/orders"
+            ]
+        );
+        assert_eq!(replica_url(&urls[..1], u64::MAX), "http://a/orders");
+        let driver = Driver::new(
+            &[
+                "http://127.0.0.1:1/".to_owned(),
+                "http://127.0.0.1:2".to_owned(),
+            ],
+            &Load::Closed {
+                orders: 1,
+                concurrency: 1,
+            },
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            &*driver.urls,
+            ["http://127.0.0.1:1/orders", "http://127.0.0.1:2/orders"]
+        );
+        assert!(Driver::new(
+            &[],
+            &Load::Closed {
+                orders: 1,
+                concurrency: 1
+            },
+            Duration::from_secs(1)
+        )
+        .is_err());
     }
 
     #[test]

@@ -1,24 +1,29 @@
 //! `loadgen`: drives orders-service and notification-service with orders and measures what
 //! comes out the other end.
 //!
-//! It starts both release binaries itself (temporary databases, port 0) or targets running
-//! ones, sends orders in a closed loop (N orders at concurrency C) or an open loop (a fixed
-//! rate for a duration, latency counted from each request's scheduled send time), waits until
-//! every accepted order's email is sent, and reads the end-to-end timestamps straight from the
-//! services' SQLite databases. `--baseline` runs the same scenario against a server with no
+//! It starts both release binaries itself (temporary SQLite databases, or fresh PostgreSQL
+//! databases with `--postgres` and then optionally several replicas of each service with
+//! `--replicas`; port 0) or targets running ones, sends orders in a closed loop (N orders at
+//! concurrency C) or an open loop (a fixed rate for a duration, latency counted from each
+//! request's scheduled send time), waits until every accepted order's email is sent, and reads
+//! the end-to-end timestamps straight from the services' databases. `--baseline` runs the same scenario against a server with no
 //! storage and no signing, so every figure also reads as a ratio to "just the HTTP hop".
 //!
 //! Module map: [`cli`] (flags and `--help`), [`scenario`] (what each scenario does),
 //! [`fleet`] (child processes, their logs and RSS), [`driver`] (the closed and open loops),
-//! [`collect`] (waiting for the emails and reading what the services recorded), [`prefill`]
-//! (the history scenario's bulk insert), [`baseline`] (the no-storage server), [`stats`]
-//! (percentiles and ratios) and [`report`] (the table and the final JSON line).
+//! [`collect`] (waiting for the emails and reading what the services recorded, from SQLite
+//! or PostgreSQL), [`postgres`] (`--postgres`: the databases loadgen creates and drops),
+//! [`balancer`] (the round-robin TCP balancer in front of notification-service replicas),
+//! [`prefill`] (the history scenario's bulk insert), [`baseline`] (the no-storage server),
+//! [`stats`] (percentiles and ratios) and [`report`] (the table and the final JSON line).
 
+mod balancer;
 mod baseline;
 mod cli;
 mod collect;
 mod driver;
 mod fleet;
+mod postgres;
 mod prefill;
 mod report;
 mod scenario;

@@ -28,9 +28,9 @@ pub struct EndToEnd {
 pub struct Backlog {
     /// How long the orders took to pile up, seconds.
     pub pileup_s: f64,
-    /// orders-service's RSS when the pile-up ended, KiB.
+    /// orders-service's RSS when the pile-up ended, KiB (the largest replica's).
     pub orders_rss_kib_after_pileup: Option<u64>,
-    /// orders-service's peak RSS during the pile-up, KiB.
+    /// orders-service's peak RSS during the pile-up, KiB (the largest replica's).
     pub orders_peak_rss_kib_during_pileup: Option<u64>,
     /// From the receiver's start to the last email, seconds.
     pub drain_s: Option<f64>,
@@ -89,8 +89,22 @@ pub struct RunReport {
     pub transport_errors: u64,
     /// Whether the deadline passed before every email was sent.
     pub timed_out: bool,
-    /// Peak RSS (`VmHWM`) of each process, KiB; empty for services loadgen did not start.
+    /// Peak RSS (`VmHWM`) of each service, KiB: with several replicas, the sum of each
+    /// replica's peak (see `peak_rss_max_kib`). Empty for services loadgen did not start.
     pub peak_rss_kib: BTreeMap<String, u64>,
+    /// The largest replica's peak RSS of each service, KiB (with one replica, the same as
+    /// `peak_rss_kib`).
+    pub peak_rss_max_kib: BTreeMap<String, u64>,
+    /// Peak RSS of each process, KiB, by process (`orders-service#2` with several replicas).
+    pub peak_rss_kib_by_process: BTreeMap<String, u64>,
+    /// Where the services stored their data: `sqlite`, `postgres`, or `none` (the baseline).
+    pub backend: String,
+    /// Replicas of each service loadgen started; `null` for services it did not start.
+    pub replicas: Option<u32>,
+    /// With several notification-service replicas: the webhook connections the balancer
+    /// gave each replica, and those no replica accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<crate::balancer::BalancerStats>,
     /// The backlog scenario's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backlog: Option<Backlog>,
@@ -147,8 +161,42 @@ impl RunReport {
             invalid_answers: tally.invalid,
             transport_errors: tally.transport_errors,
             timed_out,
-            peak_rss_kib: peak_rss.into_iter().collect(),
+            peak_rss_kib: rss_per_service(&peak_rss, |kib| kib.iter().sum()),
+            peak_rss_max_kib: rss_per_service(&peak_rss, |kib| {
+                kib.iter().copied().max().unwrap_or(0)
+            }),
+            peak_rss_kib_by_process: peak_rss.into_iter().collect(),
             backlog: None,
+            ..RunReport::default()
+        }
+    }
+
+    /// Says where the services stored their data and how many replicas of each ran.
+    pub fn set_backend(&mut self, backend: &str, replicas: Option<u32>) {
+        self.backend = backend.to_owned();
+        self.replicas = replicas;
+    }
+
+    /// Replicas of `service` measured, from the processes' labels.
+    fn replicas_of(&self, service: &str) -> usize {
+        self.peak_rss_kib_by_process
+            .keys()
+            .filter(|process| service_of(process) == service)
+            .count()
+    }
+
+    /// The backend and replicas in words, e.g. `PostgreSQL, 2 replicas of each service`.
+    pub fn describe_backend(&self) -> String {
+        let backend = match self.backend.as_str() {
+            "sqlite" => "SQLite",
+            "postgres" => "PostgreSQL",
+            "none" => "no storage",
+            other => other,
+        };
+        match self.replicas {
+            Some(1) => format!("{backend}, 1 replica of each service"),
+            Some(n) => format!("{backend}, {n} replicas of each service"),
+            None => format!("{backend}, services loadgen did not start"),
         }
     }
 
@@ -275,13 +323,27 @@ impl RunReport {
             drain.fallback = Some("emails_sent_per_s");
             metrics.push(drain);
         }
-        for (process, kib) in &self.peak_rss_kib {
+        for (service, kib) in &self.peak_rss_kib {
+            let replicas = self.replicas_of(service);
+            let label = if replicas > 1 {
+                format!("peak RSS {service} (sum of {replicas} replicas)")
+            } else {
+                format!("peak RSS {service}")
+            };
             metrics.push(Metric::new(
-                &format!("peak_rss_kib.{process}"),
-                format!("peak RSS {process}"),
+                &format!("peak_rss_kib.{service}"),
+                label,
                 Unit::KiB,
                 Some(*kib as f64),
             ));
+            if replicas > 1 {
+                metrics.push(Metric::new(
+                    &format!("peak_rss_max_kib.{service}"),
+                    format!("peak RSS {service} (largest replica)"),
+                    Unit::KiB,
+                    self.peak_rss_max_kib.get(service).map(|kib| *kib as f64),
+                ));
+            }
         }
         if !self.peak_rss_kib.is_empty() {
             // The one memory figure comparable across targets with different processes.
@@ -411,8 +473,11 @@ impl Report {
             out.push_str(&format!("  {:<40} {value}\n", format!("{label}:")));
         };
         let header = format!(
-            "loadgen {} ({}) — {}\n",
-            self.scenario, self.main.label, self.main.load
+            "loadgen {} ({}; {}) — {}\n",
+            self.scenario,
+            self.main.label,
+            self.main.describe_backend(),
+            self.main.load
         );
         line(
             "orders accepted",
@@ -457,7 +522,11 @@ impl Report {
         if let Some(backlog) = &self.main.backlog {
             line("pile-up time", format!("{:.1} s", backlog.pileup_s));
             line(
-                "orders-service RSS after pile-up",
+                if self.main.replicas.unwrap_or(1) > 1 {
+                    "orders-service RSS after pile-up (largest replica)"
+                } else {
+                    "orders-service RSS after pile-up"
+                },
                 backlog
                     .orders_rss_kib_after_pileup
                     .map_or("n/a".into(), fmt_kib),
@@ -467,6 +536,17 @@ impl Report {
                 backlog
                     .drain_s
                     .map_or("n/a".into(), |s| format!("{s:.1} s")),
+            );
+        }
+        if let Some(balancer) = &self.main.balancer {
+            let spread: Vec<String> = balancer.connections.iter().map(|n| fmt_count(*n)).collect();
+            line(
+                "webhook connections per receiver",
+                format!(
+                    "{} (round-robin balancer; {} refused by every replica)",
+                    spread.join(" / "),
+                    fmt_count(balancer.refused)
+                ),
             );
         }
         line("emails sent", fmt_count(self.main.emails_sent));
@@ -526,6 +606,28 @@ impl Report {
         writeln!(out, "{}", self.json_line())?;
         out.flush()
     }
+}
+
+/// The service a process label names: `orders-service#2` → `orders-service`.
+pub fn service_of(process: &str) -> &str {
+    process
+        .split_once('#')
+        .map_or(process, |(service, _)| service)
+}
+
+/// Per service, `combine` of its processes' peaks.
+fn rss_per_service(peaks: &[(String, u64)], combine: fn(&[u64]) -> u64) -> BTreeMap<String, u64> {
+    let mut by_service: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (process, kib) in peaks {
+        by_service
+            .entry(service_of(process))
+            .or_default()
+            .push(*kib);
+    }
+    by_service
+        .into_iter()
+        .map(|(service, kibs)| (service.to_owned(), combine(&kibs)))
+        .collect()
 }
 
 /// A progress line on stderr.
@@ -835,6 +937,94 @@ mod tests {
         );
         assert_eq!(json["ratios"]["baseline"]["orders_accepted_per_s"], 0.25);
         assert!(json.get("backlog").is_none());
+    }
+
+    #[test]
+    fn replicas_peak_rss_is_reported_as_sum_and_largest_per_service() {
+        let peaks = vec![
+            ("orders-service#1".to_owned(), 30_000),
+            ("orders-service#2".to_owned(), 40_000),
+            ("notification-service#1".to_owned(), 20_000),
+            ("notification-service#2".to_owned(), 10_000),
+        ];
+        let mut main = RunReport {
+            peak_rss_kib: rss_per_service(&peaks, |kib| kib.iter().sum()),
+            peak_rss_max_kib: rss_per_service(&peaks, |kib| kib.iter().copied().max().unwrap_or(0)),
+            peak_rss_kib_by_process: peaks.into_iter().collect(),
+            ..run("services", 100.0, 1.0)
+        };
+        main.set_backend("postgres", Some(2));
+        main.balancer = Some(crate::balancer::BalancerStats {
+            connections: vec![64, 63],
+            refused: 0,
+        });
+        let report = Report {
+            scenario: "throughput",
+            main,
+            references: vec![],
+        };
+        let json: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        // The old key keeps its place: per service, now the sum over the replicas.
+        assert_eq!(json["peak_rss_kib"]["orders-service"], 70_000);
+        assert_eq!(json["peak_rss_kib"]["notification-service"], 30_000);
+        assert_eq!(json["peak_rss_max_kib"]["orders-service"], 40_000);
+        assert_eq!(json["peak_rss_max_kib"]["notification-service"], 20_000);
+        assert_eq!(json["peak_rss_kib_by_process"]["orders-service#2"], 40_000);
+        assert_eq!(json["backend"], "postgres");
+        assert_eq!(json["replicas"], 2);
+        assert_eq!(json["balancer"]["connections"], serde_json::json!([64, 63]));
+        let table = report.table();
+        assert!(
+            table.starts_with(
+                "loadgen throughput (services; PostgreSQL, 2 replicas of each service) — closed loop"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("peak RSS orders-service (sum of 2 replicas):"),
+            "{table}"
+        );
+        assert!(
+            table.contains("peak RSS orders-service (largest replica):"),
+            "{table}"
+        );
+        assert!(table.contains("peak RSS, all processes:"), "{table}");
+        assert!(table.contains("64 / 63 (round-robin balancer"), "{table}");
+    }
+
+    #[test]
+    fn one_replica_keeps_the_single_process_figures() {
+        let peaks = vec![
+            ("orders-service".to_owned(), 30_000),
+            ("notification-service".to_owned(), 20_000),
+        ];
+        let mut main = RunReport {
+            peak_rss_kib: rss_per_service(&peaks, |kib| kib.iter().sum()),
+            peak_rss_max_kib: rss_per_service(&peaks, |kib| kib.iter().copied().max().unwrap_or(0)),
+            peak_rss_kib_by_process: peaks.into_iter().collect(),
+            ..run("services", 100.0, 1.0)
+        };
+        main.set_backend("sqlite", Some(1));
+        let report = Report {
+            scenario: "throughput",
+            main,
+            references: vec![],
+        };
+        let table = report.table();
+        assert!(
+            table.contains("(services; SQLite, 1 replica of each service)"),
+            "{table}"
+        );
+        assert!(table.contains("peak RSS orders-service:"), "{table}");
+        assert!(!table.contains("largest replica"), "{table}");
+        assert!(!table.contains("webhook connections"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
+        assert_eq!(json["peak_rss_kib"]["orders-service"], 30_000);
+        assert_eq!(json["backend"], "sqlite");
+        assert_eq!(json["replicas"], 1);
+        assert!(json.get("balancer").is_none());
+        assert_eq!(service_of("orders-service"), "orders-service");
+        assert_eq!(service_of("orders-service#3"), "orders-service");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Ctrl-C.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -12,14 +13,17 @@ use anyhow::{bail, Context as _};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::balancer::{Balancer, BalancerStats};
 use crate::cli::{
     BacklogArgs, Command, HistoryArgs, LatencyArgs, RunArgs, TargetArgs, ThroughputArgs,
 };
 use crate::collect::{
-    count_sends, reconcile, wait_for_emails, window_start_ms, Observed, SendCheck, Sink,
+    count_sends, is_postgres_url, reconcile, wait_for_emails, window_start_ms, Observed, SendCheck,
+    Sink,
 };
 use crate::driver::{unix_us, Driver, Load};
 use crate::fleet::{proc_status_kib, Fleet, Monitor, Process, Spawn};
+use crate::postgres::Server;
 use crate::report::{fmt_count, fmt_kib, progress, Backlog, Report, RunReport};
 
 /// How often progress lines are printed during a run.
@@ -34,17 +38,19 @@ const BACKLOG_RETRIES: usize = 100;
 /// Settings loadgen must control itself.
 const RESERVED_ENV: [&str; 2] = ["LISTEN_ADDR", "DATABASE_URL"];
 
-/// Runs a scenario with its own fleet and temporary directory, prints the report, and returns
-/// whether every check passed.
+/// Runs a scenario with its own fleet and temporary directory (and, with `--postgres`, its own
+/// databases), prints the report, and returns whether every check passed.
 pub async fn run_with_fleet(command: Command) -> anyhow::Result<bool> {
-    let run = match &command {
-        Command::Throughput(a) => &a.run,
-        Command::Latency(a) => &a.run,
-        Command::Backlog(a) => &a.run,
-        Command::History(a) => &a.run,
-        Command::BaselineServer(_) => bail!("baseline-server is not a scenario"),
-    };
-    for (key, _) in run.orders_env.iter().chain(&run.notifications_env) {
+    let (scenario, run) = command
+        .scenario()
+        .context("baseline-server is not a scenario")?;
+    run.backend.check(scenario).map_err(anyhow::Error::msg)?;
+    for (key, _) in run
+        .orders_env
+        .iter()
+        .chain(&run.notifications_env)
+        .chain(&run.services_env)
+    {
         if RESERVED_ENV.contains(&key.as_str()) {
             bail!("{key} is set by loadgen itself and cannot be passed through");
         }
@@ -57,6 +63,18 @@ pub async fn run_with_fleet(command: Command) -> anyhow::Result<bool> {
             .context("the loadgen executable has no directory")?
             .to_owned(),
     };
+    let postgres = match &run.backend.postgres {
+        Some(url) => Some(Server::connect(url).await?),
+        None => None,
+    };
+    let replicas = run.backend.replicas;
+    let pool_size = postgres.as_ref().map(|server| {
+        let (size, note) = server.pool_size(2 * replicas);
+        if let Some(note) = note {
+            progress(&note);
+        }
+        size
+    });
     let work = tempfile::Builder::new()
         .prefix("loadgen-")
         .tempdir()
@@ -70,6 +88,9 @@ pub async fn run_with_fleet(command: Command) -> anyhow::Result<bool> {
         admin_token: Uuid::new_v4().simple().to_string(),
         secret: webhook_common::Secret::generate().expose_whsec(),
         starts: AtomicU32::new(0),
+        postgres: postgres.as_ref(),
+        replicas,
+        pool_size,
     };
 
     let outcome = tokio::select! {
@@ -77,6 +98,9 @@ pub async fn run_with_fleet(command: Command) -> anyhow::Result<bool> {
         () = interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
     fleet.stop_all().await;
+    if let Some(server) = &postgres {
+        release_databases(server, run.keep).await;
+    }
 
     let passed = outcome.as_ref().is_ok_and(Report::passed);
     if let Ok(report) = &outcome {
@@ -92,6 +116,31 @@ pub async fn run_with_fleet(command: Command) -> anyhow::Result<bool> {
         }
     }
     outcome.map(|report| report.passed())
+}
+
+/// Drops the databases created on `server`, or with `--keep` says where they are.
+async fn release_databases(server: &Server, keep: bool) {
+    let urls = server.created_urls();
+    if urls.is_empty() {
+        return;
+    }
+    if keep {
+        progress(&format!(
+            "kept the PostgreSQL databases (drop them with DROP DATABASE ... WITH (FORCE)):\n  {}",
+            urls.join("\n  ")
+        ));
+        return;
+    }
+    let failures = server.drop_all().await;
+    if failures.is_empty() {
+        progress(&format!(
+            "dropped the {} PostgreSQL databases of this run (--keep keeps them)",
+            urls.len()
+        ));
+    }
+    for failure in failures {
+        progress(&format!("warning: {failure}"));
+    }
 }
 
 async fn run_scenario(ctx: &Ctx<'_>, command: &Command) -> anyhow::Result<Report> {
@@ -134,7 +183,8 @@ fn list_logs(dir: &Path) -> Vec<String> {
     logs
 }
 
-/// What every step needs: the fleet, the temporary directory and the shared secrets.
+/// What every step needs: the fleet, the temporary directory, the shared secrets and where the
+/// services store their data.
 struct Ctx<'a> {
     fleet: &'a Fleet,
     work: &'a Path,
@@ -145,23 +195,95 @@ struct Ctx<'a> {
     secret: String,
     /// Numbers the log files, so a restarted service gets a new one.
     starts: AtomicU32,
+    /// `--postgres`: the server the databases are created on; SQLite files otherwise.
+    postgres: Option<&'a Server>,
+    /// Processes of each service.
+    replicas: u32,
+    /// `DATABASE_MAX_CONNECTIONS` of each process, on PostgreSQL.
+    pool_size: Option<u32>,
 }
 
 /// What a load is offered to, and where its emails are counted.
 struct Target {
     label: String,
-    base_url: String,
+    /// `http://addr` of each orders-service replica; the orders go round-robin.
+    base_urls: Vec<String>,
     sink: Sink,
     /// The processes whose memory is reported (none for services loadgen did not start).
     processes: Vec<(String, u32)>,
+    /// `sqlite`, `postgres` or `none`.
+    backend: &'static str,
+    /// Replicas of each service loadgen started; `None` for services it did not.
+    replicas: Option<u32>,
+}
+
+/// One set of databases for one set of services, and the directory of their logs (and, on
+/// SQLite, of the databases themselves).
+struct Databases {
+    dir: PathBuf,
+    orders_url: String,
+    notifications_url: String,
+}
+
+/// Every replica of both services started for one measurement, and the balancer in front of
+/// the notification-service replicas when there are several.
+struct Services {
+    orders: Vec<Process>,
+    notifications: Vec<Process>,
+    balancer: Option<Balancer>,
+}
+
+impl Services {
+    /// The processes to watch: label and pid, orders-service's first.
+    fn processes(&self) -> Vec<(String, u32)> {
+        self.orders
+            .iter()
+            .chain(&self.notifications)
+            .map(|p| (p.label.clone(), p.pid))
+            .collect()
+    }
+
+    fn orders_urls(&self) -> Vec<String> {
+        self.orders.iter().map(|p| p.url().to_owned()).collect()
+    }
 }
 
 impl Ctx<'_> {
-    /// A fresh subdirectory of the temporary directory for one set of databases.
+    /// A fresh subdirectory of the temporary directory for logs (and SQLite databases).
     fn dir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let dir = self.work.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
+    }
+
+    /// A fresh set of databases, `name` telling its logs apart: SQLite files in a new
+    /// directory, or two new PostgreSQL databases.
+    async fn databases(&self, name: &str) -> anyhow::Result<Databases> {
+        let dir = self.dir(name)?;
+        match self.postgres {
+            None => Ok(Databases {
+                orders_url: sqlite_url(&dir.join("orders.db")),
+                notifications_url: sqlite_url(&dir.join("notifications.db")),
+                dir,
+            }),
+            Some(server) => {
+                let pair = server.create_pair().await?;
+                Ok(Databases {
+                    dir,
+                    orders_url: pair.orders_url,
+                    notifications_url: pair.notifications_url,
+                })
+            }
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     fn log_path(&self, dir: &Path, name: &str) -> PathBuf {
@@ -169,40 +291,66 @@ impl Ctx<'_> {
         dir.join(format!("{n:02}-{name}.log"))
     }
 
-    async fn start_notifications(&self, dir: &Path, listen: &str) -> anyhow::Result<Process> {
-        let database_url = sqlite_url(&dir.join("notifications.db"));
+    /// The storage settings of every service process: its database, and on PostgreSQL its
+    /// pool size.
+    fn storage_env(&self, database_url: &str) -> Vec<(String, String)> {
+        let mut env = owned_env(&[("DATABASE_URL", database_url)]);
+        if let Some(size) = self.pool_size {
+            env.push(("DATABASE_MAX_CONNECTIONS".to_owned(), size.to_string()));
+        }
+        env
+    }
+
+    /// `env` followed by `--services-env` and then the service's own overrides.
+    fn with_user_env(
+        &self,
+        mut env: Vec<(String, String)>,
+        own: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        env.extend(self.run.services_env.iter().cloned());
+        env.extend(own.iter().cloned());
+        env
+    }
+
+    /// notification-service replica `replica` (from 0) listening on `listen`.
+    async fn start_notifications(
+        &self,
+        dbs: &Databases,
+        listen: &str,
+        replica: u32,
+    ) -> anyhow::Result<Process> {
         let mut env = owned_env(&[
             ("LISTEN_ADDR", listen),
-            ("DATABASE_URL", &database_url),
             ("ADMIN_TOKEN", &self.admin_token),
             ("WEBHOOK_SECRET", &self.secret),
         ]);
-        env.extend(self.run.notifications_env.iter().cloned());
+        env.extend(self.storage_env(&dbs.notifications_url));
+        let env = self.with_user_env(env, &self.run.notifications_env);
+        let label = replica_label("notification-service", replica, self.replicas);
         self.fleet
             .start(Spawn {
-                label: "notification-service".to_owned(),
                 program: self.fleet.binary("notification-service")?,
                 args: Vec::new(),
                 env,
-                log: self.log_path(dir, "notification-service"),
+                log: self.log_path(&dbs.dir, &label.replace('#', "-")),
+                label,
                 marks: vec!["listening on http://"],
                 health_path: Some("/healthz"),
             })
             .await
     }
 
-    /// orders-service on port 0, delivering to `webhook_url`, with the scenario's settings
-    /// and then the user's on top of loadgen's.
+    /// orders-service replica `replica` (from 0) on port 0, delivering to `webhook_url`, with
+    /// the scenario's settings and then the user's on top of loadgen's.
     async fn start_orders(
         &self,
-        dir: &Path,
+        dbs: &Databases,
         webhook_url: &str,
         scenario_env: &[(&str, &str)],
+        replica: u32,
     ) -> anyhow::Result<Process> {
-        let database_url = sqlite_url(&dir.join("orders.db"));
         let mut env = owned_env(&[
             ("LISTEN_ADDR", "127.0.0.1:0"),
-            ("DATABASE_URL", &database_url),
             ("ADMIN_TOKEN", &self.admin_token),
             ("NOTIFICATION_WEBHOOK_URL", webhook_url),
             ("WEBHOOK_SECRET", &self.secret),
@@ -215,41 +363,106 @@ impl Ctx<'_> {
             ("ORDER_RATE_LIMIT_PER_SEC", "0"),
             ("MAX_CONNECTIONS_PER_CLIENT", "100000"),
         ]);
+        env.extend(self.storage_env(&dbs.orders_url));
         env.extend(owned_env(scenario_env));
-        env.extend(self.run.orders_env.iter().cloned());
+        let env = self.with_user_env(env, &self.run.orders_env);
+        let label = replica_label("orders-service", replica, self.replicas);
         self.fleet
             .start(Spawn {
-                label: "orders-service".to_owned(),
                 program: self.fleet.binary("orders-service")?,
                 args: Vec::new(),
                 env,
-                log: self.log_path(dir, "orders-service"),
+                log: self.log_path(&dbs.dir, &label.replace('#', "-")),
+                label,
                 marks: vec!["listening on http://"],
                 health_path: Some("/healthz"),
             })
             .await
     }
 
-    /// notification-service, then orders-service pointing at it; both on port 0.
-    async fn start_pair(&self, dir: &Path) -> anyhow::Result<(Process, Process)> {
-        let notifications = self.start_notifications(dir, "127.0.0.1:0").await?;
-        let webhook_url = format!("{}/webhooks/orders", notifications.url());
-        let orders = self.start_orders(dir, &webhook_url, &[]).await?;
-        Ok((notifications, orders))
+    /// Every notification-service replica, one after the other (the first one migrates the
+    /// database); the first one listens on `listen` when it is the only one, the others on
+    /// port 0.
+    async fn start_receivers(&self, dbs: &Databases, listen: &str) -> anyhow::Result<Vec<Process>> {
+        let mut notifications = Vec::new();
+        for replica in 0..self.replicas {
+            let listen = if self.replicas == 1 {
+                listen
+            } else {
+                "127.0.0.1:0"
+            };
+            notifications.push(self.start_notifications(dbs, listen, replica).await?);
+        }
+        Ok(notifications)
     }
 
-    /// How often each of this run's emails was sent, from the log of a notification-service
-    /// loadgen started (read once it has stopped, so every send is in).
-    fn count_sends(&self, notifications: &Process, observed: &Observed) -> SendCheck {
-        // The last one wins, as in the child's environment.
+    /// Where orders-service delivers: the one notification-service, or a round-robin balancer
+    /// on `listen` in front of several.
+    async fn receiver(
+        &self,
+        notifications: &[Process],
+        listen: &str,
+    ) -> anyhow::Result<(String, Option<Balancer>)> {
+        if let [only] = notifications {
+            return Ok((only.url().to_owned(), None));
+        }
+        let backends = notifications
+            .iter()
+            .map(|p| socket_addr(p.url()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let balancer = Balancer::bind(listen, backends, crate::balancer::MAX_CONNECTIONS).await?;
+        Ok((format!("http://{}", balancer.addr()), Some(balancer)))
+    }
+
+    /// notification-service (every replica, behind a balancer when several), then
+    /// orders-service (every replica) delivering to it; all on port 0.
+    async fn start_services(&self, dbs: &Databases) -> anyhow::Result<Services> {
+        let notifications = self.start_receivers(dbs, "127.0.0.1:0").await?;
+        let (receiver, balancer) = self.receiver(&notifications, "127.0.0.1:0").await?;
+        let webhook_url = format!("{receiver}/webhooks/orders");
+        let mut orders = Vec::new();
+        for replica in 0..self.replicas {
+            orders.push(self.start_orders(dbs, &webhook_url, &[], replica).await?);
+        }
+        Ok(Services {
+            orders,
+            notifications,
+            balancer,
+        })
+    }
+
+    /// Stops every replica (orders-service's first, so nothing is sent to a stopped receiver)
+    /// and the balancer; returns what the balancer did.
+    async fn stop_services(&self, services: Services) -> Option<BalancerStats> {
+        for process in &services.orders {
+            self.stop_quietly(process).await;
+        }
+        let stats = services.balancer.as_ref().map(Balancer::stats);
+        if let Some(balancer) = services.balancer {
+            balancer.stop().await;
+        }
+        for process in &services.notifications {
+            self.stop_quietly(process).await;
+        }
+        stats
+    }
+
+    /// How often each of this run's emails was sent, from the logs of every
+    /// notification-service replica loadgen started (read once they have stopped, so every
+    /// send is in).
+    fn count_sends(&self, notifications: &[Process], observed: &Observed) -> SendCheck {
+        // The last one wins, as in the child's environment: the service's own, then
+        // --services-env.
         let rust_log = self
             .run
             .notifications_env
             .iter()
             .rev()
+            .chain(self.run.services_env.iter().rev())
             .find(|(key, _)| key == "RUST_LOG")
             .map(|(_, value)| value.as_str());
-        count_sends(&notifications.log, &observed.notifications, rust_log)
+        let logs: Vec<&Path> = notifications.iter().map(|p| p.log.as_path()).collect();
+        count_sends(&logs, &observed.notifications, rust_log)
     }
 
     /// Stops a child; a failure to stop cleanly is worth a warning, not the measurement.
@@ -259,34 +472,30 @@ impl Ctx<'_> {
         }
     }
 
-    /// The services on the databases in `dir` (created if new), started, measured, stopped.
+    /// The services on `dbs`, started, measured, stopped.
     async fn measure_services(
         &self,
         label: &str,
         load: Load,
-        dir: &Path,
+        dbs: &Databases,
     ) -> anyhow::Result<RunReport> {
-        let (notifications, orders) = self.start_pair(dir).await?;
-        let sink = Sink::services(
-            &sqlite_url(&dir.join("orders.db")),
-            &sqlite_url(&dir.join("notifications.db")),
-        )
-        .await?;
+        let services = self.start_services(dbs).await?;
+        let sink = Sink::services(&dbs.orders_url, &dbs.notifications_url).await?;
         let target = Target {
             label: label.to_owned(),
-            base_url: orders.url().to_owned(),
+            base_urls: services.orders_urls(),
             sink,
-            processes: vec![
-                (orders.label.clone(), orders.pid),
-                (notifications.label.clone(), notifications.pid),
-            ],
+            processes: services.processes(),
+            backend: self.backend(),
+            replicas: Some(self.replicas),
         };
         let measured = self.measure(&target, load).await;
         target.sink.close().await;
-        self.stop_quietly(&orders).await;
-        self.stop_quietly(&notifications).await;
+        let notifications = services.notifications.clone();
+        let balancer = self.stop_services(services).await;
         let (mut report, observed) = measured?;
         report.record_sends(self.count_sends(&notifications, &observed));
+        report.balancer = balancer;
         Ok(report)
     }
 
@@ -307,9 +516,11 @@ impl Ctx<'_> {
             .await?;
         let target = Target {
             label: "baseline".to_owned(),
-            base_url: server.url().to_owned(),
+            base_urls: vec![server.url().to_owned()],
             sink: Sink::baseline(&server.urls[1])?,
             processes: vec![(server.label.clone(), server.pid)],
+            backend: "none",
+            replicas: Some(1),
         };
         let measured = self.measure(&target, load).await;
         self.stop_quietly(&server).await;
@@ -350,9 +561,15 @@ impl Ctx<'_> {
         }
         let target = Target {
             label: "services".to_owned(),
-            base_url: orders_url.to_owned(),
+            base_urls: vec![orders_url.to_owned()],
             sink: Sink::services(orders_db, notifications_db).await?,
             processes: Vec::new(),
+            backend: if is_postgres_url(orders_db) {
+                "postgres"
+            } else {
+                "sqlite"
+            },
+            replicas: None,
         };
         let measured = self.measure(&target, load).await;
         target.sink.close().await;
@@ -368,7 +585,7 @@ impl Ctx<'_> {
     /// Offers `load` to `target`, waits for the emails and reports; also returns what was
     /// observed, for the count of sends in the service's log.
     async fn measure(&self, target: &Target, load: Load) -> anyhow::Result<(RunReport, Observed)> {
-        let driver = Driver::new(&target.base_url, &load, self.run.request_timeout)?;
+        let driver = Driver::new(&target.base_urls, &load, self.run.request_timeout)?;
         let monitor = Monitor::start(target.processes.clone(), driver.answered(), PROGRESS_EVERY);
         progress(&format!("{}: {}", target.label, load.describe()));
         let driven = driver.run(load).await?;
@@ -393,7 +610,7 @@ impl Ctx<'_> {
         .await?;
         let peak_rss = monitor.finish().await;
         let reconciled = reconcile(&accepted, &tally.acknowledged, &observed);
-        let report = RunReport::build(
+        let mut report = RunReport::build(
             &target.label,
             &load,
             &driven,
@@ -402,8 +619,26 @@ impl Ctx<'_> {
             timed_out,
             peak_rss,
         );
+        report.set_backend(target.backend, target.replicas);
         Ok((report, observed))
     }
+}
+
+/// The label of replica `replica` (from 0) of `service`: the service's name alone when it
+/// runs once, `service#n` (from 1) when several replicas run.
+fn replica_label(service: &str, replica: u32, replicas: u32) -> String {
+    if replicas > 1 {
+        format!("{service}#{}", replica + 1)
+    } else {
+        service.to_owned()
+    }
+}
+
+/// The socket address of `http://addr`.
+fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let addr = url.strip_prefix("http://").unwrap_or(url);
+    addr.parse()
+        .with_context(|| format!("{url} is not http://<ip>:<port>"))
 }
 
 /// Fails unless orders-service has an enabled endpoint (else no email would ever come).
@@ -475,7 +710,7 @@ async fn compare_with_baseline(
     let main = if target.orders_url.is_some() {
         ctx.measure_running(target, load).await?
     } else {
-        ctx.measure_services("services", load, &ctx.dir("services")?)
+        ctx.measure_services("services", load, &ctx.databases("services").await?)
             .await?
     };
     Ok(Report {
@@ -493,63 +728,83 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
     let mut references = Vec::new();
     if args.compare {
         references.push(
-            ctx.measure_services("throughput", load, &ctx.dir("throughput")?)
+            ctx.measure_services("throughput", load, &ctx.databases("throughput").await?)
                 .await?,
         );
     }
-    let dir = ctx.dir("backlog")?;
+    let dbs = ctx.databases("backlog").await?;
+    // The receiver's address, where nothing listens yet: the notification-service, or the
+    // balancer in front of its replicas.
     let port = reserve_port()?;
     let listen = format!("127.0.0.1:{port}");
     let schedule = vec![BACKLOG_RETRY_DELAY; BACKLOG_RETRIES].join(",");
-    let orders = ctx
-        .start_orders(
-            &dir,
-            &format!("http://{listen}/webhooks/orders"),
-            &[("RETRY_SCHEDULE", &schedule)],
-        )
-        .await?;
+    let mut orders = Vec::new();
+    for replica in 0..ctx.replicas {
+        orders.push(
+            ctx.start_orders(
+                &dbs,
+                &format!("http://{listen}/webhooks/orders"),
+                &[("RETRY_SCHEDULE", &schedule)],
+                replica,
+            )
+            .await?,
+        );
+    }
+    let orders_processes: Vec<(String, u32)> =
+        orders.iter().map(|p| (p.label.clone(), p.pid)).collect();
 
     // Step 1: the orders pile up while nothing listens on the receiver's port.
-    let driver = Driver::new(orders.url(), &load, ctx.run.request_timeout)?;
-    let pileup_monitor = Monitor::start(
-        vec![(orders.label.clone(), orders.pid)],
-        driver.answered(),
-        PROGRESS_EVERY,
-    );
+    let orders_urls: Vec<String> = orders.iter().map(|p| p.url().to_owned()).collect();
+    let driver = Driver::new(&orders_urls, &load, ctx.run.request_timeout)?;
+    let pileup_monitor =
+        Monitor::start(orders_processes.clone(), driver.answered(), PROGRESS_EVERY);
     progress(&format!("backlog: receiver down; {}", load.describe()));
     let driven = driver.run(load).await?;
     let tally = driven.tally();
     let accepted: HashSet<Uuid> = tally.accepted.iter().copied().collect();
-    let peak_during = pileup_monitor.finish().await.first().map(|(_, kib)| *kib);
-    let rss_after = proc_status_kib(orders.pid, "VmRSS");
+    // Per process (the figure the memory target is about): the largest replica's.
+    let peak_during = pileup_monitor
+        .finish()
+        .await
+        .into_iter()
+        .map(|(_, kib)| kib)
+        .max();
+    let rss_after = orders
+        .iter()
+        .filter_map(|p| proc_status_kib(p.pid, "VmRSS"))
+        .max();
     progress(&format!(
-        "backlog: {} orders piled up in {:.1} s; orders-service RSS {} (peak {}); starting \
+        "backlog: {} orders piled up in {:.1} s; orders-service RSS {} (peak {}){}; starting \
          notification-service",
         fmt_count(accepted.len() as u64),
         driven.elapsed.as_secs_f64(),
         rss_after.map_or("n/a".into(), fmt_kib),
         peak_during.map_or("n/a".into(), fmt_kib),
+        if ctx.replicas > 1 {
+            " in the largest replica"
+        } else {
+            ""
+        },
     ));
 
     // Step 2: the receiver starts; the drain is timed from here to the last email.
     let receiver_started_us = unix_us();
-    let notifications = ctx.start_notifications(&dir, &listen).await.context(
-        "starting notification-service on the reserved port (if another process took the \
-         port in the meantime, run again)",
+    let started = async {
+        let notifications = ctx.start_receivers(&dbs, &listen).await?;
+        let (_, balancer) = ctx.receiver(&notifications, &listen).await?;
+        anyhow::Ok((notifications, balancer))
+    };
+    let (notifications, balancer) = started.await.context(
+        "starting the receiver on the reserved port (if another process took the port in the \
+         meantime, run again)",
     )?;
-    let sink = Sink::services(
-        &sqlite_url(&dir.join("orders.db")),
-        &sqlite_url(&dir.join("notifications.db")),
-    )
-    .await?;
-    let drain_monitor = Monitor::start(
-        vec![
-            (orders.label.clone(), orders.pid),
-            (notifications.label.clone(), notifications.pid),
-        ],
-        driver.answered(),
-        PROGRESS_EVERY,
-    );
+    let services = Services {
+        orders,
+        notifications,
+        balancer,
+    };
+    let sink = Sink::services(&dbs.orders_url, &dbs.notifications_url).await?;
+    let drain_monitor = Monitor::start(services.processes(), driver.answered(), PROGRESS_EVERY);
     let deadline = Instant::now() + ctx.run.deadline;
     let since = window_start_ms(driven.started_us);
     let waited = wait_for_emails(
@@ -563,8 +818,8 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
     let peak_rss = drain_monitor.finish().await;
     sink.close().await;
     let (observed, timed_out) = waited?;
-    ctx.stop_quietly(&orders).await;
-    ctx.stop_quietly(&notifications).await;
+    let notifications = services.notifications.clone();
+    let balancer = ctx.stop_services(services).await;
 
     let reconciled = reconcile(&accepted, &tally.acknowledged, &observed);
     let mut main = RunReport::build(
@@ -576,7 +831,9 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
         timed_out,
         peak_rss,
     );
+    main.set_backend(ctx.backend(), Some(ctx.replicas));
     main.record_sends(ctx.count_sends(&notifications, &observed));
+    main.balancer = balancer;
     let drain = reconciled
         .last_sent_us
         .map(|last| Duration::from_micros(u64::try_from(last - receiver_started_us).unwrap_or(0)));
@@ -596,13 +853,15 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
 
 /// A port nothing listens on right now, for a receiver that must be addressed before it
 /// starts. The port is released at once, so another process could take it before
-/// notification-service binds it: a small race, acceptable for a benchmark (that start then
-/// fails with a clear message).
+/// notification-service (or the balancer) binds it: a small race, acceptable for a benchmark
+/// (that start then fails with a clear message).
 fn reserve_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("reserving a port")?;
     Ok(listener.local_addr()?.port())
 }
 
+/// History: SQLite only (the pre-fill writes the files directly); `run_with_fleet` refuses
+/// `--postgres` and `--replicas` for it.
 async fn history(ctx: &Ctx<'_>, args: &HistoryArgs) -> anyhow::Result<Report> {
     let load = Load::Closed {
         orders: args.orders,
@@ -614,16 +873,17 @@ async fn history(ctx: &Ctx<'_>, args: &HistoryArgs) -> anyhow::Result<Report> {
     }
     if !args.skip_empty {
         references.push(
-            ctx.measure_services("empty_db", load, &ctx.dir("empty")?)
+            ctx.measure_services("empty_db", load, &ctx.databases("empty").await?)
                 .await?,
         );
     }
 
     // A first start creates the schema (migrations) and the configured endpoint.
-    let dir = ctx.dir("history")?;
-    let (notifications, orders) = ctx.start_pair(&dir).await?;
-    ctx.fleet.stop(&orders).await?;
-    ctx.fleet.stop(&notifications).await?;
+    let dbs = ctx.databases("history").await?;
+    let services = ctx.start_services(&dbs).await?;
+    for process in services.orders.iter().chain(&services.notifications) {
+        ctx.fleet.stop(process).await?;
+    }
 
     progress(&format!(
         "history: pre-filling {} delivered orders",
@@ -631,8 +891,8 @@ async fn history(ctx: &Ctx<'_>, args: &HistoryArgs) -> anyhow::Result<Report> {
     ));
     let started = Instant::now();
     crate::prefill::prefill(
-        &dir.join("orders.db"),
-        &dir.join("notifications.db"),
+        &dbs.dir.join("orders.db"),
+        &dbs.dir.join("notifications.db"),
         args.prefill,
     )
     .await?;
@@ -641,10 +901,38 @@ async fn history(ctx: &Ctx<'_>, args: &HistoryArgs) -> anyhow::Result<Report> {
         started.elapsed().as_secs_f64()
     ));
 
-    let main = ctx.measure_services("history", load, &dir).await?;
+    let main = ctx.measure_services("history", load, &dbs).await?;
     Ok(Report {
         scenario: "history",
         main,
         references,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_labelled_only_when_there_are_several() {
+        assert_eq!(replica_label("orders-service", 0, 1), "orders-service");
+        assert_eq!(replica_label("orders-service", 0, 2), "orders-service#1");
+        assert_eq!(
+            replica_label("notification-service", 7, 8),
+            "notification-service#8"
+        );
+        assert_eq!(
+            crate::report::service_of(&replica_label("orders-service", 1, 2)),
+            "orders-service"
+        );
+    }
+
+    #[test]
+    fn receivers_are_addressed_by_their_url() {
+        assert_eq!(
+            socket_addr("http://127.0.0.1:8001").unwrap(),
+            "127.0.0.1:8001".parse::<SocketAddr>().unwrap()
+        );
+        assert!(socket_addr("http://localhost:8001").is_err());
+    }
 }

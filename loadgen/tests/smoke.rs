@@ -38,8 +38,9 @@ fn wait_with_deadline(child: std::process::Child, deadline: Duration) -> Option<
     None
 }
 
-#[test]
-fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
+/// Runs loadgen with `args` (and `--bin-dir`); returns its exit status, the JSON line, and
+/// its output for messages. Panics if it does not finish in time.
+fn run_loadgen(args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
     let loadgen = Path::new(env!("CARGO_BIN_EXE_loadgen"));
     let bin_dir = loadgen.parent().expect("the binary has a directory");
     for service in ["orders-service", "notification-service"] {
@@ -53,7 +54,7 @@ fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
     let stdout_path = out.path().join("stdout");
     let stderr_path = out.path().join("stderr");
     let child = Command::new(loadgen)
-        .args(["throughput", "-n", "200", "-c", "8", "--deadline", "120s"])
+        .args(args)
         .arg("--bin-dir")
         .arg(bin_dir)
         .stdin(Stdio::null())
@@ -68,11 +69,14 @@ fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
     let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
     let status =
         status.unwrap_or_else(|| panic!("loadgen did not finish within {DEADLINE:?}\n{context}"));
-    assert!(status.success(), "loadgen exited with {status}\n{context}");
-
     let last = stdout.lines().last().unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("the last line is not JSON ({e})\n{context}"));
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}) ({status})\n{context}"));
+    (status, json, context)
+}
+
+/// The checks every clean run of 200 orders passes.
+fn assert_clean_run(json: &serde_json::Value, context: &str) {
     assert_eq!(json["scenario"], "throughput", "{context}");
     assert_eq!(json["accepted"], 200, "{context}");
     assert_eq!(json["lost"], 0, "{context}");
@@ -84,5 +88,66 @@ fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
     assert_eq!(json["delivered_unacknowledged"], 0, "{context}");
     assert_eq!(json["not_sent_on_schedule"], 0, "{context}");
     assert_eq!(json["ok"], true, "{context}");
-    assert!(stdout.contains("lost emails:"), "{context}");
+    assert!(context.contains("lost emails:"), "{context}");
+}
+
+#[test]
+fn a_tiny_throughput_run_loses_and_duplicates_no_email() {
+    let (status, json, context) =
+        run_loadgen(&["throughput", "-n", "200", "-c", "8", "--deadline", "120s"]);
+    assert!(status.success(), "loadgen exited with {status}\n{context}");
+    assert_clean_run(&json, &context);
+    assert_eq!(json["backend"], "sqlite", "{context}");
+    assert_eq!(json["replicas"], 1, "{context}");
+}
+
+/// Two replicas of each service on PostgreSQL (`TEST_DATABASE_URL`, as the services' own
+/// PostgreSQL tests use; SKIPPED without it): the same clean run, both receivers used, and
+/// the databases dropped afterwards.
+#[test]
+fn a_tiny_run_on_two_replicas_on_postgres_loses_and_duplicates_no_email() {
+    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED: TEST_DATABASE_URL is not set");
+        return;
+    };
+    let (status, json, context) = run_loadgen(&[
+        "throughput",
+        "-n",
+        "200",
+        "-c",
+        "8",
+        "--deadline",
+        "120s",
+        "--postgres",
+        &admin_url,
+        "--replicas",
+        "2",
+        "--services-env",
+        "DATABASE_MAX_CONNECTIONS=4",
+    ]);
+    assert!(status.success(), "loadgen exited with {status}\n{context}");
+    assert_clean_run(&json, &context);
+    assert_eq!(json["backend"], "postgres", "{context}");
+    assert_eq!(json["replicas"], 2, "{context}");
+    for process in [
+        "orders-service#1",
+        "orders-service#2",
+        "notification-service#1",
+        "notification-service#2",
+    ] {
+        assert!(
+            json["peak_rss_kib_by_process"][process].as_u64() > Some(0),
+            "{process}\n{context}"
+        );
+    }
+    let connections = json["balancer"]["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 2, "{context}");
+    assert!(
+        connections.iter().all(|n| n.as_u64() > Some(0)),
+        "both receivers get webhooks\n{context}"
+    );
+    assert!(
+        context.contains("dropped the 2 PostgreSQL databases"),
+        "{context}"
+    );
 }
