@@ -3,22 +3,21 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use webhook_common::error_body::ErrorBody;
+use webhook_common::error_body::{ErrorBody, ParamError};
+use webhook_common::request::HasApiError;
 
 use crate::store::WriteError;
 
 /// Everything a handler can fail with. The `#[error]` texts are safe to show a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401: missing or wrong bearer token.
-    #[error("a valid admin token is required: send `Authorization: Bearer <ADMIN_TOKEN>`")]
-    Unauthorized,
     /// 404: no such resource.
     #[error("{0}")]
     NotFound(String),
-    /// 400: a query or path parameter is malformed.
-    #[error("{0}")]
-    BadRequest(String),
+    /// 400 (`invalid_query` or `invalid_path`): a query or path parameter is malformed or out
+    /// of range; the body names it.
+    #[error(transparent)]
+    BadParam(#[from] ParamError),
     /// 500: the database failed; the body is opaque, the cause is logged.
     #[error("internal error")]
     Database(#[source] sqlx::Error),
@@ -48,9 +47,8 @@ impl From<sqlx::Error> for ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadParam(_) => StatusCode::BAD_REQUEST,
             ApiError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) | ApiError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -60,9 +58,8 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadParam(e) => e.code(),
             ApiError::Database(_) => "internal_error",
             ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) => "unavailable",
             ApiError::Overloaded => "overloaded",
@@ -88,17 +85,12 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let mut response = (
-            self.status(),
-            Json(ErrorBody::new(self.code(), self.to_string())),
-        )
-            .into_response();
+        let body = match &self {
+            ApiError::BadParam(e) => e.body(),
+            other => ErrorBody::new(other.code(), other.to_string()),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
         match self {
-            ApiError::Unauthorized => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
             ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) | ApiError::Overloaded => {
                 response
                     .headers_mut()
@@ -108,6 +100,12 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The typed extractors of `webhook_common::request` (`AppQuery`, `AppPath`) reject with
+/// this error.
+impl HasApiError for crate::AppState {
+    type ApiError = ApiError;
 }
 
 /// The router fallback: 404 with our JSON body.

@@ -2,7 +2,8 @@
 //! sends the customer an email — never twice, and never losing one it accepted.
 //!
 //! Modules, by capability:
-//! - [`api`]: HTTP routes (`/webhooks/orders` intake, `/notifications` read API, `/healthz`);
+//! - [`api`]: HTTP routes (`/webhooks/orders` intake, `/healthz`; the `/notifications` read
+//!   API, `/webhooks/received` and `/metrics` behind the admin token);
 //! - [`guard`]: client-IP allow-list and the rate limit on rejected requests;
 //! - [`store`]: all SQL (dedup records, per-order state, the email job queue), on SQLite or
 //!   PostgreSQL (several replicas);
@@ -27,13 +28,14 @@ use anyhow::Context as _;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
 use axum::{middleware, Router};
-use secrecy::SecretString;
+use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
+use webhook_common::admin_auth::AdminToken;
 use webhook_common::extract::WebhookIntake;
 
 pub use config::{Config, Settings};
@@ -51,8 +53,8 @@ pub struct AppState {
     pub store: Store,
     /// Webhook verification settings, for the `VerifiedWebhook` extractor.
     pub intake: WebhookIntake,
-    /// The read API's bearer token.
-    pub admin_token: SecretString,
+    /// Guards the admin routes (the read API and `/metrics`).
+    pub admin_token: AdminToken,
     /// Allow-list and rejection rate limit of the intake.
     pub guard: Arc<IntakeGuard>,
     /// Wakes the email worker when a job is committed.
@@ -75,7 +77,7 @@ impl AppState {
             store,
             intake: WebhookIntake::new(settings.verifier.clone())
                 .with_max_body_bytes(settings.max_body_bytes),
-            admin_token: settings.admin_token.clone(),
+            admin_token: AdminToken::new(settings.admin_token.expose_secret()),
             guard: Arc::new(IntakeGuard::new(
                 settings.rate_limit,
                 settings.allowed_networks.clone(),
@@ -100,13 +102,13 @@ pub fn build_app(state: AppState) -> Router {
     webhook_common::metrics::install();
     Router::new()
         .merge(api::health::router())
-        .merge(api::metrics::router())
         .merge(api::openapi::router())
         .merge(api::webhooks::router(
             state.guard.clone(),
             state.max_concurrent_requests,
         ))
-        .merge(api::notifications::router())
+        // The read API and `/metrics`: one router, behind the admin token.
+        .merge(api::admin_router(state.admin_token.clone()))
         .fallback(error::not_found)
         // Inner to outer: a panic becomes a logged JSON 500, a request that takes too long (a client
         // trickling its body, say) becomes a 408, every error becomes our JSON body, and

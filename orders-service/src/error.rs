@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use webhook_common::group_commit::WriteError;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use webhook_common::error_body::ErrorBody;
+use webhook_common::error_body::{ErrorBody, ParamError};
+use webhook_common::request::HasApiError;
 
 /// What can go wrong while answering a request. `#[error]` texts are safe to show a client.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,10 @@ pub enum ApiError {
         /// What is wrong with the body.
         message: String,
     },
-    /// 400: the query string is malformed.
-    #[error("{0}")]
-    BadQuery(String),
+    /// 400 (`invalid_query` or `invalid_path`): a query or path parameter is malformed or out
+    /// of range; the body names it.
+    #[error(transparent)]
+    BadParam(#[from] ParamError),
     /// 400: a request header is malformed; the message names it.
     #[error("{0}")]
     BadHeader(String),
@@ -37,9 +39,6 @@ pub enum ApiError {
          send a new key for a different order"
     )]
     IdempotencyKeyReused,
-    /// 401: a management route without the right `Authorization: Bearer <ADMIN_TOKEN>`.
-    #[error("this route needs `Authorization: Bearer <ADMIN_TOKEN>`")]
-    Unauthorized,
     /// 409: the request conflicts with the resource's current state.
     #[error("{0}")]
     Conflict(String),
@@ -147,10 +146,10 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::BadQuery(rejection.body_text())
-    }
+/// The typed extractors of `webhook_common::request` (`AppJson`, `AppQuery`, `AppPath`)
+/// reject with this error.
+impl HasApiError for crate::AppState {
+    type ApiError = ApiError;
 }
 
 impl ApiError {
@@ -163,9 +162,8 @@ impl ApiError {
         match self {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadBody { status, .. } => *status,
-            ApiError::BadQuery(_) | ApiError::BadHeader(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadParam(_) | ApiError::BadHeader(_) => StatusCode::BAD_REQUEST,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -184,10 +182,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
                 _ => "malformed_json",
             },
-            ApiError::BadQuery(_) => "invalid_query",
+            ApiError::BadParam(e) => e.code(),
             ApiError::BadHeader(_) => "invalid_header",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::Unauthorized => "unauthorized",
             ApiError::Conflict(_) => "conflict",
             ApiError::NotFound(_) => "not_found",
             ApiError::NoRoute(_) => "no_route",
@@ -226,14 +223,10 @@ impl IntoResponse for ApiError {
             ApiError::Validation(fields) => {
                 ErrorBody::with_fields("validation_failed", message, fields)
             }
+            ApiError::BadParam(e) => e.body(),
             ref other => ErrorBody::new(other.code(), message),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

@@ -32,6 +32,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::{middleware, Router};
+use secrecy::ExposeSecret as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -90,7 +91,7 @@ pub fn build_app(state: AppState) -> Router {
     // slow clients cannot pile up work; `/healthz` stays outside it so probes still answer.
     let bounded = Router::new()
         .merge(orders)
-        .merge(api::admin::router(state.clone()))
+        .merge(api::admin::router(state.admin_token.clone()))
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
@@ -103,12 +104,7 @@ pub fn build_app(state: AppState) -> Router {
         .merge(api::health::router())
         .merge(api::openapi::router())
         // Prometheus text behind the admin token, outside the bound so a scrape still answers.
-        .route(
-            "/metrics",
-            axum::routing::get(webhook_common::metrics::metrics_handler).route_layer(
-                middleware::from_fn_with_state(state.clone(), api::admin::require_admin),
-            ),
-        )
+        .merge(api::admin::metrics_router(state.admin_token.clone()))
         .merge(bounded)
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -156,7 +152,7 @@ pub async fn run(
         dispatch_wake: dispatcher.waker(),
         handoff: dispatcher.handoff(),
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
-        admin_token: api::admin::AdminToken::new(&config.admin_token),
+        admin_token: api::admin::AdminToken::new(config.admin_token.expose_secret()),
         allow_private_targets: config.allow_private_webhook_targets,
         request_timeout: Duration::from_secs(config.request_timeout_secs),
         max_concurrent_requests: config.max_concurrent_requests,

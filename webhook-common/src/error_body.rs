@@ -2,7 +2,8 @@
 //! `{"error": {"code": "...", "message": "...", "fields": {...}}}`.
 //!
 //! `code` is stable and machine-readable; `message` is a sentence for a person; `fields` (only on
-//! validation errors) maps a field path to what is wrong with it.
+//! validation errors, and on a malformed query or path parameter: [`ParamError`]) maps a field
+//! path or a parameter name to what is wrong with it.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,79 @@ impl ErrorBody {
     }
 }
 
+/// Where a malformed request parameter was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamLocation {
+    /// The query string (`?limit=...`).
+    Query,
+    /// A path segment (`/things/{id}`).
+    Path,
+}
+
+/// A query or path parameter that does not parse or is out of range: always a 400 whose body
+/// names the parameter, in `message` and as the key of `fields`, with the code
+/// `invalid_query` or `invalid_path`. Both services answer these the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct ParamError {
+    /// Query or path.
+    pub location: ParamLocation,
+    /// The parameter, when it is known (a query string that does not parse at all names none).
+    pub name: Option<String>,
+    /// What is wrong, e.g. `must be a whole number from 1 to 200`.
+    pub problem: String,
+}
+
+impl ParamError {
+    /// The query parameter `name` is wrong: `problem`.
+    pub fn query(name: impl Into<String>, problem: impl Into<String>) -> Self {
+        ParamError {
+            location: ParamLocation::Query,
+            name: Some(name.into()),
+            problem: problem.into(),
+        }
+    }
+
+    /// The path parameter `name` is wrong: `problem`.
+    pub fn path(name: impl Into<String>, problem: impl Into<String>) -> Self {
+        ParamError {
+            location: ParamLocation::Path,
+            name: Some(name.into()),
+            problem: problem.into(),
+        }
+    }
+
+    /// `invalid_query` or `invalid_path`.
+    pub fn code(&self) -> &'static str {
+        match self.location {
+            ParamLocation::Query => "invalid_query",
+            ParamLocation::Path => "invalid_path",
+        }
+    }
+
+    /// A sentence naming the parameter, e.g. ``query parameter `limit` must be ...``.
+    pub fn message(&self) -> String {
+        let location = match self.location {
+            ParamLocation::Query => "query",
+            ParamLocation::Path => "path",
+        };
+        match &self.name {
+            Some(name) => format!("{location} parameter `{name}` {}", self.problem),
+            None => self.problem.clone(),
+        }
+    }
+
+    /// The JSON body: the code, the message, and `fields` keyed by the parameter's name.
+    pub fn body(&self) -> ErrorBody {
+        let fields = self
+            .name
+            .iter()
+            .map(|name| (name.clone(), vec![self.problem.clone()]))
+            .collect();
+        ErrorBody::with_fields(self.code(), self.message(), fields)
+    }
+}
+
 /// Flattens `validator` errors into `field path -> messages`, nested structs joined with `.`
 /// and list items as `field[i]`.
 pub fn field_errors(errors: &ValidationErrors) -> BTreeMap<String, Vec<String>> {
@@ -89,6 +163,13 @@ fn collect(errors: &ValidationErrors, prefix: &str, out: &mut BTreeMap<String, V
 
 #[cfg(feature = "axum")]
 pub use middleware::{json_errors, panic_response};
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for ParamError {
+    fn into_response(self) -> axum::response::Response {
+        (axum::http::StatusCode::BAD_REQUEST, axum::Json(self.body())).into_response()
+    }
+}
 
 /// Every error response as JSON, whoever produced it.
 #[cfg(feature = "axum")]

@@ -7,7 +7,14 @@
 //!   key rotation, timestamp tolerance, constant-time comparison);
 //! - [`extract`] (feature `axum`): an axum extractor that verifies and parses a webhook;
 //! - [`client`] (feature `reqwest`): build a signed webhook request with reqwest;
-//! - [`error_body`]: the JSON error body every HTTP error of this project uses;
+//! - [`error_body`]: the JSON error body every HTTP error of this project uses, and
+//!   [`error_body::ParamError`], the 400 for a malformed query or path parameter;
+//! - [`pagination`]: the one rule of list routes (`limit` 1 to 200, default 50, and an opaque
+//!   `cursor`; a bad one is a 400 naming it);
+//! - [`admin_auth`] (feature `axum`): the admin token check, a route layer over the router of
+//!   management routes (401 with `WWW-Authenticate: Bearer`);
+//! - [`request`] (feature `axum`): `AppJson`, `AppQuery`, `AppPath`, extractors whose
+//!   rejection is the service's own error type;
 //! - [`placeholders`]: the example credentials of `.env.example`, refused at startup;
 //! - [`group_commit`] (feature `group-commit`): one writer thread per SQLite database that
 //!   commits the writes of many callers in one transaction (one fsync for many requests);
@@ -23,9 +30,12 @@
 pub mod error_body;
 pub mod event;
 pub mod money;
+pub mod pagination;
 pub mod placeholders;
 pub mod signing;
 
+#[cfg(feature = "axum")]
+pub mod admin_auth;
 #[cfg(feature = "reqwest")]
 pub mod client;
 #[cfg(feature = "axum")]
@@ -38,6 +48,8 @@ pub mod metrics;
 pub mod pg_listen;
 #[cfg(feature = "readiness")]
 pub mod readiness;
+#[cfg(feature = "axum")]
+pub mod request;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

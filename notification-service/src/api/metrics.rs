@@ -2,11 +2,9 @@
 //! `webhooks_received_total{event_type,outcome}` and `webhook_processing_seconds`.
 
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::AdminAuth;
 use crate::store::IntakeOutcome;
 use crate::AppState;
 
@@ -17,13 +15,9 @@ pub const RECEIVED_TOTAL: &str = "webhooks_received_total";
 /// (allow-list, verification) to its answer.
 pub const PROCESSING_SECONDS: &str = "webhook_processing_seconds";
 
-/// The metrics route.
+/// The metrics route (mounted behind the admin token by [`crate::api::admin_router`]).
 pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
-}
-
-async fn metrics(_: AdminAuth) -> Response {
-    webhook_common::metrics::metrics_handler().await
+    Router::new().route("/metrics", get(webhook_common::metrics::metrics_handler))
 }
 
 /// Counts an accepted delivery: `queued`, `duplicate`, `ignored` or `stale`.

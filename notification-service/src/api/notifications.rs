@@ -1,40 +1,24 @@
 //! `GET /notifications` and `GET /notifications/{id}` (admin): the emails and their state.
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use webhook_common::error_body::ErrorBody;
+use webhook_common::pagination::PageQuery;
+use webhook_common::request::{AppPath, AppQuery};
 
-use crate::api::AdminAuth;
 use crate::error::ApiError;
 use crate::store::{Cursor, Notification, NotificationStatus};
 use crate::AppState;
-
-/// Page size when `limit` is not given.
-pub const DEFAULT_LIMIT: u32 = 50;
-/// Largest page.
-pub const MAX_LIMIT: u32 = 200;
 
 /// The notification routes.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/notifications", get(list))
         .route("/notifications/{id}", get(show))
-}
-
-/// Query of `GET /notifications`.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct ListParams {
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Page size, 1 to 200 (default 50).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
-    limit: Option<String>,
 }
 
 /// A notification as the API shows it.
@@ -102,44 +86,24 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-/// Parses a `limit` query parameter: 1 to [`MAX_LIMIT`], default [`DEFAULT_LIMIT`].
-pub fn parse_limit(text: Option<&str>) -> Result<u32, ApiError> {
-    let Some(text) = text.filter(|t| !t.is_empty()) else {
-        return Ok(DEFAULT_LIMIT);
-    };
-    match text.parse::<u32>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        _ => Err(ApiError::BadRequest(format!(
-            "limit must be a whole number from 1 to {MAX_LIMIT}"
-        ))),
-    }
-}
-
 /// `GET /notifications?cursor=&limit=`.
 #[utoipa::path(
     get,
     path = "/notifications",
     tag = "notifications",
-    params(ListParams),
+    params(PageQuery),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of notifications, newest first", body = Page),
-        (status = 400, description = "A bad `limit` or a cursor this API did not issue", body = ErrorBody),
+        (status = 400, description = "A bad `limit` or a cursor this API did not issue (the body names it)", body = ErrorBody),
     )
 )]
 async fn list(
-    _: AdminAuth,
     State(state): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    AppQuery(page): AppQuery<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = parse_limit(params.limit.as_deref())?;
-    let cursor = match params.cursor.as_deref().filter(|c| !c.is_empty()) {
-        None => None,
-        Some(text) => Some(Cursor::decode(text).ok_or_else(|| {
-            ApiError::BadRequest("cursor is not one this API returned as next_cursor".into())
-        })?),
-    };
+    let limit = page.limit()?;
+    let cursor = page.cursor(Cursor::decode)?;
     let rows = state
         .store
         .list_notifications(cursor.as_ref(), limit)
@@ -175,13 +139,9 @@ async fn list(
     )
 )]
 async fn show(
-    _: AdminAuth,
     State(state): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<Item>, ApiError> {
-    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let id = Uuid::try_parse(&id)
-        .map_err(|_| ApiError::BadRequest("notification id must be a UUID".into()))?;
     let notification = state
         .store
         .get_notification(id)

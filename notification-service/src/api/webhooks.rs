@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,19 +14,20 @@ use serde_json::json;
 use tower::ServiceBuilder;
 use webhook_common::error_body::ErrorBody;
 use webhook_common::extract::VerifiedWebhook;
+use webhook_common::pagination;
+use webhook_common::request::AppQuery;
 use webhook_common::telemetry::TraceParent;
 
-use crate::api::AdminAuth;
 use crate::error::ApiError;
 use crate::guard::{intake_guard, IntakeGuard};
 use crate::store::{IncomingWebhook, IntakeOutcome, ReceivedWebhook};
 use crate::{email, AppState};
 
-/// The webhook routes. The intake sits behind a bound on deliveries in progress (more are
-/// shed with 503 and `Retry-After` rather than queued, so slow clients cannot pile up
-/// work), then the allow-list and rejection limit.
+/// The intake route (public: the signature is its authentication). It sits behind a bound on
+/// deliveries in progress (more are shed with 503 and `Retry-After` rather than queued, so
+/// slow clients cannot pile up work), then the allow-list and rejection limit.
 pub fn router(guard: Arc<IntakeGuard>, max_concurrent: usize) -> Router<AppState> {
-    let intake = Router::new()
+    Router::new()
         .route("/webhooks/orders", post(receive))
         .route_layer(middleware::from_fn_with_state(guard, intake_guard))
         .route_layer(
@@ -34,10 +35,12 @@ pub fn router(guard: Arc<IntakeGuard>, max_concurrent: usize) -> Router<AppState
                 .layer(HandleErrorLayer::new(overloaded))
                 .load_shed()
                 .concurrency_limit(max_concurrent),
-        );
-    Router::new()
-        .merge(intake)
-        .route("/webhooks/received", get(list_received))
+        )
+}
+
+/// `GET /webhooks/received` (mounted behind the admin token by [`crate::api::admin_router`]).
+pub fn admin_router() -> Router<AppState> {
+    Router::new().route("/webhooks/received", get(list_received))
 }
 
 /// Verifies (in the extractor), then records the delivery and its email job in one
@@ -113,7 +116,8 @@ async fn overloaded(_: tower::BoxError) -> ApiError {
     ApiError::Overloaded
 }
 
-/// Query of `GET /webhooks/received`.
+/// Query of `GET /webhooks/received`: the latest deliveries, no cursor; `limit` follows
+/// `webhook_common::pagination`.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ReceivedParams {
@@ -165,16 +169,14 @@ impl From<ReceivedWebhook> for ReceivedItem {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The latest deliveries, newest first", body = super::openapi::ReceivedList),
-        (status = 400, description = "A bad `limit`", body = ErrorBody),
+        (status = 400, description = "A bad `limit` (the body names it)", body = ErrorBody),
     )
 )]
 async fn list_received(
-    _: AdminAuth,
     State(state): State<AppState>,
-    params: Result<Query<ReceivedParams>, axum::extract::rejection::QueryRejection>,
+    AppQuery(params): AppQuery<ReceivedParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = crate::api::notifications::parse_limit(params.limit.as_deref())?;
+    let limit = pagination::limit(params.limit.as_deref())?;
     let items: Vec<ReceivedItem> = state
         .store
         .list_received(limit)

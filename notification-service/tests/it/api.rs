@@ -151,10 +151,24 @@ async fn bad_query_parameters_and_ids_are_400_and_unknown_ids_404() {
     ] {
         let (status, body) = app.admin_get(&format!("/notifications?{query}")).await;
         assert_eq!(status, 400, "{query}: {body}");
-        assert_eq!(body["error"]["code"], "bad_request");
+        assert_eq!(body["error"]["code"], "invalid_query");
+        let parameter = if query.starts_with("cursor") {
+            "cursor"
+        } else {
+            "limit"
+        };
+        assert!(
+            body["error"]["fields"][parameter].is_array(),
+            "{query}: {body}"
+        );
     }
-    let (status, _) = app.admin_get("/notifications/not-a-uuid").await;
+    let (status, body) = app.admin_get("/webhooks/received?limit=201").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["fields"]["limit"].is_array(), "{body}");
+    let (status, body) = app.admin_get("/notifications/not-a-uuid").await;
     assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_path");
+    assert!(body["error"]["fields"]["id"].is_array(), "{body}");
     let (status, body) = app
         .admin_get(&format!("/notifications/{}", Uuid::now_v7()))
         .await;

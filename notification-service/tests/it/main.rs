@@ -1,4 +1,5 @@
 //! notification-service integration tests: one binary, one module per area.
+mod admin_auth;
 mod api;
 mod crash;
 mod intake;

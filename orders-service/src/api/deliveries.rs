@@ -1,14 +1,15 @@
 //! Deliveries (admin): redeliver one now.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use webhook_common::error_body::ErrorBody;
+use webhook_common::request::AppPath;
 
-use super::{path_id, rfc3339};
+use super::rfc3339;
 use crate::domain::{Attempt, Delivery, DeliveryStatus, RetryOutcome};
 use crate::error::ApiError;
 use crate::AppState;
@@ -109,6 +110,7 @@ impl DeliveryResponse {
     security(("admin_token" = [])),
     responses(
         (status = 202, description = "Due now, with a fresh retry schedule", body = DeliveryResponse),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No delivery with this id", body = ErrorBody),
         (status = 409, description = "An attempt of it is running", body = ErrorBody),
     )
@@ -116,10 +118,9 @@ impl DeliveryResponse {
 #[tracing::instrument(skip_all, fields(delivery_id = %id))]
 async fn retry(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<(StatusCode, Json<DeliveryResponse>), ApiError> {
-    let uuid = path_id(&id, "delivery")?;
-    match state.store.retry_delivery(uuid).await? {
+    match state.store.retry_delivery(id).await? {
         RetryOutcome::Requeued(delivery) => {
             tracing::info!("delivery requeued by an operator");
             state.dispatch_wake.notify_one();
@@ -131,6 +132,6 @@ async fn retry(
         RetryOutcome::InFlight => Err(ApiError::Conflict(
             "an attempt of this delivery is running; retry once it has finished".into(),
         )),
-        RetryOutcome::NotFound => Err(ApiError::NotFound(format!("no delivery with id {id:?}"))),
+        RetryOutcome::NotFound => Err(ApiError::NotFound(format!("no delivery with id \"{id}\""))),
     }
 }

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -16,9 +15,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 use webhook_common::error_body::ErrorBody;
+use webhook_common::pagination::PageQuery;
+use webhook_common::request::{AppJson, AppPath, AppQuery};
 use webhook_common::{EventType, Secret};
 
-use super::{page_limit, parse_rfc3339, path_id, rfc3339, Page};
+use super::{parse_rfc3339, rfc3339, Page};
 use crate::domain::{Endpoint, EndpointPatch, NewEndpoint, DEFAULT_ROTATION_GRACE};
 use crate::error::ApiError;
 use crate::store::{now_ms, EndpointSecret};
@@ -183,17 +184,6 @@ pub struct RecoverResponse {
     pub more: bool,
 }
 
-/// Query of `GET /endpoints`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Page size, 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
-}
-
 type Fields = BTreeMap<String, Vec<String>>;
 
 fn complain(fields: &mut Fields, field: &str, message: impl Into<String>) {
@@ -276,9 +266,8 @@ fn check_description(description: Option<&str>, fields: &mut Fields) -> bool {
 #[tracing::instrument(skip_all, fields(endpoint_id))]
 async fn create_endpoint(
     State(state): State<AppState>,
-    body: Result<Json<CreateBody>, JsonRejection>,
+    AppJson(body): AppJson<CreateBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Json(body) = body?;
     let mut fields = Fields::new();
     let types = check_event_types(&body.event_types, &mut fields);
     let described = check_description(body.description.as_deref(), &mut fields);
@@ -317,21 +306,19 @@ async fn create_endpoint(
     get,
     path = "/endpoints",
     tag = "endpoints",
-    params(ListParams),
+    params(PageQuery),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of endpoints, oldest first", body = Page<EndpointResponse>),
-        (status = 400, description = "A bad query or a cursor this API did not issue", body = ErrorBody),
-        (status = 422, description = "`limit` is out of range", body = ErrorBody),
+        (status = 400, description = "A bad `limit` or a cursor this API did not issue (the body names it)", body = ErrorBody),
     )
 )]
 async fn list_endpoints(
     State(state): State<AppState>,
-    query: Result<Query<ListParams>, QueryRejection>,
+    AppQuery(page): AppQuery<PageQuery>,
 ) -> Result<Json<Page<EndpointResponse>>, ApiError> {
-    let Query(params) = query?;
-    let limit = page_limit(params.limit)?;
-    let after: Option<Uuid> = super::parse_cursor(params.cursor.as_deref(), "cursor")?;
+    let limit = page.limit()?;
+    let after = page.cursor(|c| c.parse::<Uuid>().ok())?;
     let endpoints = state.store.list_endpoints(after, limit + 1).await?;
     Ok(Json(Page::from_overfetched(
         endpoints,
@@ -341,14 +328,12 @@ async fn list_endpoints(
     )))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<(Uuid, Endpoint), ApiError> {
-    let uuid = path_id(id, "endpoint")?;
-    let endpoint = state
-        .store
-        .endpoint(uuid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
-    Ok((uuid, endpoint))
+async fn find(state: &AppState, id: Uuid) -> Result<Endpoint, ApiError> {
+    state.store.endpoint(id).await?.ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no endpoint with id \"{id}\""))
 }
 
 /// `GET /endpoints/{id}`.
@@ -360,14 +345,15 @@ async fn find(state: &AppState, id: &str) -> Result<(Uuid, Endpoint), ApiError> 
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The endpoint", body = EndpointResponse),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No endpoint with this id", body = ErrorBody),
     )
 )]
 async fn get_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<EndpointResponse>, ApiError> {
-    let (_, endpoint) = find(&state, &id).await?;
+    let endpoint = find(&state, id).await?;
     Ok(Json(EndpointResponse::from(&endpoint)))
 }
 
@@ -381,7 +367,7 @@ async fn get_endpoint(
     request_body(content = UpdateBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The endpoint, changed", body = EndpointResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or the id is not a UUID", body = ErrorBody),
         (status = 404, description = "No endpoint with this id", body = ErrorBody),
         (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
@@ -391,11 +377,9 @@ async fn get_endpoint(
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn update_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<UpdateBody>, JsonRejection>,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<UpdateBody>,
 ) -> Result<Json<EndpointResponse>, ApiError> {
-    let uuid = path_id(&id, "endpoint")?;
-    let Json(body) = body?;
     let mut fields = Fields::new();
     let event_types = match &body.event_types {
         Some(types) => check_event_types(types, &mut fields),
@@ -417,9 +401,9 @@ async fn update_endpoint(
     };
     let endpoint = state
         .store
-        .update_endpoint(uuid, &patch)
+        .update_endpoint(id, &patch)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+        .ok_or_else(|| not_found(id))?;
     tracing::info!(enabled = endpoint.enabled, "endpoint updated");
     if patch.enabled == Some(true) {
         // Deliveries held back while it was disabled are due now.
@@ -437,21 +421,21 @@ async fn update_endpoint(
     security(("admin_token" = [])),
     responses(
         (status = 204, description = "Deleted, with its deliveries and their attempts"),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No endpoint with this id", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn delete_endpoint(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let uuid = path_id(&id, "endpoint")?;
     if !state
         .store
-        .delete_endpoint(uuid, crate::store::DELETE_BATCH)
+        .delete_endpoint(id, crate::store::DELETE_BATCH)
         .await?
     {
-        return Err(ApiError::NotFound(format!("no endpoint with id {id:?}")));
+        return Err(not_found(id));
     }
     tracing::info!("endpoint deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -466,19 +450,19 @@ async fn delete_endpoint(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The endpoint's signing secret", body = SecretResponse),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No endpoint with this id", body = ErrorBody),
     )
 )]
 async fn get_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<SecretResponse>, ApiError> {
-    let uuid = path_id(&id, "endpoint")?;
     let secret = state
         .store
-        .endpoint_secret(uuid)
+        .endpoint_secret(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+        .ok_or_else(|| not_found(id))?;
     Ok(Json(secret.into()))
 }
 
@@ -493,7 +477,7 @@ async fn get_secret(
         description = "Optional: an empty body means the default grace period"),
     responses(
         (status = 200, description = "The new secret", body = SecretResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or the id is not a UUID", body = ErrorBody),
         (status = 404, description = "No endpoint with this id", body = ErrorBody),
         (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
         (status = 422, description = "Invalid fields (`error.fields` says which)", body = ErrorBody),
@@ -502,10 +486,9 @@ async fn get_secret(
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn rotate_secret(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
     body: Bytes,
 ) -> Result<Json<SecretResponse>, ApiError> {
-    let uuid = path_id(&id, "endpoint")?;
     // The body is optional, so an empty one (with or without a content type) means defaults.
     let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
         RotateBody::default()
@@ -527,9 +510,9 @@ async fn rotate_secret(
     let secret = Secret::generate();
     let rotated = state
         .store
-        .rotate_secret(uuid, &secret, grace)
+        .rotate_secret(id, &secret, grace)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id:?}")))?;
+        .ok_or_else(|| not_found(id))?;
     tracing::info!(grace_secs = grace.as_secs(), "endpoint secret rotated");
     Ok(Json(rotated.into()))
 }
@@ -544,7 +527,7 @@ async fn rotate_secret(
     request_body(content = RecoverBody, content_type = "application/json"),
     responses(
         (status = 200, description = "How many failed deliveries are due again", body = RecoverResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or the id is not a UUID", body = ErrorBody),
         (status = 404, description = "No endpoint with this id", body = ErrorBody),
         (status = 413, description = "The body is over `MAX_BODY_BYTES`", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`", body = ErrorBody),
@@ -554,11 +537,10 @@ async fn rotate_secret(
 #[tracing::instrument(skip_all, fields(endpoint_id = %id))]
 async fn recover(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Json<RecoverBody>, JsonRejection>,
+    AppPath(id): AppPath<Uuid>,
+    AppJson(body): AppJson<RecoverBody>,
 ) -> Result<Json<RecoverResponse>, ApiError> {
-    let (uuid, _) = find(&state, &id).await?;
-    let Json(body) = body?;
+    find(&state, id).await?;
     let mut fields = Fields::new();
     let since = parse_rfc3339(&body.since);
     if since.is_none() {
@@ -590,7 +572,7 @@ async fn recover(
     }
     let recovered = state
         .store
-        .recover_endpoint(uuid, since, until, MAX_RECOVER_PER_CALL)
+        .recover_endpoint(id, since, until, MAX_RECOVER_PER_CALL)
         .await?;
     tracing::info!(
         requeued = recovered.requeued,

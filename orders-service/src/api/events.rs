@@ -1,18 +1,19 @@
 //! Event history (admin): every event in commit order for receivers that missed some, and
 //! one event with its deliveries and their attempts.
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 use webhook_common::error_body::ErrorBody;
+use webhook_common::pagination;
+use webhook_common::request::{AppPath, AppQuery};
 use webhook_common::EventType;
 
 use super::deliveries::DeliveryResponse;
-use super::{page_limit, parse_cursor, path_id, rfc3339, Page};
+use super::{rfc3339, Page};
 use crate::domain::EventRecord;
 use crate::error::ApiError;
 use crate::AppState;
@@ -90,7 +91,9 @@ pub struct EventDetail {
     pub deliveries: Vec<DeliveryResponse>,
 }
 
-/// Query of `GET /events`.
+/// Query of `GET /events`: the pagination rule of `webhook_common::pagination`, with the
+/// cursor called `after` (it is also each event's `cursor`, so a receiver can resume after
+/// the last event it has) and a type filter.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
@@ -99,9 +102,9 @@ pub struct ListParams {
     /// Only events of this type.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
-    /// Page size, 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    pub limit: Option<String>,
 }
 
 /// `GET /events?after=&type=&limit=`: oldest first.
@@ -113,17 +116,16 @@ pub struct ListParams {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of events in commit order", body = Page<EventResponse>),
-        (status = 400, description = "A bad query or a cursor this API did not issue", body = ErrorBody),
-        (status = 422, description = "`limit` is out of range or `type` is unknown", body = ErrorBody),
+        (status = 400, description = "A bad `limit` or a cursor this API did not issue (the body names it)", body = ErrorBody),
+        (status = 422, description = "`type` is not a known event type", body = ErrorBody),
     )
 )]
 async fn list_events(
     State(state): State<AppState>,
-    query: Result<Query<ListParams>, QueryRejection>,
+    AppQuery(params): AppQuery<ListParams>,
 ) -> Result<Json<Page<EventResponse>>, ApiError> {
-    let Query(params) = query?;
-    let limit = page_limit(params.limit)?;
-    let after = parse_cursor::<u64>(params.after.as_deref(), "after")?
+    let limit = pagination::limit(params.limit.as_deref())?;
+    let after = pagination::cursor("after", params.after.as_deref(), |c| c.parse::<u64>().ok())?
         .map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
     let event_type = params
         .event_type
@@ -155,25 +157,25 @@ async fn list_events(
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The event with its deliveries and their latest attempts", body = EventDetail),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No event with this id", body = ErrorBody),
     )
 )]
 async fn get_event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<EventDetail>, ApiError> {
-    let uuid = path_id(&id, "event")?;
     let event = state
         .store
-        .event(uuid)
+        .event(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no event with id {id:?}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no event with id \"{id}\"")))?;
     // Bounded: one query per listed delivery, at most MAX_DELIVERIES_SHOWN of them.
-    let delivery_count = state.store.count_deliveries_for_event(uuid).await?;
+    let delivery_count = state.store.count_deliveries_for_event(id).await?;
     let mut deliveries = Vec::new();
     for delivery in state
         .store
-        .deliveries_for_event(uuid, MAX_DELIVERIES_SHOWN)
+        .deliveries_for_event(id, MAX_DELIVERIES_SHOWN)
         .await?
     {
         let attempts = state

@@ -16,11 +16,12 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
-/// Every management route as `(method, path template)`; each needs
+/// Every route behind the admin token as `(method, path template)`; each needs
 /// `Authorization: Bearer <ADMIN_TOKEN>`. The guard is one layer over the whole management
-/// router ([`admin::router`]), so a route added there is protected whether or not it is
-/// listed here; the list is what the tests and the docs walk through.
-pub const MANAGEMENT_ROUTES: [(&str, &str); 12] = [
+/// router ([`admin::router`]) and over `/metrics` ([`admin::metrics_router`]), so a route added
+/// there is protected whether or not it is listed here; the list is what the tests and the
+/// docs walk through.
+pub const MANAGEMENT_ROUTES: [(&str, &str); 13] = [
     // It lists every customer's email address.
     ("GET", "/orders"),
     ("POST", "/endpoints"),
@@ -34,12 +35,9 @@ pub const MANAGEMENT_ROUTES: [(&str, &str); 12] = [
     ("GET", "/events"),
     ("GET", "/events/{id}"),
     ("POST", "/deliveries/{id}/retry"),
+    // Prometheus text: outside the bound on requests in progress, but behind the token.
+    ("GET", "/metrics"),
 ];
-
-/// Default page size of the list routes.
-pub const DEFAULT_PAGE: u32 = 20;
-/// Largest page size of the list routes.
-pub const MAX_PAGE: u32 = 100;
 
 /// The shape every list route answers with.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -47,6 +45,7 @@ pub struct Page<T> {
     /// This page.
     pub items: Vec<T>,
     /// Pass it back (`cursor` or `after`, per route) for the next page; `null` on the last.
+    /// Page sizes and cursors follow `webhook_common::pagination`.
     pub next_cursor: Option<String>,
 }
 
@@ -73,33 +72,6 @@ impl<T> Page<T> {
     }
 }
 
-/// Parses an optional cursor query parameter named `name`; absent or empty means "from the
-/// start". Anything that does not parse is a 400: only cursors this API issued are valid.
-pub fn parse_cursor<C: std::str::FromStr>(
-    raw: Option<&str>,
-    name: &str,
-) -> Result<Option<C>, ApiError> {
-    raw.filter(|c| !c.is_empty())
-        .map(|c| {
-            c.parse::<C>()
-                .map_err(|_| ApiError::BadQuery(format!("{name} is not a cursor this API issued")))
-        })
-        .transpose()
-}
-
-/// Checks a `limit` query parameter.
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if (1..=MAX_PAGE).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::field(
-            "limit",
-            format!("must be from 1 to {MAX_PAGE}"),
-        ))
-    }
-}
-
 /// Unix milliseconds as RFC 3339.
 pub fn rfc3339(unix_ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
@@ -122,9 +94,4 @@ pub async fn no_route(uri: Uri) -> ApiError {
 /// 405 for a known path with a method it does not support.
 pub async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
-}
-
-/// Parses a path id; anything that is not a UUID cannot name a resource, so it is a 404.
-pub fn path_id(id: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no {what} with id {id:?}")))
 }

@@ -23,8 +23,7 @@
 use std::collections::BTreeMap;
 use tracing::Instrument as _;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +36,8 @@ use uuid::Uuid;
 use validator::ValidateEmail as _;
 use webhook_common::error_body::ErrorBody;
 use webhook_common::money::InvalidAmount;
+use webhook_common::pagination::PageQuery;
+use webhook_common::request::{AppJson, AppPath, AppQuery};
 use webhook_common::signing::new_message_id;
 use webhook_common::telemetry::TraceParent;
 use webhook_common::{Currency, Event, EventPayload, Money, OrderPaid, OrderPaymentFailed};
@@ -52,10 +53,6 @@ pub const MAX_QUANTITY: u64 = 1000;
 pub const MAX_PRICE_MAJOR: i64 = 1_000_000;
 /// Longest product name, in characters.
 pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
-/// Default page size of `GET /orders`.
-pub const DEFAULT_PAGE: u32 = super::DEFAULT_PAGE;
-/// Largest page size of `GET /orders`.
-pub const MAX_PAGE: u32 = super::MAX_PAGE;
 /// The reason given for a simulated declined payment.
 pub const DECLINED_REASON: &str = "card declined (simulated)";
 /// The request header that makes `POST /orders` safe to retry.
@@ -421,10 +418,9 @@ fn request_sha256(new: &NewOrder) -> String {
 async fn create_order(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<Box<RawValue>>, JsonRejection>,
+    AppJson(body): AppJson<Box<RawValue>>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let Json(body) = body?;
     let new = parse_new_order(&body)?;
     let answer = match place_order(&state, new, key).await? {
         Placed::Created { order, body } => {
@@ -627,28 +623,20 @@ async fn commit_and_hand_over(
     params(("id" = uuid::Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = OrderResponse),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
         (status = 404, description = "No order with this id", body = ErrorBody),
     )
 )]
 async fn get_order(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<Uuid>,
 ) -> Result<Json<OrderResponse>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no order with id {id:?}"));
-    let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let order = state.store.order(uuid).await?.ok_or_else(not_found)?;
+    let order = state
+        .store
+        .order(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no order with id \"{id}\"")))?;
     Ok(Json(OrderResponse::from(&order)))
-}
-
-/// Query of `GET /orders`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Page size, 1 to 100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<u32>,
 }
 
 /// `GET /orders?cursor=&limit=`: newest first.
@@ -656,21 +644,19 @@ pub struct ListParams {
     get,
     path = "/orders",
     tag = "orders",
-    params(ListParams),
+    params(PageQuery),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of orders, newest first", body = super::Page<OrderResponse>),
-        (status = 400, description = "A bad query or a cursor this API did not issue", body = ErrorBody),
-        (status = 422, description = "`limit` is out of range", body = ErrorBody),
+        (status = 400, description = "A bad `limit` or a cursor this API did not issue (the body names it)", body = ErrorBody),
     )
 )]
 async fn list_orders(
     State(state): State<AppState>,
-    query: Result<Query<ListParams>, QueryRejection>,
+    AppQuery(page): AppQuery<PageQuery>,
 ) -> Result<Json<OrderPage>, ApiError> {
-    let Query(params) = query?;
-    let limit = super::page_limit(params.limit)?;
-    let before: Option<Uuid> = super::parse_cursor(params.cursor.as_deref(), "cursor")?;
+    let limit = page.limit()?;
+    let before = page.cursor(|c| c.parse::<Uuid>().ok())?;
     let orders = state.store.list_orders(before, limit + 1).await?;
     Ok(Json(OrderPage::from_overfetched(
         orders,

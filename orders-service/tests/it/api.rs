@@ -284,17 +284,25 @@ async fn unknown_routes_and_methods_and_ids_answer_json() {
     assert!(allow.is_some_and(|a| a.contains("POST") && a.contains("GET")));
     assert_eq!(json_of(r).await["error"]["code"], "method_not_allowed");
 
-    for id in ["not-a-uuid".to_owned(), uuid::Uuid::now_v7().to_string()] {
+    // A well-formed id that names no order is a 404; one that is not a UUID is a 400 naming
+    // the parameter.
+    for (id, status, code) in [
+        (uuid::Uuid::now_v7().to_string(), 404, "not_found"),
+        ("not-a-uuid".to_owned(), 400, "invalid_path"),
+    ] {
         let r = app
             .http
             .get(app.url(&format!("/orders/{id}")))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 404);
+        assert_eq!(r.status(), status, "{id}");
         let v = json_of(r).await;
-        assert_eq!(v["error"]["code"], "not_found");
+        assert_eq!(v["error"]["code"], code);
         assert!(v["error"]["message"].as_str().unwrap().contains(&id));
+        if status == 400 {
+            assert!(v["error"]["fields"]["id"].is_array(), "{v}");
+        }
     }
     app.stop().await;
 }
@@ -334,20 +342,32 @@ async fn orders_are_listed_newest_first_in_pages_without_gaps_or_repeats() {
 #[tokio::test]
 async fn bad_list_parameters_are_client_errors() {
     let app = app().await;
-    for (query, status) in [
-        ("limit=0", 422),
-        ("limit=101", 422),
-        ("limit=abc", 400),
-        ("cursor=zzz", 400),
+    for (query, parameter) in [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1&limit=2", "limit"),
+        ("cursor=zzz", "cursor"),
     ] {
         let r = app
             .admin(reqwest::Method::GET, &format!("/orders?{query}"))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), status, "{query}");
-        assert!(json_of(r).await["error"]["message"].is_string());
+        assert_eq!(r.status(), 400, "{query}");
+        let body = json_of(r).await;
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}: {body}");
+        assert!(
+            body["error"]["fields"][parameter].is_array(),
+            "{query}: {body}"
+        );
     }
+    let r = app
+        .admin(reqwest::Method::GET, "/orders?limit=200")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     app.stop().await;
 }
 

@@ -117,12 +117,18 @@ async fn endpoints_can_be_created_listed_read_updated_and_deleted() {
         (Method::DELETE, format!("/endpoints/{id}")),
         (Method::GET, format!("/endpoints/{id}/secret")),
         (Method::POST, format!("/endpoints/{id}/rotate-secret")),
-        (Method::GET, "/endpoints/not-a-uuid".to_owned()),
     ] {
         let (status, body) = app.admin_json(method, &path, None).await;
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["error"]["code"], "not_found");
     }
+    // Not a UUID: malformed, so a 400 naming the parameter rather than a 404.
+    let (status, body) = app
+        .admin_json(Method::GET, "/endpoints/not-a-uuid", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_path");
+    assert!(body["error"]["fields"]["id"].is_array(), "{body}");
     app.stop().await;
 }
 
@@ -256,11 +262,13 @@ async fn bad_subscriptions_are_refused_with_a_422_naming_the_field() {
     let (status, _) = app.admin_json(Method::GET, "/events?after=abc", None).await;
     assert_eq!(status, 400);
     let (status, _) = app.admin_json(Method::GET, "/events?limit=0", None).await;
-    assert_eq!(status, 422);
-    let (status, _) = app
-        .admin_json(Method::GET, "/endpoints?limit=101", None)
+    assert_eq!(status, 400);
+    let (status, body) = app
+        .admin_json(Method::GET, "/endpoints?limit=201", None)
         .await;
-    assert_eq!(status, 422);
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_query");
+    assert!(body["error"]["fields"]["limit"].is_array(), "{body}");
     // Nothing was half-applied.
     let (_, unchanged) = app.admin_json(Method::GET, &path, None).await;
     assert_eq!(unchanged["event_types"], json!(["order.paid"]));

@@ -37,11 +37,12 @@ async fn a_delivered_event_can_be_redelivered_with_the_same_webhook_id() {
     .await;
     assert_eq!(app.attempts(done.id).await.len(), 2);
 
-    for id in [Uuid::now_v7().to_string(), "nope".to_owned()] {
+    // An id that names nothing is a 404; one that is not a UUID, a 400 naming it.
+    for (id, expected) in [(Uuid::now_v7().to_string(), 404), ("nope".to_owned(), 400)] {
         let (status, body) = app
             .admin_json(Method::POST, &format!("/deliveries/{id}/retry"), None)
             .await;
-        assert_eq!(status, 404, "{body}");
+        assert_eq!(status, expected, "{body}");
     }
     app.stop().await;
 }
