@@ -10,6 +10,11 @@
 //! error: it deserialises to [`EventPayload::Unknown`] with its `data` kept as raw JSON, so a
 //! receiver can acknowledge (and record) it instead of rejecting it. That lets a sender add event
 //! types without breaking older receivers.
+//!
+//! The rules of one order ([`MAX_QUANTITY`], [`product_name_is_valid`], [`unit_price_is_valid`],
+//! [`customer_email_is_valid`], [`order_total`], ...) are defined here, once: the orders API
+//! checks a request with them and `data` is validated with them, so every order the API
+//! accepts makes an event that validates.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,7 +24,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
-use validator::{Validate, ValidationError, ValidationErrors};
+use validator::{Validate, ValidateEmail as _, ValidationError, ValidationErrors};
 
 use crate::money::{Currency, Money};
 
@@ -75,16 +80,13 @@ pub struct OrderPaid {
     /// The order's id.
     pub order_id: Uuid,
     /// Where the confirmation goes.
-    #[validate(
-        email(message = "must be a valid email address"),
-        length(max = 254, message = "must be at most 254 characters")
-    )]
+    #[validate(custom(function = "validate_customer_email"))]
     pub customer_email: String,
     /// What was bought.
     #[validate(custom(function = "validate_product_name"))]
     pub product_name: String,
-    /// How many items; at least 1.
-    #[validate(range(min = 1, max = 1_000_000, message = "must be between 1 and 1000000"))]
+    /// How many items: 1 to [`MAX_QUANTITY`].
+    #[validate(custom(function = "validate_quantity"))]
     pub quantity: u32,
     /// Total charged, in the currency's minor units (cents); never negative.
     #[validate(range(min = 0, message = "must not be negative"))]
@@ -99,10 +101,7 @@ pub struct OrderPaymentFailed {
     /// The order's id.
     pub order_id: Uuid,
     /// Where the notice goes.
-    #[validate(
-        email(message = "must be a valid email address"),
-        length(max = 254, message = "must be at most 254 characters")
-    )]
+    #[validate(custom(function = "validate_customer_email"))]
     pub customer_email: String,
     /// What was to be bought.
     #[validate(custom(function = "validate_product_name"))]
@@ -131,20 +130,107 @@ impl OrderPaymentFailed {
     }
 }
 
+fn field_error(code: &'static str, message: String) -> ValidationError {
+    ValidationError::new(code).with_message(message.into())
+}
+
 fn validate_product_name(name: &str) -> Result<(), ValidationError> {
-    let trimmed = name.trim();
-    let chars = trimmed.chars().count();
-    if chars == 0 || chars > 200 || trimmed.len() != name.len() {
-        let mut err = ValidationError::new("product_name");
-        err.message = Some("must be 1 to 200 characters without leading or trailing spaces".into());
-        return Err(err);
+    if product_name_is_valid(name) {
+        Ok(())
+    } else {
+        Err(field_error("product_name", product_name_rule()))
     }
-    if name.chars().any(char::is_control) {
-        let mut err = ValidationError::new("product_name");
-        err.message = Some("must not contain control characters".into());
-        return Err(err);
+}
+
+fn validate_quantity(quantity: u32) -> Result<(), ValidationError> {
+    if quantity_is_valid(u64::from(quantity)) {
+        Ok(())
+    } else {
+        Err(field_error("quantity", quantity_rule()))
     }
-    Ok(())
+}
+
+fn validate_customer_email(email: &str) -> Result<(), ValidationError> {
+    if customer_email_is_valid(email) {
+        Ok(())
+    } else {
+        Err(field_error("customer_email", customer_email_rule()))
+    }
+}
+
+// The rules of one order, defined once: `POST /orders` checks a request with them and the
+// event contract validates `data` with them, so what the API accepts and what a receiver
+// accepts cannot drift apart. There is one bound per rule, not a stricter one for the API
+// and a more lenient one for the event: the orders service is the only producer of these
+// events, and a receiver that accepted more than any order can hold would only widen what
+// it has to be ready for (a third-party producer follows the same published limits).
+
+/// Most items in one order (and in the `quantity` of `order.paid`). The number README and
+/// the OpenAPI document show users.
+pub const MAX_QUANTITY: u32 = 1_000;
+/// Longest product name, in characters.
+pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
+/// Longest customer email address, in bytes (RFC 5321's path limit): the field error says
+/// "characters", which it is for the ASCII addresses nearly everyone has.
+pub const MAX_CUSTOMER_EMAIL_LEN: usize = 254;
+/// Highest price of one item, in major units (so the highest total is
+/// `MAX_QUANTITY × MAX_UNIT_PRICE_MAJOR`, which fits `i64` minor units in every currency).
+pub const MAX_UNIT_PRICE_MAJOR: i64 = 1_000_000;
+
+/// Whether `name` is a product name: 1 to [`MAX_PRODUCT_NAME_CHARS`] characters, without
+/// leading or trailing whitespace or control characters.
+pub fn product_name_is_valid(name: &str) -> bool {
+    let chars = name.chars().count();
+    (1..=MAX_PRODUCT_NAME_CHARS).contains(&chars)
+        && name.trim() == name
+        && !name.chars().any(char::is_control)
+}
+
+/// What a product name must be, as a field error says it.
+pub fn product_name_rule() -> String {
+    format!(
+        "must be 1 to {MAX_PRODUCT_NAME_CHARS} characters without leading or trailing spaces \
+         or control characters"
+    )
+}
+
+/// Whether `quantity` is 1 to [`MAX_QUANTITY`]. Takes a `u64` so that the API can check a
+/// JSON number before narrowing it.
+pub fn quantity_is_valid(quantity: u64) -> bool {
+    (1..=u64::from(MAX_QUANTITY)).contains(&quantity)
+}
+
+/// What a quantity must be, as a field error says it.
+pub fn quantity_rule() -> String {
+    format!("must be a whole number from 1 to {MAX_QUANTITY}")
+}
+
+/// Whether `email` is an email address of at most [`MAX_CUSTOMER_EMAIL_LEN`] bytes.
+pub fn customer_email_is_valid(email: &str) -> bool {
+    email.len() <= MAX_CUSTOMER_EMAIL_LEN && email.validate_email()
+}
+
+/// What a customer email must be, as a field error says it.
+pub fn customer_email_rule() -> String {
+    format!("must be a valid email address of at most {MAX_CUSTOMER_EMAIL_LEN} characters")
+}
+
+/// Whether `price` is a price of one item: more than 0 and at most [`MAX_UNIT_PRICE_MAJOR`]
+/// in its currency.
+pub fn unit_price_is_valid(price: Money) -> bool {
+    let scale = 10_i64.pow(price.currency.minor_unit_exponent());
+    price.minor_units > 0 && price.minor_units <= MAX_UNIT_PRICE_MAJOR.saturating_mul(scale)
+}
+
+/// What a price of one item must be, as a field error says it.
+pub fn unit_price_rule() -> String {
+    format!("must be more than 0 and at most {MAX_UNIT_PRICE_MAJOR}")
+}
+
+/// The total of an order, `unit_price × quantity`, exact; `None` on overflow (which valid
+/// prices and quantities never reach).
+pub fn order_total(unit_price: Money, quantity: u32) -> Option<Money> {
+    unit_price.checked_mul(i64::from(quantity))
 }
 
 /// The typed `data` of an event, selected by its `type`.
@@ -423,6 +509,43 @@ mod tests {
         let fields = crate::error_body::field_errors(&errors);
         assert!(fields.contains_key("data.reason"), "{fields:?}");
         assert!(fields.contains_key("data.product_name"), "{fields:?}");
+    }
+
+    #[test]
+    fn the_event_contract_takes_each_order_rule_up_to_its_bound_and_no_further() {
+        let mut at_bounds = paid();
+        at_bounds.quantity = MAX_QUANTITY;
+        at_bounds.product_name = "x".repeat(MAX_PRODUCT_NAME_CHARS);
+        let price = Money::new(MAX_UNIT_PRICE_MAJOR * 100, Currency::EUR);
+        assert!(unit_price_is_valid(price));
+        let total = order_total(price, MAX_QUANTITY).expect("the largest total fits i64");
+        at_bounds.amount = total.minor_units;
+        assert_eq!(at_bounds.validate(), Ok(()));
+
+        let mut past = at_bounds.clone();
+        past.quantity = MAX_QUANTITY + 1;
+        past.product_name.push('x');
+        let errors = past.validate().unwrap_err();
+        let fields = crate::error_body::field_errors(&errors);
+        assert_eq!(fields["quantity"], [quantity_rule()]);
+        assert_eq!(fields["product_name"], [product_name_rule()]);
+        assert!(!quantity_is_valid(u64::from(MAX_QUANTITY) + 1));
+        assert!(!unit_price_is_valid(Money::new(
+            price.minor_units + 1,
+            Currency::EUR
+        )));
+        assert!(!unit_price_is_valid(Money::new(0, Currency::EUR)));
+    }
+
+    #[test]
+    fn the_largest_order_total_fits_every_currency() {
+        for code in ["JPY", "EUR", "KWD", "CLF"] {
+            let currency: Currency = code.parse().unwrap();
+            let scale = 10_i64.pow(currency.minor_unit_exponent());
+            let price = Money::new(MAX_UNIT_PRICE_MAJOR * scale, currency);
+            assert!(unit_price_is_valid(price), "{code}");
+            assert!(order_total(price, MAX_QUANTITY).is_some(), "{code}");
+        }
     }
 
     #[test]

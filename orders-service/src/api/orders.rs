@@ -33,8 +33,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
-use validator::ValidateEmail as _;
 use webhook_common::error_body::ErrorBody;
+use webhook_common::event;
 use webhook_common::money::InvalidAmount;
 use webhook_common::pagination::PageQuery;
 use webhook_common::request::{AppJson, AppPath, AppQuery};
@@ -47,12 +47,6 @@ use crate::error::ApiError;
 use crate::store::idempotency::{IdempotencyKey, KeyedOrder, StoredAnswer};
 use crate::AppState;
 
-/// Most items in one order.
-pub const MAX_QUANTITY: u64 = 1000;
-/// Highest price of one item, in major units.
-pub const MAX_PRICE_MAJOR: i64 = 1_000_000;
-/// Longest product name, in characters.
-pub const MAX_PRODUCT_NAME_CHARS: usize = 200;
 /// The reason given for a simulated declined payment.
 pub const DECLINED_REASON: &str = "card declined (simulated)";
 /// The request header that makes `POST /orders` safe to retry.
@@ -169,172 +163,22 @@ fn take_string(body: &Map<String, Value>, field: &str, fields: &mut Fields) -> O
 }
 
 /// Checks every field and reports all problems at once. Takes the raw body so that a price
-/// given as a number is read from its literal digits.
+/// given as a number is read from its literal digits. The rules themselves are the event
+/// contract's ([`webhook_common::event`]), so an order accepted here makes a valid event.
 fn parse_new_order(raw: &RawValue) -> Result<NewOrder, ApiError> {
-    let not_object = || ApiError::BadBody {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        message: "the request body must be a JSON object".into(),
-    };
-    let body: Map<String, Value> = serde_json::from_str(raw.get()).map_err(|_| not_object())?;
-    // The same object again, each value as its source text. A duplicated key keeps its last
-    // value in both maps.
-    let raw_fields: BTreeMap<String, &RawValue> =
-        serde_json::from_str(raw.get()).map_err(|_| not_object())?;
+    let body = RawBody::parse(raw)?;
     let mut fields = Fields::new();
-    for key in body.keys() {
-        if !KNOWN_FIELDS.contains(&key.as_str()) {
-            complain(
-                &mut fields,
-                key,
-                format!(
-                    "is not a known field; known fields are {}",
-                    KNOWN_FIELDS.join(", ")
-                ),
-            );
-        }
-    }
-
-    let product_name = take_string(&body, "product_name", &mut fields).filter(|name| {
-        let chars = name.chars().count();
-        let ok = chars > 0 && chars <= MAX_PRODUCT_NAME_CHARS && name.trim() == name && !name.chars().any(char::is_control);
-        if !ok {
-            complain(
-                &mut fields,
-                "product_name",
-                format!("must be 1 to {MAX_PRODUCT_NAME_CHARS} characters without leading or trailing spaces or control characters"),
-            );
-        }
-        ok
-    });
-
-    let quantity = match body.get("quantity") {
-        None | Some(Value::Null) => {
-            complain(&mut fields, "quantity", "is required");
-            None
-        }
-        Some(Value::Number(n)) => match n.as_u64().filter(|q| (1..=MAX_QUANTITY).contains(q)) {
-            Some(q) => u32::try_from(q).ok(),
-            None => {
-                complain(
-                    &mut fields,
-                    "quantity",
-                    format!("must be a whole number from 1 to {MAX_QUANTITY}"),
-                );
-                None
-            }
-        },
-        Some(_) => {
-            complain(&mut fields, "quantity", "must be a number");
-            None
-        }
-    };
-
-    let currency = match body.get("currency") {
-        None | Some(Value::Null) => Some(Currency::EUR),
-        Some(Value::String(s)) => match s.parse::<Currency>() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                complain(&mut fields, "currency", e.to_string());
-                None
-            }
-        },
-        Some(_) => {
-            complain(&mut fields, "currency", "must be a string such as \"EUR\"");
-            None
-        }
-    };
-
-    let price_text = match body.get("price_per_item") {
-        None | Some(Value::Null) => {
-            complain(&mut fields, "price_per_item", "is required");
-            None
-        }
-        // The number's literal text, not the f64 serde_json made of it: "12.5000000000000001"
-        // must be refused as too precise, not rounded to 12.50.
-        Some(Value::Number(_)) => {
-            let text = raw_fields
-                .get("price_per_item")
-                .map(|r| r.get().trim().to_owned())
-                .unwrap_or_default();
-            if text.contains(['e', 'E']) {
-                complain(
-                    &mut fields,
-                    "price_per_item",
-                    "must be written without an exponent, e.g. 100 or 12.50",
-                );
-                None
-            } else {
-                Some(text)
-            }
-        }
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            complain(
-                &mut fields,
-                "price_per_item",
-                "must be a number or a decimal string such as \"12.50\"",
-            );
-            None
-        }
-    };
+    complain_of_unknown_fields(&body.values, &mut fields);
+    let product_name = parse_product_name(&body.values, &mut fields);
+    let quantity = parse_quantity(&body.values, &mut fields);
+    let currency = parse_currency(&body.values, &mut fields);
+    let price_text = parse_price_text(&body, &mut fields);
     let unit_price = match (price_text, currency) {
-        (Some(text), Some(currency)) => match Money::parse_major(&text, currency) {
-            Ok(price) => {
-                let max =
-                    MAX_PRICE_MAJOR.saturating_mul(10_i64.pow(currency.minor_unit_exponent()));
-                if price.minor_units <= 0 || price.minor_units > max {
-                    complain(
-                        &mut fields,
-                        "price_per_item",
-                        format!("must be more than 0 and at most {MAX_PRICE_MAJOR}"),
-                    );
-                    None
-                } else {
-                    Some(price)
-                }
-            }
-            Err(InvalidAmount::TooLarge) => {
-                complain(
-                    &mut fields,
-                    "price_per_item",
-                    format!("must be more than 0 and at most {MAX_PRICE_MAJOR}"),
-                );
-                None
-            }
-            Err(e) => {
-                complain(&mut fields, "price_per_item", e.to_string());
-                None
-            }
-        },
+        (Some(text), Some(currency)) => parse_unit_price(&text, currency, &mut fields),
         _ => None,
     };
-
-    let customer_email = take_string(&body, "customer_email", &mut fields).filter(|email| {
-        let ok = email.len() <= 254 && email.validate_email();
-        if !ok {
-            complain(
-                &mut fields,
-                "customer_email",
-                "must be a valid email address of at most 254 characters",
-            );
-        }
-        ok
-    });
-
-    let declined = match body.get("simulate_payment") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(s)) if s == "approved" => false,
-        Some(Value::String(s)) if s == "declined" => true,
-        Some(_) => {
-            complain(
-                &mut fields,
-                "simulate_payment",
-                "must be \"approved\" or \"declined\"",
-            );
-            false
-        }
-    };
-
+    let customer_email = parse_customer_email(&body.values, &mut fields);
+    let declined = parse_simulate_payment(&body.values, &mut fields);
     match (product_name, quantity, unit_price, customer_email) {
         (Some(product_name), Some(quantity), Some(unit_price), Some(customer_email))
             if fields.is_empty() =>
@@ -348,6 +192,167 @@ fn parse_new_order(raw: &RawValue) -> Result<NewOrder, ApiError> {
             })
         }
         _ => Err(ApiError::Validation(fields)),
+    }
+}
+
+/// A `POST /orders` body that is a JSON object, read twice.
+struct RawBody<'a> {
+    /// Each field's value.
+    values: Map<String, Value>,
+    /// Each field's source text, for reading a price's literal digits. A duplicated key
+    /// keeps its last value here as in `values`.
+    texts: BTreeMap<String, &'a RawValue>,
+}
+
+impl<'a> RawBody<'a> {
+    fn parse(raw: &'a RawValue) -> Result<Self, ApiError> {
+        let not_object = || ApiError::BadBody {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: "the request body must be a JSON object".into(),
+        };
+        Ok(RawBody {
+            values: serde_json::from_str(raw.get()).map_err(|_| not_object())?,
+            texts: serde_json::from_str(raw.get()).map_err(|_| not_object())?,
+        })
+    }
+}
+
+fn complain_of_unknown_fields(body: &Map<String, Value>, fields: &mut Fields) {
+    for key in body.keys() {
+        if !KNOWN_FIELDS.contains(&key.as_str()) {
+            complain(
+                fields,
+                key,
+                format!(
+                    "is not a known field; known fields are {}",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn parse_product_name(body: &Map<String, Value>, fields: &mut Fields) -> Option<String> {
+    let name = take_string(body, "product_name", fields)?;
+    if !event::product_name_is_valid(&name) {
+        complain(fields, "product_name", event::product_name_rule());
+        return None;
+    }
+    Some(name)
+}
+
+fn parse_quantity(body: &Map<String, Value>, fields: &mut Fields) -> Option<u32> {
+    match body.get("quantity") {
+        None | Some(Value::Null) => {
+            complain(fields, "quantity", "is required");
+            None
+        }
+        Some(Value::Number(n)) => match n.as_u64().filter(|q| event::quantity_is_valid(*q)) {
+            Some(q) => u32::try_from(q).ok(),
+            None => {
+                complain(fields, "quantity", event::quantity_rule());
+                None
+            }
+        },
+        Some(_) => {
+            complain(fields, "quantity", "must be a number");
+            None
+        }
+    }
+}
+
+fn parse_currency(body: &Map<String, Value>, fields: &mut Fields) -> Option<Currency> {
+    match body.get("currency") {
+        None | Some(Value::Null) => Some(Currency::EUR),
+        Some(Value::String(s)) => match s.parse::<Currency>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                complain(fields, "currency", e.to_string());
+                None
+            }
+        },
+        Some(_) => {
+            complain(fields, "currency", "must be a string such as \"EUR\"");
+            None
+        }
+    }
+}
+
+/// The price as decimal text: a string as given, a number as its literal digits.
+fn parse_price_text(body: &RawBody<'_>, fields: &mut Fields) -> Option<String> {
+    match body.values.get("price_per_item") {
+        None | Some(Value::Null) => {
+            complain(fields, "price_per_item", "is required");
+            None
+        }
+        // The number's literal text, not the f64 serde_json made of it: "12.5000000000000001"
+        // must be refused as too precise, not rounded to 12.50.
+        Some(Value::Number(_)) => {
+            let text = body
+                .texts
+                .get("price_per_item")
+                .map(|r| r.get().trim().to_owned())
+                .unwrap_or_default();
+            if text.contains(['e', 'E']) {
+                complain(
+                    fields,
+                    "price_per_item",
+                    "must be written without an exponent, e.g. 100 or 12.50",
+                );
+                None
+            } else {
+                Some(text)
+            }
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            complain(
+                fields,
+                "price_per_item",
+                "must be a number or a decimal string such as \"12.50\"",
+            );
+            None
+        }
+    }
+}
+
+fn parse_unit_price(text: &str, currency: Currency, fields: &mut Fields) -> Option<Money> {
+    match Money::parse_major(text, currency) {
+        Ok(price) if event::unit_price_is_valid(price) => Some(price),
+        Ok(_) | Err(InvalidAmount::TooLarge) => {
+            complain(fields, "price_per_item", event::unit_price_rule());
+            None
+        }
+        Err(e) => {
+            complain(fields, "price_per_item", e.to_string());
+            None
+        }
+    }
+}
+
+fn parse_customer_email(body: &Map<String, Value>, fields: &mut Fields) -> Option<String> {
+    let email = take_string(body, "customer_email", fields)?;
+    if !event::customer_email_is_valid(&email) {
+        complain(fields, "customer_email", event::customer_email_rule());
+        return None;
+    }
+    Some(email)
+}
+
+/// Whether the simulated payment is to be declined.
+fn parse_simulate_payment(body: &Map<String, Value>, fields: &mut Fields) -> bool {
+    match body.get("simulate_payment") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "approved" => false,
+        Some(Value::String(s)) if s == "declined" => true,
+        Some(_) => {
+            complain(
+                fields,
+                "simulate_payment",
+                "must be \"approved\" or \"declined\"",
+            );
+            false
+        }
     }
 }
 
@@ -480,20 +485,46 @@ enum Placed {
     Replayed(StoredAnswer),
 }
 
-/// Simulates the payment, writes order + event + deliveries atomically (with the request's
-/// `Idempotency-Key`, if any, checked and stored in the same write), wakes the dispatcher.
-async fn place_order(
-    state: &AppState,
-    new: NewOrder,
-    key: Option<String>,
-) -> Result<Placed, ApiError> {
-    let request_sha256 = key.as_ref().map(|_| request_sha256(&new));
-    let total = new
-        .unit_price
-        .checked_mul(i64::from(new.quantity))
+/// The order a valid request makes, with its (simulated) payment decided, and the event it
+/// produces, ready for the outbox.
+fn order_and_event(new: NewOrder) -> Result<(Order, NewEvent), ApiError> {
+    let total = event::order_total(new.unit_price, new.quantity)
         .ok_or_else(|| ApiError::field("price_per_item", "price × quantity is too large"))?;
     let id = Uuid::now_v7();
-    let payload = if new.declined {
+    let event = Event::now(event_payload(id, &new, total));
+    let created_at =
+        i64::try_from(event.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let event_id = Uuid::now_v7();
+    let outbox = NewEvent {
+        id: event_id,
+        msg_id: new_message_id(),
+        event_type: event.type_name().to_owned(),
+        order_id: Some(id),
+        payload: event.to_json_bytes(),
+        created_at,
+    };
+    let order = Order {
+        id,
+        event_id: Some(event_id),
+        product_name: new.product_name,
+        quantity: new.quantity,
+        unit_price: new.unit_price,
+        total,
+        customer_email: new.customer_email,
+        status: if new.declined {
+            OrderStatus::PaymentFailed
+        } else {
+            OrderStatus::Paid
+        },
+        failure_reason: new.declined.then(|| DECLINED_REASON.to_owned()),
+        created_at,
+    };
+    Ok((order, outbox))
+}
+
+/// The `data` of the event that order `id` produces.
+fn event_payload(id: Uuid, new: &NewOrder, total: Money) -> EventPayload {
+    if new.declined {
         EventPayload::OrderPaymentFailed(OrderPaymentFailed {
             order_id: id,
             customer_email: new.customer_email.clone(),
@@ -511,35 +542,18 @@ async fn place_order(
             amount: total.minor_units,
             currency: total.currency,
         })
-    };
-    let event = Event::now(payload);
-    let created_at =
-        i64::try_from(event.timestamp.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let event_id = Uuid::now_v7();
-    let order = Order {
-        id,
-        event_id: Some(event_id),
-        product_name: new.product_name,
-        quantity: new.quantity,
-        unit_price: new.unit_price,
-        total,
-        customer_email: new.customer_email,
-        status: if new.declined {
-            OrderStatus::PaymentFailed
-        } else {
-            OrderStatus::Paid
-        },
-        failure_reason: new.declined.then(|| DECLINED_REASON.to_owned()),
-        created_at,
-    };
-    let outbox = NewEvent {
-        id: event_id,
-        msg_id: new_message_id(),
-        event_type: event.type_name().to_owned(),
-        order_id: Some(id),
-        payload: event.to_json_bytes(),
-        created_at,
-    };
+    }
+}
+
+/// Simulates the payment, writes order + event + deliveries atomically (with the request's
+/// `Idempotency-Key`, if any, checked and stored in the same write), wakes the dispatcher.
+async fn place_order(
+    state: &AppState,
+    new: NewOrder,
+    key: Option<String>,
+) -> Result<Placed, ApiError> {
+    let request_sha256 = key.as_ref().map(|_| request_sha256(&new));
+    let (order, outbox) = order_and_event(new)?;
     // The answer is made before the write, so that the write can store it under the key.
     let body = serde_json::to_string(&OrderResponse::from(&order))
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising the order: {e}")))?;
@@ -664,4 +678,167 @@ async fn list_orders(
         |o| o.id.to_string(),
         |o| OrderResponse::from(o),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use validator::Validate as _;
+
+    /// A valid address of exactly `MAX_CUSTOMER_EMAIL_LEN` bytes.
+    fn longest_email() -> String {
+        let local = "a".repeat(64);
+        let host = format!("{}.{}.", "b".repeat(63), "c".repeat(63));
+        let tld_len = event::MAX_CUSTOMER_EMAIL_LEN - local.len() - 1 - host.len();
+        format!("{local}@{host}{}", "d".repeat(tld_len))
+    }
+
+    /// An order at every upper bound the API documents.
+    fn largest_order(currency: &str, declined: bool) -> serde_json::Value {
+        serde_json::json!({
+            "product_name": "x".repeat(event::MAX_PRODUCT_NAME_CHARS),
+            "quantity": event::MAX_QUANTITY,
+            "price_per_item": event::MAX_UNIT_PRICE_MAJOR.to_string(),
+            "customer_email": longest_email(),
+            "currency": currency,
+            "simulate_payment": if declined { "declined" } else { "approved" },
+        })
+    }
+
+    fn parse(body: &serde_json::Value) -> Result<NewOrder, Fields> {
+        let raw = serde_json::value::to_raw_value(body).unwrap();
+        match parse_new_order(&raw) {
+            Ok(new) => Ok(new),
+            Err(ApiError::Validation(fields)) => Err(fields),
+            Err(other) => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    /// The event a valid body makes, read back from the outbox bytes as a receiver would.
+    fn event_of(body: &serde_json::Value) -> Event {
+        let Ok(new) = parse(body) else {
+            panic!("{body} was refused");
+        };
+        let (_, outbox) = order_and_event(new).unwrap();
+        serde_json::from_slice(&outbox.payload).unwrap()
+    }
+
+    #[test]
+    fn an_order_at_every_api_maximum_makes_an_event_that_validates() {
+        // CLF has four decimals: the largest total in minor units of any currency.
+        for currency in ["EUR", "JPY", "CLF"] {
+            for declined in [false, true] {
+                let event = event_of(&largest_order(currency, declined));
+                assert_eq!(event.validate(), Ok(()), "{currency}, declined: {declined}");
+            }
+        }
+        let EventPayload::OrderPaid(paid) = event_of(&largest_order("EUR", false)).payload else {
+            panic!("an approved order makes order.paid");
+        };
+        assert_eq!(paid.quantity, event::MAX_QUANTITY);
+        assert_eq!(
+            paid.amount,
+            1_000_000 * 100 * i64::from(event::MAX_QUANTITY)
+        );
+    }
+
+    #[test]
+    fn one_past_each_bound_is_refused_by_the_api_and_the_event_contract_alike() {
+        let mut body = largest_order("EUR", false);
+        body["quantity"] = (event::MAX_QUANTITY + 1).into();
+        body["product_name"] = "x".repeat(event::MAX_PRODUCT_NAME_CHARS + 1).into();
+        body["customer_email"] = format!("a{}", longest_email()).into();
+        let fields = parse(&body)
+            .err()
+            .expect("every field is one past its bound");
+        let api: Vec<_> = fields.keys().map(String::as_str).collect();
+        assert_eq!(api, ["customer_email", "product_name", "quantity"]);
+
+        let EventPayload::OrderPaid(mut paid) = event_of(&largest_order("EUR", false)).payload
+        else {
+            panic!("an approved order makes order.paid");
+        };
+        paid.quantity = event::MAX_QUANTITY + 1;
+        paid.product_name = "x".repeat(event::MAX_PRODUCT_NAME_CHARS + 1);
+        paid.customer_email = format!("a{}", longest_email());
+        let errors = paid.validate().unwrap_err();
+        let contract = webhook_common::error_body::field_errors(&errors);
+        let contract: Vec<_> = contract.keys().map(String::as_str).collect();
+        assert_eq!(
+            contract, api,
+            "the API and the event contract drifted apart"
+        );
+    }
+
+    #[test]
+    fn field_errors_keep_their_published_wording() {
+        let mut body = largest_order("EUR", false);
+        body["quantity"] = 0.into();
+        body["product_name"] = " padded".into();
+        body["customer_email"] = "not-an-email".into();
+        body["price_per_item"] = "1000000.01".into();
+        let fields = parse(&body).err().expect("four bad fields");
+        let first = |field: &str| fields[field][0].as_str();
+        assert_eq!(first("quantity"), "must be a whole number from 1 to 1000");
+        assert_eq!(
+            first("product_name"),
+            "must be 1 to 200 characters without leading or trailing spaces or control characters"
+        );
+        assert_eq!(
+            first("customer_email"),
+            "must be a valid email address of at most 254 characters"
+        );
+        assert_eq!(
+            first("price_per_item"),
+            "must be more than 0 and at most 1000000"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_and_readme_show_the_shared_bounds() {
+        let doc = serde_json::to_value(crate::api::openapi::document()).unwrap();
+        let body = &doc["components"]["schemas"]["NewOrderBody"]["properties"];
+        assert_eq!(body["quantity"]["maximum"], event::MAX_QUANTITY, "{body}");
+        assert_eq!(
+            body["product_name"]["maxLength"],
+            event::MAX_PRODUCT_NAME_CHARS,
+            "{body}"
+        );
+        assert_eq!(
+            body["customer_email"]["maxLength"],
+            event::MAX_CUSTOMER_EMAIL_LEN,
+            "{body}"
+        );
+        let described = |field: &str, text: String| {
+            let description = body[field]["description"].as_str().unwrap_or_default();
+            assert!(description.contains(&text), "{field}: {description:?}");
+        };
+        described("quantity", format!("1 to {}", event::MAX_QUANTITY));
+        described(
+            "product_name",
+            format!("1 to {} characters", event::MAX_PRODUCT_NAME_CHARS),
+        );
+        described(
+            "customer_email",
+            format!("at most {} characters", event::MAX_CUSTOMER_EMAIL_LEN),
+        );
+        // `price_per_item` (a `schema_with` schema) has no description in the document, so
+        // its bound is checked where it is written for users: README.
+        let readme = include_str!("../../../README.md");
+        let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+        for limit in [
+            format!(
+                "`product_name` (1 to {} characters)",
+                event::MAX_PRODUCT_NAME_CHARS
+            ),
+            format!("`quantity` (1 to {})", event::MAX_QUANTITY),
+            format!("more than 0 and at most {}", event::MAX_UNIT_PRICE_MAJOR),
+            format!(
+                "`customer_email` (at most {} characters)",
+                event::MAX_CUSTOMER_EMAIL_LEN
+            ),
+        ] {
+            assert!(readme.contains(&limit), "README does not say {limit:?}");
+        }
+    }
 }
