@@ -2,5 +2,13 @@
 //!
 //! - [`postgres`]: a fresh, empty PostgreSQL database for one test, or a clear "skipped" when
 //!   `TEST_DATABASE_URL` is not set, so the store suites run against both backends.
+//! - [`poll`]: [`eventually`], the one way a test waits on a condition, with a deadline.
+//! - [`logging`]: [`init_test_logging`], the test binary's tracing subscriber, so a failing
+//!   test shows what the service logged.
 
+pub mod logging;
+pub mod poll;
 pub mod postgres;
+
+pub use logging::{captured_logs, init_test_logging};
+pub use poll::{eventually, poll_within};

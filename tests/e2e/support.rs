@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+use test_support::poll_within;
 use webhook_common::Secret;
 
 /// How long any single condition may take before the test fails.
@@ -122,12 +123,12 @@ impl Service {
                 .arg("-TERM")
                 .arg(child.id().to_string())
                 .status();
-            let deadline = Instant::now() + DEADLINE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let exited = poll_within(DEADLINE, || {
+                std::future::ready(matches!(child.try_wait(), Ok(Some(_))).then_some(()))
+            })
+            .await;
+            if exited.is_some() {
+                return;
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -251,22 +252,20 @@ impl Demo {
         .await;
     }
 
-    /// Polls `check` every 50 ms until it returns true; fails with both services' logs after
-    /// [`DEADLINE`].
+    /// Polls `check` ([`poll_within`]) until it returns true; fails with both services' logs
+    /// after [`DEADLINE`].
     pub async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if check().await {
-                return;
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("timed out after {DEADLINE:?} waiting for {what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let done = poll_within(DEADLINE, || {
+            let check = check();
+            async move { check.await.then_some(()) }
+        })
+        .await;
+        if done.is_none() {
+            self.fail(&format!("timed out after {DEADLINE:?} waiting for {what}"));
         }
     }
 

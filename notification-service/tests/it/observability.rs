@@ -1,8 +1,7 @@
 //! Request ids, the `trace_id` of an incoming `traceparent` on the request's log lines and on
 //! its email job's, and `GET /readyz`.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notification_service::mailer::SimulatedMailer;
@@ -29,6 +28,7 @@ struct RunningApp {
 
 impl RunningApp {
     async fn spawn() -> RunningApp {
+        test_support::init_test_logging();
         let dir = tempfile::tempdir().unwrap();
         let settings = support::config(&dir, &[]).validate().unwrap();
         let store = Store::connect(&settings.database_url, settings.database_max_connections)
@@ -152,33 +152,10 @@ async fn readyz_names_the_database_when_it_is_gone() {
     app.stop_worker.cancel();
 }
 
-/// Log lines, as JSON, of every test in this binary from the first call on.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || Capture(sink.clone()))
-            .try_init()
-            .expect("no other subscriber in this test binary");
-        logs
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Log lines, as JSON, of every test in this binary from the first call on (captured by the
+/// binary's one subscriber, which [`test_support::init_test_logging`] installs).
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    test_support::captured_logs()
 }
 
 #[tokio::test]
@@ -272,17 +249,14 @@ async fn the_email_jobs_log_lines_carry_the_trace_id_its_webhook_arrived_with() 
     assert_eq!(app.worker.run_until_idle().await.unwrap(), 3);
 
     // The email line of notification `id`, parsed.
-    let line_of = |id: String| {
-        let logs = logs.clone();
-        async move {
-            wait_for(&format!("the email of {id} was logged"), || async {
-                let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-                text.lines()
-                    .filter(|l| l.contains("email sent (simulated)") && l.contains(&id))
-                    .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            })
-            .await
-        }
+    let line_of = |id: String| async move {
+        wait_for(&format!("the email of {id} was logged"), || async {
+            let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+            text.lines()
+                .filter(|l| l.contains("email sent (simulated)") && l.contains(&id))
+                .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        })
+        .await
     };
     let job_span = |line: &Value| {
         line["spans"]

@@ -9,6 +9,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn run_serves_webhooks_and_on_cancel_finishes_the_send_in_flight_and_returns_ok() {
+    test_support::init_test_logging();
     let dir = tempfile::tempdir().unwrap();
     // Slow sends, so the one under way when we cancel has to be waited for.
     let config = config(&dir, &["--mailer-delay-ms", "500"]);

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser as _;
 use notification_service::mailer::Mailer;
@@ -83,6 +83,7 @@ impl TestApp {
 
     /// With extra config flags and optionally another mailer than the recording one.
     pub async fn spawn_with(extra: &[&str], mailer: Option<Arc<dyn Mailer>>) -> TestApp {
+        test_support::init_test_logging();
         let dir = tempfile::tempdir().unwrap();
         let settings = config(&dir, extra).validate().unwrap();
         let store = Store::connect(&settings.database_url, settings.database_max_connections)
@@ -254,20 +255,14 @@ pub fn signed_headers(
     headers
 }
 
-/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`]
+/// ([`test_support::eventually`] with this harness's deadline).
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_support::eventually(what, DEADLINE, check).await
 }
 
 /// Asserts an error response has our JSON shape with `code`; returns the body.

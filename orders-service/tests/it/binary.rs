@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use orders_service::store::Store;
+use test_support::{eventually, poll_within};
 use webhook_common::Secret;
 
 use crate::support::{bind_port, free_port, json_of, order_body, Receiver, Reply, ADMIN_TOKEN};
@@ -63,47 +64,46 @@ impl Service {
     /// The `http://addr` from the child's `listening on http://…` log line.
     async fn wait_listening(&mut self, out: &Path) -> String {
         const MARK: &str = "listening on http://";
-        let start = Instant::now();
-        loop {
+        // The check is synchronous, so it needs no borrow across an await.
+        let check = || {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("orders-service exited early with {status}");
             }
             let text = std::fs::read_to_string(out).unwrap_or_default();
-            if let Some(at) = text.find(MARK) {
-                let addr: String = text[at + MARK.len()..]
+            let addr = text.find(MARK).map(|at| {
+                text[at + MARK.len()..]
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-                    .collect();
-                if addr.contains(':') {
-                    return format!("http://{addr}");
-                }
-            }
-            assert!(
-                start.elapsed() < crate::support::DEADLINE,
-                "orders-service never logged its address"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                    .collect::<String>()
+            });
+            std::future::ready(
+                addr.filter(|a| a.contains(':'))
+                    .map(|a| format!("http://{a}")),
+            )
+        };
+        eventually(
+            "orders-service logs its address",
+            crate::support::DEADLINE,
+            check,
+        )
+        .await
     }
 
     async fn wait_healthy(&mut self) {
         let http = reqwest::Client::new();
-        let start = Instant::now();
-        loop {
+        let health = format!("{}/healthz", self.base);
+        let check = || {
+            // Checked before each request, as the request itself owns everything it needs.
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("orders-service exited early with {status}");
             }
-            if let Ok(r) = http.get(format!("{}/healthz", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            let request = http.get(&health).send();
+            async move {
+                let r = request.await.ok()?;
+                (r.status() == 200).then_some(())
             }
-            assert!(
-                start.elapsed() < crate::support::DEADLINE,
-                "orders-service never became healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        eventually("orders-service is healthy", crate::support::DEADLINE, check).await;
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -181,17 +181,14 @@ async fn kill_9_with_200_undelivered_orders_then_restart_delivers_every_event() 
         }
     }
     // Every delivery is recorded as delivered too (the last 200 OK may still be in transit).
-    let start = Instant::now();
-    loop {
+    let recorded = poll_within(DRAIN_DEADLINE, || async {
         let counts = store.delivery_counts().await.unwrap();
-        if counts == [("delivered".to_owned(), 200)] {
-            break;
-        }
-        assert!(
-            start.elapsed() < DRAIN_DEADLINE,
-            "deliveries not all recorded: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        (counts == [("delivered".to_owned(), 200)]).then_some(())
+    })
+    .await;
+    if recorded.is_none() {
+        let counts = store.delivery_counts().await.unwrap();
+        panic!("deliveries not all recorded: {counts:?}");
     }
     while let Some(got) = receiver.try_next() {
         *seen.entry(got.id).or_default() += 1;

@@ -1,8 +1,7 @@
 //! Request ids, `traceparent` on webhook attempts (and its trace id on the order's creation
 //! log line), and `GET /readyz`.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 
 use clap::Parser as _;
 use orders_service::api::health::not_ready;
@@ -81,34 +80,10 @@ async fn every_attempt_of_one_event_carries_a_traceparent_with_the_same_trace_id
     app.stop().await;
 }
 
-/// Log lines, as JSON, of every test in this binary from the first call on.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || Capture(sink.clone()))
-            .try_init()
-            .expect("no other subscriber in this test binary");
-        logs
-    })
-    .clone()
-}
-
-/// A log writer that appends to the shared buffer of [`captured_logs`].
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Log lines, as JSON, of every test in this binary from the first call on (captured by the
+/// binary's one subscriber, which [`test_support::init_test_logging`] installs).
+fn captured_logs() -> &'static Mutex<Vec<u8>> {
+    test_support::captured_logs()
 }
 
 #[tokio::test]

@@ -83,6 +83,7 @@ pub struct TestApp {
 impl TestApp {
     /// Starts an instance and waits until `/healthz` answers.
     pub async fn spawn(options: AppOptions) -> TestApp {
+        test_support::init_test_logging();
         let dir = options
             .dir
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("temp dir")));
@@ -295,20 +296,14 @@ pub async fn json_of(response: reqwest::Response) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
 
-/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`]
+/// ([`test_support::eventually`] with this harness's deadline).
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_support::eventually(what, DEADLINE, check).await
 }
 
 /// What the receiver answers to one request.
