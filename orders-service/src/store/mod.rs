@@ -642,6 +642,34 @@ impl Store {
     }
 }
 
+/// One row of `delivery_attempts` as both backends read it (integers as `BIGINT`).
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    attempt: i64,
+    started_at: i64,
+    duration_ms: i64,
+    status_code: Option<i64>,
+    error_kind: Option<String>,
+    response_body: Option<String>,
+    outcome: String,
+}
+
+impl TryFrom<AttemptRow> for Attempt {
+    type Error = anyhow::Error;
+
+    fn try_from(r: AttemptRow) -> anyhow::Result<Self> {
+        Ok(Attempt {
+            attempt: u32::try_from(r.attempt)?,
+            started_at: r.started_at,
+            duration_ms: r.duration_ms,
+            status_code: r.status_code.map(u16::try_from).transpose()?,
+            error_kind: r.error_kind,
+            response_body: r.response_body,
+            outcome: r.outcome,
+        })
+    }
+}
+
 #[cfg(test)]
 mod url_tests {
     use super::redact_url;

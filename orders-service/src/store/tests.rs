@@ -255,6 +255,20 @@ async fn retry_requeues_an_abandoned_attempt_but_never_one_under_a_live_lease(db
         .unwrap();
     assert!(!stale, "the dead worker's token records nothing");
     finish(&store, &claimed.jobs[0], AttemptOutcome::Delivered).await;
+    // What the history shows is what the owner recorded, read back the same on both
+    // backends; the stale token's attempt is not there.
+    let history = store.attempts(dead.delivery_id).await.unwrap();
+    let recorded = attempt(claimed.jobs[0].attempts + 1, &AttemptOutcome::Delivered);
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(
+        (
+            history[0].attempt,
+            history[0].status_code,
+            &history[0].outcome
+        ),
+        (recorded.attempt, recorded.status_code, &recorded.outcome)
+    );
+    assert_eq!(history[0].duration_ms, recorded.duration_ms);
     store.close().await;
 }
 

@@ -27,7 +27,9 @@ use super::PgStore;
 use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome, UNLOADABLE,
 };
-use crate::store::{now_ms, Claimed, ClaimedRow, EndpointRow, MAX_ERROR_CHARS, PAUSED_AT};
+use crate::store::{
+    now_ms, AttemptRow, Claimed, ClaimedRow, EndpointRow, MAX_ERROR_CHARS, PAUSED_AT,
+};
 
 /// The first key of the advisory locks that serialise the claims of one endpoint (the second
 /// is derived from the endpoint's id, [`endpoint_lock_key`]). Arbitrary, fixed: "ORDC".
@@ -66,17 +68,6 @@ impl TryFrom<DeliveryRow> for Delivery {
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, d.status, d.attempts, \
      d.next_attempt_at, d.last_status, d.last_error, d.delivered_at";
-
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    attempt: i32,
-    started_at: i64,
-    duration_ms: i64,
-    status_code: Option<i32>,
-    error_kind: Option<String>,
-    response_body: Option<String>,
-    outcome: String,
-}
 
 /// The second key of the advisory lock of `endpoint`'s claims: its id folded to 32 bits.
 /// Two endpoints may share a key; they then merely take turns.
@@ -720,27 +711,16 @@ impl PgStore {
         limit: u32,
     ) -> anyhow::Result<Vec<Attempt>> {
         let rows: Vec<AttemptRow> = sqlx::query_as(
-            "SELECT * FROM (SELECT id, attempt, started_at, duration_ms, status_code, error_kind, \
-             response_body, outcome FROM delivery_attempts WHERE delivery_id = $1 \
+            "SELECT * FROM (SELECT id, attempt::bigint AS attempt, started_at, duration_ms, \
+             status_code::bigint AS status_code, error_kind, response_body, outcome \
+             FROM delivery_attempts WHERE delivery_id = $1 \
              ORDER BY attempt DESC, id DESC LIMIT $2) AS recent ORDER BY attempt, id",
         )
         .bind(delivery_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Attempt {
-                    attempt: u32::try_from(r.attempt)?,
-                    started_at: r.started_at,
-                    duration_ms: r.duration_ms,
-                    status_code: r.status_code.map(u16::try_from).transpose()?,
-                    error_kind: r.error_kind,
-                    response_body: r.response_body,
-                    outcome: r.outcome,
-                })
-            })
-            .collect()
+        rows.into_iter().map(Attempt::try_from).collect()
     }
 
     /// How many deliveries are in each status, as `(status, count)`.

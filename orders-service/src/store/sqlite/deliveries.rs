@@ -10,7 +10,7 @@ use crate::domain::{
     Attempt, AttemptOutcome, Delivery, DeliveryJob, Recovered, RetryOutcome, UNLOADABLE,
 };
 use crate::store::{
-    now_ms, parse_uuid, Claimed, ClaimedRow, EndpointRow, MAX_ERROR_CHARS, PAUSED_AT,
+    now_ms, parse_uuid, AttemptRow, Claimed, ClaimedRow, EndpointRow, MAX_ERROR_CHARS, PAUSED_AT,
 };
 
 #[derive(sqlx::FromRow)]
@@ -46,17 +46,6 @@ impl TryFrom<DeliveryRow> for Delivery {
 
 const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, d.status, d.attempts, \
      d.next_attempt_at, d.last_status, d.last_error, d.delivered_at";
-
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    attempt: i64,
-    started_at: i64,
-    duration_ms: i64,
-    status_code: Option<i64>,
-    error_kind: Option<String>,
-    response_body: Option<String>,
-    outcome: String,
-}
 
 /// The due time to store for a delivery of the row being updated: `at`, or [`PAUSED_AT`]
 /// while its endpoint is disabled. Both are placeholders, e.g. `due_or_paused("$1", "$9")`.
@@ -623,19 +612,7 @@ impl SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Attempt {
-                    attempt: u32::try_from(r.attempt)?,
-                    started_at: r.started_at,
-                    duration_ms: r.duration_ms,
-                    status_code: r.status_code.map(u16::try_from).transpose()?,
-                    error_kind: r.error_kind,
-                    response_body: r.response_body,
-                    outcome: r.outcome,
-                })
-            })
-            .collect()
+        rows.into_iter().map(Attempt::try_from).collect()
     }
 
     /// How many deliveries are in each status, as `(status, count)`.
