@@ -4,7 +4,7 @@
 //!
 //! ALL the pre-fill SQL is in [`prefill`]: when a migration changes a table it writes, that
 //! one function is what to update (checked against `orders-service/migrations/0001`–`0003`
-//! and `notification-service/migrations/0001`).
+//! and `notification-service/migrations/sqlite/0001`–`0004`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -94,8 +94,8 @@ pub async fn prefill(orders_db: &Path, notifications_db: &Path, count: u64) -> a
         "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at) \
          SELECT printf('00000000-0000-7000-8000-%012x', i), t, NULL, t + 10 FROM rows",
         "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient, subject, \
-           body, status, attempts, next_attempt_at, lease_token, lease_until, last_error, \
-           created_at, sent_at) \
+           body, status, attempts, next_attempt_at, claim_token, lease_expires_at, \
+           last_error, created_at, sent_at) \
          SELECT printf('00000000-0000-7000-c000-%012x', i), \
            printf('msg_0000000000007000a000%012x', i), 'order.paid', \
            printf('00000000-0000-7000-8000-%012x', i), printf('history-%d@example.com', i), \

@@ -1,21 +1,84 @@
-//! Settings: parsed once from flags and environment, validated at startup into [`Settings`].
+//! Settings: parsed once from flags and environment (clap checks each value and its range),
+//! then validated at startup into [`Settings`] (secrets, URLs and the relations between
+//! settings). Durations take a unit (`500ms`, `10s`, `5m`, `7d`; [`webhook_common::config`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use ipnet::IpNet;
+use lettre::message::Mailbox;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use secrecy::{ExposeSecret, SecretString};
+pub use webhook_common::config::redact_url;
+use webhook_common::config::{
+    default_value, renamed_args, DatabaseUrl, DurationRange, HttpSettings, Rename, Retention,
+    RetentionRange,
+};
 use webhook_common::placeholders::{refuse_example_admin_token, refuse_example_webhook_secret};
 use webhook_common::Verifier;
 
+/// Settings of this service that were renamed when every duration got a unit; setting one
+/// stops startup with its new name. (The HTTP settings' renames come with [`HttpSettings`].)
+pub const RENAMES: &[Rename] = &[
+    Rename::secs(
+        "WEBHOOK_TOLERANCE_SECS",
+        "webhook-tolerance-secs",
+        "WEBHOOK_TOLERANCE",
+    ),
+    Rename::secs(
+        "DEDUP_RETENTION_SECS",
+        "dedup-retention-secs",
+        "DEDUP_RETENTION",
+    ),
+    Rename::secs(
+        "NOTIFICATION_RETENTION_SECS",
+        "notification-retention-secs",
+        "NOTIFICATION_RETENTION",
+    )
+    .zero_means("off"),
+    Rename::secs(
+        "CLEANUP_INTERVAL_SECS",
+        "cleanup-interval-secs",
+        "CLEANUP_INTERVAL",
+    ),
+    Rename::secs("SMTP_TIMEOUT_SECS", "smtp-timeout-secs", "SMTP_TIMEOUT"),
+    Rename::millis("MAILER_DELAY_MS", "mailer-delay-ms", "MAILER_DELAY"),
+    Rename::secs("WORKER_LEASE_SECS", "worker-lease-secs", "WORKER_LEASE"),
+    Rename::millis(
+        "WORKER_RETRY_BASE_MS",
+        "worker-retry-base-ms",
+        "WORKER_RETRY_BASE",
+    ),
+    Rename::secs(
+        "WORKER_RETRY_MAX_SECS",
+        "worker-retry-max-secs",
+        "WORKER_RETRY_MAX",
+    ),
+    Rename::millis("WORKER_POLL_MS", "worker-poll-ms", "WORKER_POLL"),
+];
+
+/// Longest accepted `WORKER_LEASE` (a day); also keeps the millisecond arithmetic far from
+/// overflow.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// Shortest accepted `DEDUP_RETENTION` (and retained `NOTIFICATION_RETENTION`).
+pub const MIN_DEDUP_RETENTION: Duration = Duration::from_secs(60);
+
+const ONE_MS: Duration = Duration::from_millis(1);
+const ONE_S: Duration = Duration::from_secs(1);
+
 /// Every setting of the service. Each one is a `--flag` and an environment variable of the
 /// same name in upper case; defaults suit the local demo. Secrets have no default: a missing
-/// one fails startup (see [`Config::validate`]).
-#[derive(Clone, clap::Parser)]
+/// one fails startup (see [`Config::validate`]). Secrets are `SecretString` and the database
+/// URL a [`DatabaseUrl`], so the derived `Debug` shows none of them.
+#[derive(Debug, Clone, clap::Parser)]
 #[command(name = "notification-service", version, about)]
+#[command(args = renamed_args(RENAMES))]
+#[command(mut_arg("max_body_bytes", default_value("262144")))]
+#[command(mut_arg("max_concurrent_requests", default_value("64")))]
 pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8001")]
@@ -29,11 +92,11 @@ pub struct Config {
         env = "DATABASE_URL",
         default_value = "sqlite://data/notifications.db"
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
 
     /// PostgreSQL: connections of each replica's pool (1 to 1000); one more per replica
     /// listens for wake-ups. Ignored with SQLite (one writer, fixed read pools).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = crate::store::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = crate::store::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
     /// Bearer token for the read API (`Authorization: Bearer <ADMIN_TOKEN>`); at least 16 characters.
@@ -45,41 +108,46 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_SECRET", value_parser = secret_arg, hide_env_values = true)]
     pub webhook_secret: Option<SecretString>,
 
-    /// How far `webhook-timestamp` may be from our clock, in seconds, either way.
-    #[arg(long, env = "WEBHOOK_TOLERANCE_SECS", default_value_t = 300)]
-    pub webhook_tolerance_secs: u64,
+    /// How far `webhook-timestamp` may be from our clock, either way: whole seconds, at least
+    /// `1s`.
+    #[arg(long, env = "WEBHOOK_TOLERANCE", default_value = "5m", value_parser = DurationRange::at_least(ONE_S))]
+    pub webhook_tolerance: Duration,
 
-    /// Largest webhook body accepted, in bytes; larger ones get 413.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = webhook_common::extract::DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
+    /// The HTTP settings both services have: `MAX_BODY_BYTES` (here 262144 by default),
+    /// `REQUEST_TIMEOUT`, `MAX_CONCURRENT_REQUESTS` (here 64: webhook deliveries handled at
+    /// once), `HEADER_READ_TIMEOUT`, `MAX_CONNECTIONS` and `SHUTDOWN_GRACE` (how long
+    /// in-flight sends may finish on shutdown before they are released; up to 1h).
+    #[command(flatten)]
+    pub http: HttpSettings,
 
-    /// Rejected requests allowed per second per client IP, sustained.
-    #[arg(long, env = "REJECT_RATE_PER_SEC", default_value_t = 1)]
-    pub reject_rate_per_sec: u32,
+    /// Rejected requests allowed per second per client IP, sustained (at least 1).
+    #[arg(long, env = "REJECT_RATE_PER_SEC", default_value = "1")]
+    pub reject_rate_per_sec: NonZeroU32,
 
-    /// Rejected requests a client IP may make in a burst before it gets 429.
-    #[arg(long, env = "REJECT_BURST", default_value_t = 60)]
-    pub reject_burst: u32,
+    /// Rejected requests a client IP may make in a burst before it gets 429 (at least 1).
+    #[arg(long, env = "REJECT_BURST", default_value = "60")]
+    pub reject_burst: NonZeroU32,
 
     /// Optional allow-list of client networks (CIDRs, comma or space separated); others get 403.
     /// Empty allows every address.
     #[arg(long, env = "ALLOWED_CIDRS", default_value = "")]
     pub allowed_cidrs: String,
 
-    /// How long deduplication records are kept, in seconds (must outlast the sender's retries).
-    #[arg(long, env = "DEDUP_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
-    pub dedup_retention_secs: u64,
+    /// How long deduplication records are kept (at least `1m`; must outlast the sender's
+    /// retries).
+    #[arg(long, env = "DEDUP_RETENTION", default_value = "7d", value_parser = DurationRange::at_least(MIN_DEDUP_RETENTION))]
+    pub dedup_retention: Duration,
 
     /// How long sent and cancelled notifications (and the state of orders nothing refers to
-    /// any more) are kept, in seconds; 0 keeps them forever. Queued and failed ones are never
-    /// deleted. Must be at least `DEDUP_RETENTION_SECS`: a late event of an order whose state
-    /// is gone is judged as the order's first.
-    #[arg(long, env = "NOTIFICATION_RETENTION_SECS", default_value_t = 90 * 24 * 3600)]
-    pub notification_retention_secs: u64,
+    /// any more) are kept; `off` keeps them forever. Queued and failed ones are never
+    /// deleted. Must be at least `DEDUP_RETENTION`: a late event of an order whose state is
+    /// gone is judged as the order's first.
+    #[arg(long, env = "NOTIFICATION_RETENTION", default_value = "90d", value_parser = RetentionRange(DurationRange::at_least(MIN_DEDUP_RETENTION)))]
+    pub notification_retention: Retention,
 
-    /// How often expired deduplication records are deleted, in seconds.
-    #[arg(long, env = "CLEANUP_INTERVAL_SECS", default_value_t = 3600)]
-    pub cleanup_interval_secs: u64,
+    /// How often expired deduplication records are deleted (at least `1s`).
+    #[arg(long, env = "CLEANUP_INTERVAL", default_value = "1h", value_parser = DurationRange::at_least(ONE_S))]
+    pub cleanup_interval: Duration,
 
     /// Where to send real email; unset logs emails instead. `smtp://host[:port]` is plain SMTP
     /// (port 25; e.g. Mailpit), `smtp://host[:port]?tls=required` upgrades with STARTTLS and
@@ -110,148 +178,53 @@ pub struct Config {
         env = "MAIL_FROM",
         default_value = "Shop <notifications@shop.example>"
     )]
-    pub mail_from: String,
+    pub mail_from: Mailbox,
 
-    /// Timeout of one SMTP send, in seconds.
-    #[arg(long, env = "SMTP_TIMEOUT_SECS", default_value_t = 10)]
-    pub smtp_timeout_secs: u64,
+    /// Timeout of one SMTP send (at least `1s`).
+    #[arg(long, env = "SMTP_TIMEOUT", default_value = "10s", value_parser = DurationRange::at_least(ONE_S))]
+    pub smtp_timeout: Duration,
 
-    /// Artificial delay of each simulated send, in milliseconds (for demos and crash tests).
-    #[arg(long, env = "MAILER_DELAY_MS", default_value_t = 0)]
-    pub mailer_delay_ms: u64,
+    /// Artificial delay of each simulated send (for demos and crash tests).
+    #[arg(long, env = "MAILER_DELAY", default_value = "0ms", value_parser = DurationRange::at_least(Duration::ZERO))]
+    pub mailer_delay: Duration,
 
-    /// Emails sent at the same time, at most. Each one in flight holds a task and (with
-    /// SMTP) a connection, nothing else; 32 keeps a slow SMTP server from stalling the queue
-    /// while staying under common per-client connection limits (Postfix: 50).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
+    /// Emails sent at the same time, at most (1 to 256). Each one in flight holds a task and
+    /// (with SMTP) a connection, nothing else; 32 keeps a slow SMTP server from stalling the
+    /// queue while staying under common per-client connection limits (Postfix: 50).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub worker_concurrency: usize,
 
-    /// Jobs claimed from the database per round trip, at most. A claim takes no more jobs
-    /// than there are free sending slots, so with the defaults this cap does not bind.
-    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 64)]
+    /// Jobs claimed from the database per round trip, at most (1 to 1000). A claim takes no
+    /// more jobs than there are free sending slots, so with the defaults this cap does not
+    /// bind.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub worker_batch_size: usize,
 
     /// How long a claimed job stays reserved without renewal before another worker may take
-    /// it, in seconds; a live worker renews it every fifth of that, so this is how soon the
+    /// it (`1s` to `1d`); a live worker renews it every fifth of that, so this is how soon the
     /// jobs of a crashed worker are retried.
-    #[arg(long, env = "WORKER_LEASE_SECS", default_value_t = 15)]
-    pub worker_lease_secs: u64,
+    #[arg(long, env = "WORKER_LEASE", default_value = "15s", value_parser = DurationRange::between(ONE_S, MAX_LEASE))]
+    pub worker_lease: Duration,
 
-    /// Send attempts before a notification is marked failed.
-    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
+    /// Send attempts before a notification is marked failed (1 to 100).
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub worker_max_attempts: u32,
 
-    /// First retry delay in milliseconds; doubles on each attempt, with jitter.
-    #[arg(long, env = "WORKER_RETRY_BASE_MS", default_value_t = 2000)]
-    pub worker_retry_base_ms: u64,
+    /// First retry delay; doubles on each attempt, with jitter.
+    #[arg(long, env = "WORKER_RETRY_BASE", default_value = "2s", value_parser = DurationRange::at_least(ONE_MS))]
+    pub worker_retry_base: Duration,
 
-    /// Longest retry delay, in seconds.
-    #[arg(long, env = "WORKER_RETRY_MAX_SECS", default_value_t = 600)]
-    pub worker_retry_max_secs: u64,
+    /// Longest retry delay; at least `WORKER_RETRY_BASE`.
+    #[arg(long, env = "WORKER_RETRY_MAX", default_value = "10m", value_parser = DurationRange::at_least(ONE_MS))]
+    pub worker_retry_max: Duration,
 
-    /// How often an idle worker looks for due jobs, in milliseconds (new jobs wake it at once).
-    #[arg(long, env = "WORKER_POLL_MS", default_value_t = 1000)]
-    pub worker_poll_ms: u64,
-
-    /// On shutdown, how long in-flight sends may finish before they are released, in seconds.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
-    pub shutdown_grace_secs: u64,
-
-    /// Longest time one HTTP request may take, body upload included, in seconds; a slower
-    /// one is answered 408.
-    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10)]
-    pub request_timeout_secs: u64,
-
-    /// Webhook deliveries handled at the same time, at most; more get 503 with `Retry-After`.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
-    pub max_concurrent_requests: usize,
-
-    /// Longest time a client may take to send a request's line and headers, in seconds,
-    /// counted from when its connection is ready for a request; the connection is closed
-    /// after it. Also how long an idle keep-alive connection stays open. Guards against
-    /// clients that trickle headers to hold connections (slowloris); `REQUEST_TIMEOUT_SECS`
-    /// only starts once the headers are in.
-    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
-    pub header_read_timeout_secs: u64,
-
-    /// HTTP connections open at the same time, at most; beyond it no more are accepted until
-    /// one closes (clients wait in the listen backlog). Keep it below the process's file
-    /// descriptor limit (`ulimit -n`).
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
-}
-
-/// Longest accepted `SHUTDOWN_GRACE_SECS`.
-pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
-
-/// Longest accepted `REQUEST_TIMEOUT_SECS`.
-pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 3600;
-
-/// Longest accepted `HEADER_READ_TIMEOUT_SECS`.
-pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
-
-/// Largest accepted `DATABASE_MAX_CONNECTIONS`.
-pub const MAX_DATABASE_CONNECTIONS: u32 = 1000;
-
-/// Largest accepted `MAX_CONNECTIONS`.
-pub const MAX_MAX_CONNECTIONS: usize = 100_000;
-
-/// `url` with any `user:password@` replaced, fit for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}<redacted>@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
-    }
+    /// How often an idle worker looks for due jobs (new jobs wake it at once).
+    #[arg(long, env = "WORKER_POLL", default_value = "1s", value_parser = DurationRange::at_least(ONE_MS))]
+    pub worker_poll: Duration,
 }
 
 fn secret_arg(text: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(text))
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redact = |s: &Option<SecretString>| if s.is_some() { "<redacted>" } else { "<unset>" };
-        f.debug_struct("Config")
-            .field("listen_addr", &self.listen_addr)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("database_max_connections", &self.database_max_connections)
-            .field("admin_token", &redact(&self.admin_token))
-            .field("webhook_secret", &redact(&self.webhook_secret))
-            .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("reject_rate_per_sec", &self.reject_rate_per_sec)
-            .field("reject_burst", &self.reject_burst)
-            .field("allowed_cidrs", &self.allowed_cidrs)
-            .field("dedup_retention_secs", &self.dedup_retention_secs)
-            .field(
-                "notification_retention_secs",
-                &self.notification_retention_secs,
-            )
-            .field("cleanup_interval_secs", &self.cleanup_interval_secs)
-            .field("smtp_url", &redact(&self.smtp_url))
-            .field("smtp_allow_plaintext_auth", &self.smtp_allow_plaintext_auth)
-            .field("mail_from", &self.mail_from)
-            .field("smtp_timeout_secs", &self.smtp_timeout_secs)
-            .field("mailer_delay_ms", &self.mailer_delay_ms)
-            .field("worker_concurrency", &self.worker_concurrency)
-            .field("worker_batch_size", &self.worker_batch_size)
-            .field("worker_lease_secs", &self.worker_lease_secs)
-            .field("worker_max_attempts", &self.worker_max_attempts)
-            .field("worker_retry_base_ms", &self.worker_retry_base_ms)
-            .field("worker_retry_max_secs", &self.worker_retry_max_secs)
-            .field("worker_poll_ms", &self.worker_poll_ms)
-            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
-            .field("request_timeout_secs", &self.request_timeout_secs)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
 }
 
 /// A setting that is missing or malformed; the message names it.
@@ -415,13 +388,15 @@ impl Default for RateLimitSettings {
     }
 }
 
-/// The validated configuration the service runs with.
-#[derive(Clone)]
+/// The validated configuration the service runs with. Its `Debug` shows no secret: the
+/// token is a `SecretString`, the verifier and the mailer redact theirs, the database URL is a
+/// [`DatabaseUrl`].
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Where to serve (informational; `run` gets a bound listener).
     pub listen_addr: SocketAddr,
     /// Database URL.
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     /// PostgreSQL pool size (ignored with SQLite).
     pub database_max_connections: u32,
     /// Read API token.
@@ -443,49 +418,59 @@ pub struct Settings {
     /// Mail transport.
     pub mailer: MailerSettings,
     /// `From:` of the emails.
-    pub mail_from: lettre::message::Mailbox,
+    pub mail_from: Mailbox,
     /// Worker knobs.
     pub worker: WorkerSettings,
     /// Longest time one HTTP request may take.
     pub request_timeout: Duration,
     /// Webhook deliveries handled at the same time, at most.
     pub max_concurrent_requests: usize,
-    /// Connection limits of the HTTP server (`HEADER_READ_TIMEOUT_SECS`, `MAX_CONNECTIONS`).
+    /// Connection limits of the HTTP server (`HEADER_READ_TIMEOUT`, `MAX_CONNECTIONS`).
     pub serve_limits: webhook_common::server::ServeLimits,
 }
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("listen_addr", &self.listen_addr)
-            .field("database_url", &redact_url(&self.database_url))
-            .field("database_max_connections", &self.database_max_connections)
-            .field("admin_token", &"<redacted>")
-            .field("verifier", &self.verifier)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("rate_limit", &self.rate_limit)
-            .field("allowed_networks", &self.allowed_networks)
-            .field("dedup_retention", &self.dedup_retention)
-            .field("notification_retention", &self.notification_retention)
-            .field("mailer", &self.mailer)
-            .field("worker", &self.worker)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_concurrent_requests", &self.max_concurrent_requests)
-            .field("serve_limits", &self.serve_limits)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Longest accepted `WORKER_LEASE_SECS` (a day); also keeps the millisecond arithmetic far
-/// from overflow.
-pub const MAX_LEASE_SECS: u64 = 24 * 3600;
 
 /// Shortest accepted admin token, so a guessable one cannot be configured by mistake.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 impl Config {
-    /// Checks every setting and resolves it; the error names the first bad setting.
+    /// Checks what clap cannot (secrets, URLs, the relations between settings) and resolves
+    /// the settings; the error names the first bad setting. Clap has checked every range.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let admin_token = self.admin_token()?;
+        self.check_database_url()?;
+        let verifier = self.verifier()?;
+        let allowed_networks = parse_cidrs(&self.allowed_cidrs)?;
+        let notification_retention = self.notification_retention()?;
+        let mailer = self.mailer()?;
+        let worker = self.worker_settings(&mailer)?;
+        Ok(Settings {
+            listen_addr: self.listen_addr,
+            database_url: self.database_url.clone(),
+            database_max_connections: self.database_max_connections,
+            admin_token,
+            verifier,
+            max_body_bytes: self.http.max_body_bytes,
+            rate_limit: RateLimitSettings {
+                per_second: self.reject_rate_per_sec,
+                burst: self.reject_burst,
+            },
+            allowed_networks,
+            dedup_retention: self.dedup_retention,
+            notification_retention,
+            cleanup_interval: self.cleanup_interval,
+            mailer,
+            mail_from: self.mail_from.clone(),
+            worker,
+            request_timeout: self.http.request_timeout,
+            max_concurrent_requests: self.http.max_concurrent_requests,
+            // MAX_CONNECTIONS_PER_CLIENT is not a setting here (yet): the default applies.
+            serve_limits: self.http.serve_limits(),
+        })
+    }
+
+    /// `ADMIN_TOKEN`: required, at least [`MIN_ADMIN_TOKEN_LEN`] characters without spaces,
+    /// and not the `.env.example` placeholder.
+    fn admin_token(&self) -> Result<SecretString, ConfigError> {
         let admin_token = self.admin_token.clone().ok_or_else(|| {
             bad(
                 "ADMIN_TOKEN",
@@ -500,28 +485,30 @@ impl Config {
             ));
         }
         refuse_example_admin_token(token).map_err(|e| bad("ADMIN_TOKEN", e))?;
+        Ok(admin_token)
+    }
 
+    /// `DATABASE_URL` is a `sqlite:` or `postgres(ql)://` URL (shown without its password).
+    fn check_database_url(&self) -> Result<(), ConfigError> {
         let url = &self.database_url;
-        if !(url.starts_with("sqlite:")
+        if url.starts_with("sqlite:")
             || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
+            || url.starts_with("postgresql://")
         {
-            return Err(bad(
-                "DATABASE_URL",
-                format!(
-                    "{:?} is neither a sqlite: URL (e.g. sqlite://data/notifications.db) nor a \
-                     postgres:// or postgresql:// URL (e.g. postgres://user:password@host/db)",
-                    redact_url(url)
-                ),
-            ));
+            return Ok(());
         }
-        if !(1..=MAX_DATABASE_CONNECTIONS).contains(&self.database_max_connections) {
-            return Err(bad(
-                "DATABASE_MAX_CONNECTIONS",
-                format!("must be between 1 and {MAX_DATABASE_CONNECTIONS}"),
-            ));
-        }
+        Err(bad(
+            "DATABASE_URL",
+            format!(
+                "{url:?} is neither a sqlite: URL (e.g. sqlite://data/notifications.db) nor a \
+                 postgres:// or postgresql:// URL (e.g. postgres://user:password@host/db)"
+            ),
+        ))
+    }
 
+    /// `WEBHOOK_SECRET` (required, well-formed, not the placeholder) with `WEBHOOK_TOLERANCE`
+    /// (whole seconds: the timestamp it is compared with counts seconds).
+    fn verifier(&self) -> Result<Verifier, ConfigError> {
         let secrets = self.webhook_secret.as_ref().ok_or_else(|| {
             bad(
                 "WEBHOOK_SECRET",
@@ -532,171 +519,85 @@ impl Config {
             .map_err(|e| bad("WEBHOOK_SECRET", e.to_string()))?;
         refuse_example_webhook_secret(secrets.expose_secret())
             .map_err(|e| bad("WEBHOOK_SECRET", e))?;
-        if self.webhook_tolerance_secs == 0 {
-            return Err(bad("WEBHOOK_TOLERANCE_SECS", "must be at least 1"));
-        }
-        let verifier = verifier.with_tolerance(Duration::from_secs(self.webhook_tolerance_secs));
-
-        if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
-            return Err(bad("MAX_BODY_BYTES", "must be between 1024 and 16777216"));
-        }
-        let rate_limit = RateLimitSettings {
-            per_second: NonZeroU32::new(self.reject_rate_per_sec)
-                .ok_or_else(|| bad("REJECT_RATE_PER_SEC", "must be at least 1"))?,
-            burst: NonZeroU32::new(self.reject_burst)
-                .ok_or_else(|| bad("REJECT_BURST", "must be at least 1"))?,
-        };
-        let allowed_networks = parse_cidrs(&self.allowed_cidrs)?;
-
-        if self.dedup_retention_secs < 60 {
+        if self.webhook_tolerance.subsec_nanos() != 0 {
             return Err(bad(
-                "DEDUP_RETENTION_SECS",
-                "must be at least 60 (and longer than the sender's retry window)",
+                "WEBHOOK_TOLERANCE",
+                "must be whole seconds (e.g. 300s or 5m)",
             ));
         }
-        if self.notification_retention_secs != 0
-            && self.notification_retention_secs < self.dedup_retention_secs
-        {
-            return Err(bad(
-                "NOTIFICATION_RETENTION_SECS",
-                "must be 0 (keep forever) or at least DEDUP_RETENTION_SECS",
-            ));
-        }
-        if self.cleanup_interval_secs == 0 {
-            return Err(bad("CLEANUP_INTERVAL_SECS", "must be at least 1"));
-        }
+        Ok(verifier.with_tolerance(self.webhook_tolerance))
+    }
 
-        let smtp_timeout = Duration::from_secs(self.smtp_timeout_secs);
-        if self.smtp_timeout_secs == 0 {
-            return Err(bad("SMTP_TIMEOUT_SECS", "must be at least 1"));
+    /// `NOTIFICATION_RETENTION`: `off` (`None`), or at least `DEDUP_RETENTION`.
+    fn notification_retention(&self) -> Result<Option<Duration>, ConfigError> {
+        match self.notification_retention {
+            Retention::Forever => Ok(None),
+            Retention::After(keep) if keep >= self.dedup_retention => Ok(Some(keep)),
+            Retention::After(_) => Err(bad(
+                "NOTIFICATION_RETENTION",
+                "must be off (keep forever) or at least DEDUP_RETENTION",
+            )),
         }
-        let mailer = match &self.smtp_url {
-            None => MailerSettings::Simulated {
-                delay: Duration::from_millis(self.mailer_delay_ms),
-            },
+    }
+
+    /// The mail transport: `SMTP_URL` (with `SMTP_TIMEOUT`), or simulated with `MAILER_DELAY`.
+    fn mailer(&self) -> Result<MailerSettings, ConfigError> {
+        match &self.smtp_url {
+            None => Ok(MailerSettings::Simulated {
+                delay: self.mailer_delay,
+            }),
             Some(url) => parse_smtp_url(
                 url.expose_secret(),
-                smtp_timeout,
+                self.smtp_timeout,
                 self.smtp_allow_plaintext_auth,
-            )?,
-        };
-        let mail_from = self
-            .mail_from
-            .parse()
-            .map_err(|e| bad("MAIL_FROM", format!("is not a valid mailbox: {e}")))?;
+            ),
+        }
+    }
 
-        if !(1..=256).contains(&self.worker_concurrency) {
-            return Err(bad("WORKER_CONCURRENCY", "must be between 1 and 256"));
-        }
-        if !(1..=1000).contains(&self.worker_batch_size) {
-            return Err(bad("WORKER_BATCH_SIZE", "must be between 1 and 1000"));
-        }
-        if !(1..=100).contains(&self.worker_max_attempts) {
-            return Err(bad("WORKER_MAX_ATTEMPTS", "must be between 1 and 100"));
-        }
-        if self.worker_retry_base_ms == 0 {
-            return Err(bad("WORKER_RETRY_BASE_MS", "must be at least 1"));
-        }
-        if self.worker_retry_max_secs.saturating_mul(1000) < self.worker_retry_base_ms {
+    /// The worker's knobs, checking `WORKER_RETRY_MAX` against `WORKER_RETRY_BASE` and
+    /// `WORKER_LEASE` against the longest send of `mailer`.
+    fn worker_settings(&self, mailer: &MailerSettings) -> Result<WorkerSettings, ConfigError> {
+        if self.worker_retry_max < self.worker_retry_base {
             return Err(bad(
-                "WORKER_RETRY_MAX_SECS",
-                "must not be shorter than WORKER_RETRY_BASE_MS",
-            ));
-        }
-        if self.worker_poll_ms == 0 {
-            return Err(bad("WORKER_POLL_MS", "must be at least 1"));
-        }
-        if self.shutdown_grace_secs > MAX_SHUTDOWN_GRACE_SECS {
-            return Err(bad(
-                "SHUTDOWN_GRACE_SECS",
-                format!("must be at most {MAX_SHUTDOWN_GRACE_SECS}"),
-            ));
-        }
-        if !(1..=MAX_REQUEST_TIMEOUT_SECS).contains(&self.request_timeout_secs) {
-            return Err(bad(
-                "REQUEST_TIMEOUT_SECS",
-                format!("must be between 1 and {MAX_REQUEST_TIMEOUT_SECS}"),
-            ));
-        }
-        if !(1..=10_000).contains(&self.max_concurrent_requests) {
-            return Err(bad(
-                "MAX_CONCURRENT_REQUESTS",
-                "must be between 1 and 10000",
-            ));
-        }
-        if !(1..=MAX_HEADER_READ_TIMEOUT_SECS).contains(&self.header_read_timeout_secs) {
-            return Err(bad(
-                "HEADER_READ_TIMEOUT_SECS",
-                format!("must be between 1 and {MAX_HEADER_READ_TIMEOUT_SECS}"),
-            ));
-        }
-        if !(1..=MAX_MAX_CONNECTIONS).contains(&self.max_connections) {
-            return Err(bad(
-                "MAX_CONNECTIONS",
-                format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
-            ));
-        }
-        // A send still running when the worker cuts it off is retried; if it was in fact
-        // delivered, the customer gets it twice. So the cut-off (a share of the lease, see
-        // `WorkerSettings::send_limit`) must exceed the longest legitimate send.
-        let longest_send = match &mailer {
-            MailerSettings::Simulated { delay } => *delay,
-            MailerSettings::Smtp { timeout, .. } => *timeout,
-        };
-        if self.worker_lease_secs > MAX_LEASE_SECS {
-            return Err(bad(
-                "WORKER_LEASE_SECS",
-                format!("must be at most {MAX_LEASE_SECS}"),
+                "WORKER_RETRY_MAX",
+                "must not be shorter than WORKER_RETRY_BASE",
             ));
         }
         let worker = WorkerSettings {
             concurrency: self.worker_concurrency,
             batch_size: self.worker_batch_size,
-            lease: Duration::from_secs(self.worker_lease_secs),
+            lease: self.worker_lease,
             max_attempts: self.worker_max_attempts,
-            retry_base: Duration::from_millis(self.worker_retry_base_ms),
-            retry_max: Duration::from_secs(self.worker_retry_max_secs),
-            poll_interval: Duration::from_millis(self.worker_poll_ms),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            retry_base: self.worker_retry_base,
+            retry_max: self.worker_retry_max,
+            poll_interval: self.worker_poll,
+            shutdown_grace: self.http.shutdown_grace,
         };
-        if worker.send_limit() <= longest_send {
-            return Err(bad(
-                "WORKER_LEASE_SECS",
-                format!(
-                    "must be long enough that three quarters of it ({} ms, the send cut-off) \
-                     exceed one send ({} ms: SMTP_TIMEOUT_SECS or MAILER_DELAY_MS)",
-                    worker.send_limit().as_millis(),
-                    longest_send.as_millis()
-                ),
-            ));
-        }
-
-        Ok(Settings {
-            listen_addr: self.listen_addr,
-            database_url: self.database_url.clone(),
-            database_max_connections: self.database_max_connections,
-            admin_token,
-            verifier,
-            max_body_bytes: self.max_body_bytes,
-            rate_limit,
-            allowed_networks,
-            dedup_retention: Duration::from_secs(self.dedup_retention_secs),
-            notification_retention: (self.notification_retention_secs != 0)
-                .then(|| Duration::from_secs(self.notification_retention_secs)),
-            cleanup_interval: Duration::from_secs(self.cleanup_interval_secs),
-            mailer,
-            mail_from,
-            worker,
-            request_timeout: Duration::from_secs(self.request_timeout_secs),
-            max_concurrent_requests: self.max_concurrent_requests,
-            serve_limits: webhook_common::server::ServeLimits {
-                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
-                max_connections: self.max_connections,
-                // MAX_CONNECTIONS_PER_CLIENT is not a setting here (yet): the default applies.
-                ..webhook_common::server::ServeLimits::default()
-            },
-        })
+        check_send_limit(&worker, mailer)?;
+        Ok(worker)
     }
+}
+
+/// A send still running when the worker cuts it off is retried; if it was in fact delivered,
+/// the customer gets it twice. So the cut-off (a share of the lease, see
+/// [`WorkerSettings::send_limit`]) must exceed the longest legitimate send.
+fn check_send_limit(worker: &WorkerSettings, mailer: &MailerSettings) -> Result<(), ConfigError> {
+    let longest_send = match mailer {
+        MailerSettings::Simulated { delay } => *delay,
+        MailerSettings::Smtp { timeout, .. } => *timeout,
+    };
+    if worker.send_limit() > longest_send {
+        return Ok(());
+    }
+    Err(bad(
+        "WORKER_LEASE",
+        format!(
+            "must be long enough that three quarters of it ({} ms, the send cut-off) exceed \
+             one send ({} ms: SMTP_TIMEOUT or MAILER_DELAY)",
+            worker.send_limit().as_millis(),
+            longest_send.as_millis()
+        ),
+    ))
 }
 
 fn parse_cidrs(text: &str) -> Result<Vec<IpNet>, ConfigError> {
@@ -926,6 +827,157 @@ mod tests {
         result.unwrap_err().setting
     }
 
+    /// The message startup stops with for `extra`: clap's (a value out of range, a renamed
+    /// setting) or [`Config::validate`]'s.
+    fn refusal(extra: &[&str]) -> String {
+        let mut args = vec![
+            "notification-service",
+            "--admin-token",
+            "0123456789abcdef",
+            "--webhook-secret",
+            SECRET,
+        ];
+        args.extend_from_slice(extra);
+        match Config::try_parse_from(args) {
+            Err(e) => e.to_string(),
+            Ok(config) => match config.validate() {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{extra:?} was accepted"),
+            },
+        }
+    }
+
+    #[track_caller]
+    fn assert_refused(extra: &[&str], setting: &str) {
+        let err = refusal(extra);
+        assert!(err.contains(setting), "{extra:?}: {setting} not in {err}");
+    }
+
+    #[test]
+    fn every_duration_setting_takes_a_unit() {
+        let s = parse(&[
+            "--webhook-tolerance",
+            "2m",
+            "--dedup-retention",
+            "36h",
+            "--notification-retention",
+            "30d",
+            "--cleanup-interval",
+            "90s",
+            "--mailer-delay",
+            "250ms",
+            "--worker-lease",
+            "30s",
+            "--worker-retry-base",
+            "500ms",
+            "--worker-retry-max",
+            "5m",
+            "--worker-poll",
+            "100ms",
+            "--shutdown-grace",
+            "0s",
+            "--request-timeout",
+            "1m",
+            "--header-read-timeout",
+            "5s",
+        ])
+        .unwrap();
+        assert_eq!(s.dedup_retention, Duration::from_secs(36 * 3600));
+        assert_eq!(
+            s.notification_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(s.cleanup_interval, Duration::from_secs(90));
+        assert!(
+            matches!(s.mailer, MailerSettings::Simulated { delay } if delay == Duration::from_millis(250))
+        );
+        assert_eq!(s.worker.lease, Duration::from_secs(30));
+        assert_eq!(s.worker.retry_base, Duration::from_millis(500));
+        assert_eq!(s.worker.retry_max, Duration::from_secs(300));
+        assert_eq!(s.worker.poll_interval, Duration::from_millis(100));
+        assert_eq!(s.worker.shutdown_grace, Duration::ZERO);
+        assert_eq!(s.request_timeout, Duration::from_secs(60));
+        assert_eq!(s.serve_limits.header_read_timeout, Duration::from_secs(5));
+        let smtp = parse(&["--smtp-url", "smtp://mailpit:1025", "--smtp-timeout", "3s"]).unwrap();
+        assert!(
+            matches!(smtp.mailer, MailerSettings::Smtp { timeout, .. } if timeout == Duration::from_secs(3))
+        );
+        // The tolerance reaches the verifier (it counts whole seconds).
+        let tolerance = format!("{:?}", s.verifier);
+        assert!(tolerance.contains("tolerance_secs: 120"), "{tolerance}");
+        assert_refused(&["--webhook-tolerance", "1500ms"], "WEBHOOK_TOLERANCE");
+        // A number without a unit is refused, naming the setting and the format.
+        let err = refusal(&["--worker-poll", "100"]);
+        assert!(
+            err.contains("WORKER_POLL") && err.contains("a duration with a unit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn renamed_settings_fail_with_the_new_name_and_format() {
+        for (old, value, new) in [
+            (
+                "--webhook-tolerance-secs",
+                "300",
+                "set WEBHOOK_TOLERANCE=300s",
+            ),
+            (
+                "--dedup-retention-secs",
+                "604800",
+                "set DEDUP_RETENTION=604800s",
+            ),
+            (
+                "--notification-retention-secs",
+                "0",
+                "set NOTIFICATION_RETENTION=off",
+            ),
+            (
+                "--cleanup-interval-secs",
+                "3600",
+                "set CLEANUP_INTERVAL=3600s",
+            ),
+            ("--smtp-timeout-secs", "10", "set SMTP_TIMEOUT=10s"),
+            ("--mailer-delay-ms", "500", "set MAILER_DELAY=500ms"),
+            ("--worker-lease-secs", "15", "set WORKER_LEASE=15s"),
+            (
+                "--worker-retry-base-ms",
+                "2000",
+                "set WORKER_RETRY_BASE=2000ms",
+            ),
+            (
+                "--worker-retry-max-secs",
+                "600",
+                "set WORKER_RETRY_MAX=600s",
+            ),
+            ("--worker-poll-ms", "1000", "set WORKER_POLL=1000ms"),
+            ("--shutdown-grace-secs", "10", "set SHUTDOWN_GRACE=10s"),
+            ("--request-timeout-secs", "10", "set REQUEST_TIMEOUT=10s"),
+            (
+                "--header-read-timeout-secs",
+                "10",
+                "set HEADER_READ_TIMEOUT=10s",
+            ),
+        ] {
+            let err = refusal(&[old, value]);
+            assert!(
+                err.contains("_SECS was renamed") || err.contains("_MS was renamed"),
+                "{err}"
+            );
+            assert!(err.contains(new), "{old}: {new:?} not in {err}");
+            assert!(
+                err.contains("a duration with a unit: 500ms, 10s, 5m"),
+                "{err}"
+            );
+        }
+        for rename in RENAMES {
+            assert_eq!(
+                rename.old_flag,
+                rename.old.to_ascii_lowercase().replace('_', "-")
+            );
+        }
+    }
+
     #[test]
     fn defaults_with_both_secrets_are_valid() {
         let s = parse(&[]).unwrap();
@@ -972,17 +1024,19 @@ mod tests {
     }
 
     #[test]
-    fn notifications_are_kept_90_days_by_default_0_keeps_them_and_less_than_dedup_is_refused() {
+    fn notifications_are_kept_90_days_by_default_off_keeps_them_and_less_than_dedup_is_refused() {
         assert_eq!(
             parse(&[]).unwrap().notification_retention,
             Some(Duration::from_secs(90 * 24 * 3600))
         );
-        let forever = parse(&["--notification-retention-secs", "0"]).unwrap();
+        let forever = parse(&["--notification-retention", "off"]).unwrap();
         assert_eq!(forever.notification_retention, None);
         assert_eq!(
-            setting_of(parse(&["--notification-retention-secs", "3600"])),
-            "NOTIFICATION_RETENTION_SECS"
+            setting_of(parse(&["--notification-retention", "1h"])),
+            "NOTIFICATION_RETENTION"
         );
+        assert_refused(&["--notification-retention", "0"], "NOTIFICATION_RETENTION");
+        assert_refused(&["--dedup-retention", "59s"], "DEDUP_RETENTION");
     }
 
     #[test]
@@ -1209,18 +1263,20 @@ mod tests {
             setting_of(parse(&["--allowed-cidrs", "10.0.0.0/99"])),
             "ALLOWED_CIDRS"
         );
-        assert_eq!(setting_of(parse(&["--reject-burst", "0"])), "REJECT_BURST");
+        assert_refused(&["--reject-burst", "0"], "REJECT_BURST");
+        assert_refused(&["--reject-rate-per-sec", "0"], "REJECT_RATE_PER_SEC");
         assert_eq!(
             setting_of(parse(&["--database-url", "mysql://a:b@db/n"])),
             "DATABASE_URL"
         );
+        assert!(!refusal(&["--database-url", "mysql://a:b@db/n"]).contains(":b@"));
         for url in ["postgres://a:b@db/n", "postgresql://db/n", "sqlite://n.db"] {
             assert!(parse(&["--database-url", url]).is_ok(), "{url}");
         }
         for n in ["0", "1001"] {
-            assert_eq!(
-                setting_of(parse(&["--database-max-connections", n])),
-                "DATABASE_MAX_CONNECTIONS"
+            assert_refused(
+                &["--database-max-connections", n],
+                "DATABASE_MAX_CONNECTIONS",
             );
         }
         assert_eq!(
@@ -1229,23 +1285,25 @@ mod tests {
                 .database_max_connections,
             1000
         );
-        assert_eq!(
-            setting_of(parse(&["--worker-concurrency", "0"])),
-            "WORKER_CONCURRENCY"
+        assert_refused(&["--worker-concurrency", "0"], "WORKER_CONCURRENCY");
+        assert_refused(&["--worker-concurrency", "257"], "WORKER_CONCURRENCY");
+        assert_refused(&["--worker-batch-size", "1001"], "WORKER_BATCH_SIZE");
+        assert_refused(&["--worker-max-attempts", "101"], "WORKER_MAX_ATTEMPTS");
+        assert_refused(&["--max-body-bytes", "10"], "MAX_BODY_BYTES");
+        assert_refused(&["--mail-from", "not a mailbox"], "MAIL_FROM");
+        assert_refused(
+            &["--mailer-delay", "5s", "--worker-lease", "5s"],
+            "WORKER_LEASE",
         );
-        assert_eq!(
-            setting_of(parse(&["--max-body-bytes", "10"])),
-            "MAX_BODY_BYTES"
+        assert_refused(
+            &["--worker-retry-base", "2s", "--worker-retry-max", "1999ms"],
+            "WORKER_RETRY_MAX",
         );
-        assert_eq!(
-            setting_of(parse(&[
-                "--mailer-delay-ms",
-                "5000",
-                "--worker-lease-secs",
-                "5"
-            ])),
-            "WORKER_LEASE_SECS"
-        );
+        assert_refused(&["--worker-retry-base", "0ms"], "WORKER_RETRY_BASE");
+        assert_refused(&["--worker-poll", "0s"], "WORKER_POLL");
+        assert_refused(&["--cleanup-interval", "0s"], "CLEANUP_INTERVAL");
+        assert_refused(&["--smtp-timeout", "999ms"], "SMTP_TIMEOUT");
+        assert_refused(&["--webhook-tolerance", "0s"], "WEBHOOK_TOLERANCE");
     }
 
     #[test]
@@ -1255,74 +1313,72 @@ mod tests {
             setting_of(parse(&[
                 "--smtp-url",
                 "smtp://mailpit:1025",
-                "--smtp-timeout-secs",
-                "10",
-                "--worker-lease-secs",
-                "11",
+                "--smtp-timeout",
+                "10s",
+                "--worker-lease",
+                "11s",
             ])),
-            "WORKER_LEASE_SECS"
+            "WORKER_LEASE"
         );
         assert_eq!(
-            setting_of(parse(&[
-                "--mailer-delay-ms",
-                "800",
-                "--worker-lease-secs",
-                "1"
-            ])),
-            "WORKER_LEASE_SECS"
+            setting_of(parse(&["--mailer-delay", "800ms", "--worker-lease", "1s"])),
+            "WORKER_LEASE"
         );
         let s = parse(&[
             "--smtp-url",
             "smtp://mailpit:1025",
-            "--smtp-timeout-secs",
-            "10",
-            "--worker-lease-secs",
-            "14",
+            "--smtp-timeout",
+            "10s",
+            "--worker-lease",
+            "14s",
         ])
         .unwrap();
         assert!(s.worker.send_limit() > Duration::from_secs(10));
-        assert_eq!(
-            setting_of(parse(&["--worker-lease-secs", &u64::MAX.to_string()])),
-            "WORKER_LEASE_SECS"
+        assert_refused(&["--worker-lease", "999ms"], "WORKER_LEASE");
+        assert_refused(&["--worker-lease", "25h"], "WORKER_LEASE");
+        assert_refused(
+            &["--worker-lease", &format!("{}d", u64::MAX)],
+            "WORKER_LEASE",
         );
     }
 
     #[test]
     fn shutdown_grace_timeouts_and_concurrency_are_bounded() {
-        assert_eq!(
-            setting_of(parse(&["--shutdown-grace-secs", &u64::MAX.to_string()])),
-            "SHUTDOWN_GRACE_SECS"
-        );
-        assert_eq!(
-            setting_of(parse(&["--request-timeout-secs", "0"])),
-            "REQUEST_TIMEOUT_SECS"
-        );
-        assert_eq!(
-            setting_of(parse(&["--max-concurrent-requests", "0"])),
-            "MAX_CONCURRENT_REQUESTS"
-        );
         for (flag, value, setting) in [
+            ("--shutdown-grace", "61m", "SHUTDOWN_GRACE"),
+            ("--request-timeout", "0s", "REQUEST_TIMEOUT"),
+            ("--request-timeout", "2h", "REQUEST_TIMEOUT"),
+            ("--max-concurrent-requests", "0", "MAX_CONCURRENT_REQUESTS"),
             (
-                "--header-read-timeout-secs",
-                "0",
-                "HEADER_READ_TIMEOUT_SECS",
+                "--max-concurrent-requests",
+                "10001",
+                "MAX_CONCURRENT_REQUESTS",
             ),
-            (
-                "--header-read-timeout-secs",
-                "301",
-                "HEADER_READ_TIMEOUT_SECS",
-            ),
+            ("--header-read-timeout", "0s", "HEADER_READ_TIMEOUT"),
+            ("--header-read-timeout", "301s", "HEADER_READ_TIMEOUT"),
             ("--max-connections", "0", "MAX_CONNECTIONS"),
             ("--max-connections", "100001", "MAX_CONNECTIONS"),
         ] {
-            assert_eq!(setting_of(parse(&[flag, value])), setting, "{flag} {value}");
+            assert_refused(&[flag, value], setting);
         }
         let s = parse(&[]).unwrap();
         assert_eq!(s.serve_limits.header_read_timeout, Duration::from_secs(10));
         assert_eq!(s.serve_limits.max_connections, 1024);
+        assert_eq!(s.serve_limits.max_connections_per_client, 128);
         assert_eq!(s.request_timeout, Duration::from_secs(10));
         assert_eq!(s.max_concurrent_requests, 64);
+        assert_eq!(s.max_body_bytes, 256 * 1024);
         assert_eq!(s.worker.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(s.worker.retry_base, Duration::from_secs(2));
+        assert_eq!(s.worker.retry_max, Duration::from_secs(600));
+        assert_eq!(s.worker.poll_interval, Duration::from_secs(1));
+        assert_eq!(s.cleanup_interval, Duration::from_secs(3600));
+        assert!(matches!(s.mailer, MailerSettings::Simulated { delay } if delay.is_zero()));
+        let smtp = parse(&["--smtp-url", "smtp://mailpit:1025"]).unwrap();
+        assert!(
+            matches!(smtp.mailer, MailerSettings::Smtp { timeout, .. } if timeout == Duration::from_secs(10))
+        );
+        assert!(format!("{:?}", s.verifier).contains("tolerance_secs: 300"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::config::RateLimitSettings;
 /// a verified sender must never be slowed down. A rejected request (any 4xx from the
 /// intake) spends one cell of its IP's budget; when the budget is empty the rejection is
 /// answered 429 with `Retry-After` instead. Accepted requests never touch the budget.
-/// Verifying costs a bounded body read (`MAX_BODY_BYTES`, within `REQUEST_TIMEOUT_SECS`,
+/// Verifying costs a bounded body read (`MAX_BODY_BYTES`, within `REQUEST_TIMEOUT`,
 /// under `MAX_CONCURRENT_REQUESTS`) and one HMAC per secret, so throttled forgers stay cheap.
 #[derive(Debug)]
 pub struct IntakeGuard {

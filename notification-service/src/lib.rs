@@ -26,15 +26,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::extract::FromRef;
-use axum::http::StatusCode;
-use axum::{middleware, Router};
+use axum::Router;
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use webhook_common::admin_auth::AdminToken;
 use webhook_common::extract::WebhookIntake;
 
@@ -100,7 +97,7 @@ impl FromRef<AppState> for WebhookIntake {
 /// (or `into_make_service_with_connect_info::<SocketAddr>()`) so the intake sees client IPs.
 pub fn build_app(state: AppState) -> Router {
     webhook_common::metrics::install();
-    Router::new()
+    let routes = Router::new()
         .merge(api::health::router())
         .merge(api::openapi::router())
         .merge(api::webhooks::router(
@@ -109,27 +106,15 @@ pub fn build_app(state: AppState) -> Router {
         ))
         // The read API and `/metrics`: one router, behind the admin token.
         .merge(api::admin_router(state.admin_token.clone()))
-        .fallback(error::not_found)
-        // Inner to outer: a panic becomes a logged JSON 500, a request that takes too long (a client
-        // trickling its body, say) becomes a 408, every error becomes our JSON body, and
-        // everything is traced. The timeout covers the body upload, because the handler
-        // reads the body inside it.
-        .layer(CatchPanicLayer::custom(
-            webhook_common::error_body::panic_response,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            state.request_timeout,
-        ))
-        .layer(middleware::from_fn(webhook_common::error_body::json_errors))
-        .layer(middleware::from_fn(webhook_common::metrics::track_http))
-        .layer(webhook_common::telemetry::request_tracing())
-        .with_state(state)
+        .fallback(error::not_found);
+    // The layers of both services: JSON 500 for a panic, 408 past the request timeout (the
+    // body upload included), JSON errors, HTTP metrics, request id and span.
+    webhook_common::server::with_service_layers(routes, state.request_timeout).with_state(state)
 }
 
 /// Runs the service on `listener` until `shutdown` is cancelled: validates `config`, opens
 /// and migrates the database, starts the email worker and the cleanup job, serves HTTP,
-/// then drains (bounded by `SHUTDOWN_GRACE_SECS`) and returns.
+/// then drains (bounded by `SHUTDOWN_GRACE`) and returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,

@@ -30,14 +30,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::{middleware, Router};
 use secrecy::ExposeSecret as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 use webhook_common::EventType;
 
 pub use config::Config;
@@ -64,7 +61,7 @@ pub struct AppState {
     pub admin_token: api::admin::AdminToken,
     /// `ALLOW_PRIVATE_WEBHOOK_TARGETS`: when false, endpoint URLs must point at public addresses.
     pub allow_private_targets: bool,
-    /// `REQUEST_TIMEOUT_SECS`: longest time one request may take, body upload included.
+    /// `REQUEST_TIMEOUT`: longest time one request may take, body upload included.
     pub request_timeout: Duration,
     /// `MAX_CONCURRENT_REQUESTS`: requests handled at once, at most (503 beyond).
     pub max_concurrent_requests: usize,
@@ -100,7 +97,7 @@ pub fn build_app(state: AppState) -> Router {
                 .load_shed()
                 .concurrency_limit(state.max_concurrent_requests),
         );
-    Router::new()
+    let routes = Router::new()
         .merge(api::health::router())
         .merge(api::openapi::router())
         // Prometheus text behind the admin token, outside the bound so a scrape still answers.
@@ -108,23 +105,10 @@ pub fn build_app(state: AppState) -> Router {
         .merge(bounded)
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        // Inner to outer: a panic becomes a logged JSON 500 (not a dropped connection), a
-        // request that takes too long (a client trickling its body, say) becomes a 408 — the
-        // handlers read the body inside it — and every error that is not JSON yet (extractor
-        // rejections, the timeout) becomes our JSON body.
-        .layer(CatchPanicLayer::custom(
-            webhook_common::error_body::panic_response,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            state.request_timeout,
-        ))
-        .layer(middleware::from_fn(webhook_common::error_body::json_errors))
-        .layer(middleware::from_fn(webhook_common::metrics::track_http))
-        // Outermost: request id, then the request span every log line of the request is in.
-        .layer(webhook_common::telemetry::request_tracing())
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit));
+    // The layers of both services: JSON 500 for a panic, 408 past the request timeout (the
+    // body upload included), JSON errors, HTTP metrics, request id and span.
+    webhook_common::server::with_service_layers(routes, state.request_timeout).with_state(state)
 }
 
 /// Opens the database, migrates, ensures the configured subscription, starts the dispatcher
@@ -151,11 +135,11 @@ pub async fn run(
         store: store.clone(),
         dispatch_wake: dispatcher.waker(),
         handoff: dispatcher.handoff(),
-        max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+        max_body_bytes: config.http.max_body_bytes,
         admin_token: api::admin::AdminToken::new(config.admin_token.expose_secret()),
         allow_private_targets: config.allow_private_webhook_targets,
-        request_timeout: Duration::from_secs(config.request_timeout_secs),
-        max_concurrent_requests: config.max_concurrent_requests,
+        request_timeout: config.http.request_timeout,
+        max_concurrent_requests: config.http.max_concurrent_requests,
         order_rate_limit: order_rate_limit.clone(),
         dispatcher_running: dispatcher.liveness(),
     };
@@ -188,7 +172,7 @@ pub async fn run(
         config.serve_limits(),
         shutdown.clone().cancelled_owned(),
     );
-    let grace = config.shutdown_grace;
+    let grace = config.http.shutdown_grace;
     let served = tokio::select! {
         r = serve => r.context("serving HTTP"),
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {

@@ -5,8 +5,14 @@
 //! - [`poll`]: [`eventually`], the one way a test waits on a condition, with a deadline.
 //! - [`logging`]: [`init_test_logging`], the test binary's tracing subscriber, so a failing
 //!   test shows what the service logged.
+//! - [`openapi`], [`metrics`], [`admin_auth`]: the checks both services run on their
+//!   `GET /openapi.json`, their `GET /metrics` and their admin-token guard; each service's test
+//!   calls them with its own routes and series.
 
+pub mod admin_auth;
 pub mod logging;
+pub mod metrics;
+pub mod openapi;
 pub mod poll;
 pub mod postgres;
 

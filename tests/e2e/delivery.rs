@@ -48,7 +48,7 @@ async fn orders_taken_while_the_receiver_is_down_are_emailed_once_it_is_back() {
     let orders = create_orders(&demo, "while-down", 20).await;
     // Every delivery has already failed at least once: the outbox kept the events.
     for order in &orders {
-        demo.wait_for("a failed delivery attempt to be recorded", || async {
+        demo.eventually("a failed delivery attempt is recorded", || async {
             let deliveries = demo.deliveries_of(order).await;
             deliveries.len() == 1
                 && deliveries[0]["status"] != "delivered"
@@ -78,7 +78,7 @@ async fn forced_redelivery_of_delivered_events_sends_no_second_email() {
 
     for order in &orders {
         let delivery = &demo.deliveries_of(order).await[0];
-        demo.wait_for("the first delivery to be recorded as delivered", || async {
+        demo.eventually("the first delivery is recorded as delivered", || async {
             demo.deliveries_of(order).await[0]["status"] == "delivered"
         })
         .await;
@@ -88,7 +88,7 @@ async fn forced_redelivery_of_delivered_events_sends_no_second_email() {
     }
     // Each redelivery reaches the receiver (a second successful attempt) ...
     for order in &orders {
-        demo.wait_for("the redelivery to be answered", || async {
+        demo.eventually("the redelivery is answered", || async {
             let delivery = &demo.deliveries_of(order).await[0];
             delivery["status"] == "delivered"
                 && attempts(delivery)

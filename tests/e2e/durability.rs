@@ -48,7 +48,7 @@ async fn stream_orders(demo: Arc<Demo>, acked: Arc<AtomicUsize>) -> Vec<String> 
 async fn kill_mid_stream(demo: Arc<Demo>, victim: impl Fn(&Demo) -> &Service) {
     let acked = Arc::new(AtomicUsize::new(0));
     let stream = tokio::spawn(stream_orders(Arc::clone(&demo), Arc::clone(&acked)));
-    demo.wait_for("half of the orders to be acknowledged", || {
+    demo.eventually("half of the orders are acknowledged", || {
         let acked = Arc::clone(&acked);
         async move { acked.load(Ordering::SeqCst) >= ORDERS / 2 }
     })

@@ -258,7 +258,7 @@ async fn two_replicas_each_on_postgres_survive_kill_9_with_exactly_one_email_per
 
     cluster
         .demo
-        .wait_for("a third of the orders to be acknowledged", || {
+        .eventually("a third of the orders are acknowledged", || {
             let acked = Arc::clone(&acked);
             async move { acked.load(Ordering::SeqCst) >= ORDERS / 3 }
         })
@@ -272,7 +272,7 @@ async fn two_replicas_each_on_postgres_survive_kill_9_with_exactly_one_email_per
     );
     cluster
         .demo
-        .wait_for("the survivors to acknowledge more orders", || {
+        .eventually("the survivors acknowledge more orders", || {
             let acked = Arc::clone(&acked);
             async move { acked.load(Ordering::SeqCst) >= ORDERS / 2 }
         })

@@ -196,8 +196,8 @@ pub fn notifications_env(dir: &Path, token: &str, secrets: &str) -> Vec<(String,
         ),
         ("ADMIN_TOKEN".into(), token.into()),
         ("WEBHOOK_SECRET".into(), secrets.into()),
-        ("WORKER_LEASE_SECS".into(), "3".into()),
-        ("WORKER_POLL_MS".into(), "100".into()),
+        ("WORKER_LEASE".into(), "3s".into()),
+        ("WORKER_POLL".into(), "100ms".into()),
     ]
 }
 
@@ -246,15 +246,16 @@ impl Demo {
     /// Polls `GET /healthz` until it answers 200.
     pub async fn wait_healthy(&self, service: &Service) {
         let url = service.url("/healthz");
-        self.wait_for(&format!("{url} to answer 200"), || async {
+        self.eventually(&format!("{url} answers 200"), || async {
             matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success())
         })
         .await;
     }
 
     /// Polls `check` ([`poll_within`]) until it returns true; fails with both services' logs
-    /// after [`DEADLINE`].
-    pub async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
+    /// after [`DEADLINE`]. `what` reads as the condition waited for, as in
+    /// [`test_support::eventually`] (which fails without the logs).
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -265,7 +266,9 @@ impl Demo {
         })
         .await;
         if done.is_none() {
-            self.fail(&format!("timed out after {DEADLINE:?} waiting for {what}"));
+            self.fail(&format!(
+                "timed out after {DEADLINE:?} waiting until {what}"
+            ));
         }
     }
 

@@ -28,31 +28,131 @@ use validator::{Validate, ValidateEmail as _, ValidationError, ValidationErrors}
 
 use crate::money::{Currency, Money};
 
-/// The event types this version knows, with their wire names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum EventType {
+/// The one table of event types: each entry is the [`EventType`] variant (and the
+/// [`EventPayload`] variant of the same name), its wire name and the struct of its `data`,
+/// with the docs of the variant. Everything else that names the known types is generated
+/// from it: the enums, the wire names and their parsing, [`EventType::ALL`], the list in
+/// [`UnknownEventType`]'s message, the (de)serialisation and validation of `data`, and (with
+/// the `openapi` feature) the `EventTypeName` schema. Adding a type is one entry here plus its
+/// payload struct, which derives `Serialize`, `Deserialize` and `Validate` and has an
+/// `order_id: Uuid` (every event is about one order).
+macro_rules! event_types {
+    ($($(#[doc = $doc:literal])* $variant:ident = $wire:literal => $payload:ident;)+) => {
+        /// The event types this version knows, with their wire names.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum EventType {
+            $(
+                $(#[doc = $doc])*
+                #[serde(rename = $wire)]
+                $variant,
+            )+
+        }
+
+        impl EventType {
+            /// Every known type, in a stable order (the order of the table).
+            pub const ALL: [EventType; [$($wire),+].len()] = [$(EventType::$variant),+];
+
+            /// The wire name, e.g. `"order.paid"`.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $wire,)+
+                }
+            }
+        }
+
+        /// The typed `data` of an event, selected by its `type`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum EventPayload {
+            $(
+                #[doc = concat!("`", $wire, "`.")]
+                $variant($payload),
+            )+
+            /// A type this version does not know; acknowledge it rather than reject it.
+            Unknown {
+                /// The `type` as sent.
+                event_type: String,
+                /// The `data` as sent, unparsed.
+                data: serde_json::Value,
+            },
+        }
+
+        impl EventPayload {
+            /// The wire `type` of this payload.
+            pub fn type_name(&self) -> &str {
+                match self {
+                    $(EventPayload::$variant(_) => $wire,)+
+                    EventPayload::Unknown { event_type, .. } => event_type,
+                }
+            }
+
+            /// The known type, or `None` for [`EventPayload::Unknown`].
+            pub fn event_type(&self) -> Option<EventType> {
+                match self {
+                    $(EventPayload::$variant(_) => Some(EventType::$variant),)+
+                    EventPayload::Unknown { .. } => None,
+                }
+            }
+
+            /// The order this event is about, for the known types.
+            pub fn order_id(&self) -> Option<Uuid> {
+                match self {
+                    $(EventPayload::$variant(d) => Some(d.order_id),)+
+                    EventPayload::Unknown { .. } => None,
+                }
+            }
+
+            /// Validates the typed `data` (nothing to validate for an unknown type).
+            fn validate_data(&self) -> Result<(), ValidationErrors> {
+                match self {
+                    $(EventPayload::$variant(d) => d.validate(),)+
+                    EventPayload::Unknown { .. } => Ok(()),
+                }
+            }
+
+            /// Serialises the `data` field of the envelope.
+            fn serialize_data<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
+                match self {
+                    $(EventPayload::$variant(d) => s.serialize_field("data", d),)+
+                    EventPayload::Unknown { data, .. } => s.serialize_field("data", data),
+                }
+            }
+
+            /// The payload of a known `event_type` from its raw `data`.
+            fn from_data(
+                event_type: EventType,
+                data: serde_json::Value,
+            ) -> Result<EventPayload, serde_json::Error> {
+                Ok(match event_type {
+                    $(EventType::$variant => EventPayload::$variant(serde_json::from_value(data)?),)+
+                })
+            }
+        }
+    };
+}
+
+event_types! {
     /// `order.paid`: the payment of an order succeeded.
-    #[serde(rename = "order.paid")]
-    OrderPaid,
+    OrderPaid = "order.paid" => OrderPaid;
     /// `order.payment_failed`: the payment of an order was declined.
-    #[serde(rename = "order.payment_failed")]
-    OrderPaymentFailed,
+    OrderPaymentFailed = "order.payment_failed" => OrderPaymentFailed;
 }
 
 /// A `type` string that is not one of [`EventType::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event type {0:?}; known types are order.paid and order.payment_failed")]
+#[error("unknown event type {0:?}; known types are {known}", known = EventType::known_list())]
 pub struct UnknownEventType(pub String);
 
 impl EventType {
-    /// Every known type, in a stable order.
-    pub const ALL: [EventType; 2] = [EventType::OrderPaid, EventType::OrderPaymentFailed];
-
-    /// The wire name, e.g. `"order.paid"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EventType::OrderPaid => "order.paid",
-            EventType::OrderPaymentFailed => "order.payment_failed",
+    /// The wire names of [`EventType::ALL`] as a sentence lists them:
+    /// `"order.paid and order.payment_failed"`.
+    pub fn known_list() -> String {
+        match EventType::ALL.split_last() {
+            None => String::new(),
+            Some((last, [])) => last.as_str().to_owned(),
+            Some((last, rest)) => {
+                let rest: Vec<&str> = rest.iter().map(EventType::as_str).collect();
+                format!("{} and {}", rest.join(", "), last.as_str())
+            }
         }
     }
 }
@@ -71,6 +171,29 @@ impl FromStr for EventType {
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The OpenAPI schema of an event type's wire name, `EventTypeName`: a string, one of the wire
+/// names of [`EventType::ALL`].
+#[cfg(feature = "openapi")]
+pub struct EventTypeName;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for EventTypeName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("An event type this service emits."))
+            .enum_values(Some(EventType::ALL.map(|t| t.as_str())))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for EventTypeName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("EventTypeName")
     }
 }
 
@@ -233,51 +356,6 @@ pub fn order_total(unit_price: Money, quantity: u32) -> Option<Money> {
     unit_price.checked_mul(i64::from(quantity))
 }
 
-/// The typed `data` of an event, selected by its `type`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EventPayload {
-    /// `order.paid`.
-    OrderPaid(OrderPaid),
-    /// `order.payment_failed`.
-    OrderPaymentFailed(OrderPaymentFailed),
-    /// A type this version does not know; acknowledge it rather than reject it.
-    Unknown {
-        /// The `type` as sent.
-        event_type: String,
-        /// The `data` as sent, unparsed.
-        data: serde_json::Value,
-    },
-}
-
-impl EventPayload {
-    /// The wire `type` of this payload.
-    pub fn type_name(&self) -> &str {
-        match self {
-            EventPayload::OrderPaid(_) => EventType::OrderPaid.as_str(),
-            EventPayload::OrderPaymentFailed(_) => EventType::OrderPaymentFailed.as_str(),
-            EventPayload::Unknown { event_type, .. } => event_type,
-        }
-    }
-
-    /// The known type, or `None` for [`EventPayload::Unknown`].
-    pub fn event_type(&self) -> Option<EventType> {
-        match self {
-            EventPayload::OrderPaid(_) => Some(EventType::OrderPaid),
-            EventPayload::OrderPaymentFailed(_) => Some(EventType::OrderPaymentFailed),
-            EventPayload::Unknown { .. } => None,
-        }
-    }
-
-    /// The order this event is about, for the known types.
-    pub fn order_id(&self) -> Option<Uuid> {
-        match self {
-            EventPayload::OrderPaid(d) => Some(d.order_id),
-            EventPayload::OrderPaymentFailed(d) => Some(d.order_id),
-            EventPayload::Unknown { .. } => None,
-        }
-    }
-}
-
 /// One event: when it happened and what happened.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -314,12 +392,7 @@ impl Validate for Event {
     /// Validates the typed `data`; field paths come out as `data.<field>`. Unknown types have
     /// nothing to validate.
     fn validate(&self) -> Result<(), ValidationErrors> {
-        let result = match &self.payload {
-            EventPayload::OrderPaid(d) => d.validate(),
-            EventPayload::OrderPaymentFailed(d) => d.validate(),
-            EventPayload::Unknown { .. } => Ok(()),
-        };
-        result.map_err(|inner| {
+        self.payload.validate_data().map_err(|inner| {
             let mut outer = ValidationErrors::new();
             outer.errors_mut().insert(
                 "data".into(),
@@ -339,11 +412,7 @@ impl Serialize for Event {
         let mut s = serializer.serialize_struct("Event", 3)?;
         s.serialize_field("type", self.type_name())?;
         s.serialize_field("timestamp", &timestamp)?;
-        match &self.payload {
-            EventPayload::OrderPaid(d) => s.serialize_field("data", d)?,
-            EventPayload::OrderPaymentFailed(d) => s.serialize_field("data", d)?,
-            EventPayload::Unknown { data, .. } => s.serialize_field("data", data)?,
-        }
+        self.payload.serialize_data(&mut s)?;
         s.end()
     }
 }
@@ -365,12 +434,7 @@ impl<'de> Deserialize<'de> for Event {
             D::Error::custom(format_args!("invalid `data` for {}: {e}", raw.event_type))
         };
         let payload = match raw.event_type.parse::<EventType>() {
-            Ok(EventType::OrderPaid) => {
-                EventPayload::OrderPaid(serde_json::from_value(raw.data.clone()).map_err(typed)?)
-            }
-            Ok(EventType::OrderPaymentFailed) => EventPayload::OrderPaymentFailed(
-                serde_json::from_value(raw.data.clone()).map_err(typed)?,
-            ),
+            Ok(known) => EventPayload::from_data(known, raw.data.clone()).map_err(typed)?,
             Err(_) => EventPayload::Unknown {
                 event_type: raw.event_type.clone(),
                 data: raw.data.clone(),
@@ -571,5 +635,14 @@ mod tests {
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }
         assert!("order.unknown".parse::<EventType>().is_err());
+    }
+
+    #[test]
+    fn an_unknown_type_is_refused_with_every_known_type_listed() {
+        let err = "order.unknown".parse::<EventType>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown event type \"order.unknown\"; known types are order.paid and order.payment_failed"
+        );
     }
 }

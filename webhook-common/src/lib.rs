@@ -1,5 +1,7 @@
 //! What both services share, and what a third party can lift into its own service:
 //!
+//! - [`config`]: the settings conventions (durations with a unit, renamed settings refused at
+//!   startup) and, with feature `config`, the HTTP settings both services flatten in;
 //! - [`event`]: the event contracts (`order.paid`, `order.payment_failed`) in a Standard
 //!   Webhooks style envelope, with validation and a lossless path for unknown types;
 //! - [`money`]: exact money (integer minor units plus an ISO 4217 currency);
@@ -21,12 +23,17 @@
 //! - [`pg_listen`] (feature `pg-listen`): PostgreSQL `LISTEN/NOTIFY` as a local wake-up, so
 //!   work committed on one replica wakes the loops of every replica;
 //! - [`readiness`] (feature `readiness`): the `GET /readyz` check both services answer;
+//! - [`health`] (feature `readiness`): the `GET /healthz` and `GET /readyz` routes, over the
+//!   service's own [`health::ReadinessCheck`];
+//! - [`openapi`] (feature `openapi`): the OpenAPI pieces both documents share (the admin
+//!   token's security scheme, the docs of the shared routes) and `GET /openapi.json`;
 //! - [`server`] (feature `server`): serve an axum router with a header read timeout and a
-//!   connection cap;
+//!   connection cap, and (with `axum` and `metrics`) the layers around every service's router;
 //! - [`metrics`] (feature `metrics`): the Prometheus recorder, `/metrics` text and HTTP metrics;
 //! - [`telemetry`] (feature `server`): log setup (`LOG_FORMAT`), request ids and spans, W3C
 //!   `traceparent`, and the liveness flag of background loops.
 
+pub mod config;
 pub mod error_body;
 pub mod event;
 pub mod money;
@@ -42,8 +49,12 @@ pub mod client;
 pub mod extract;
 #[cfg(feature = "group-commit")]
 pub mod group_commit;
+#[cfg(feature = "readiness")]
+pub mod health;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 #[cfg(feature = "pg-listen")]
 pub mod pg_listen;
 #[cfg(feature = "readiness")]

@@ -409,6 +409,35 @@ async fn first_signal() {
     }
 }
 
+/// The layers every service puts around its whole router (routes and fallbacks), in one
+/// place so the two services cannot drift apart. Inner to outer: a panic becomes a logged JSON
+/// 500 (not a dropped connection); a request that takes longer than `request_timeout` (a
+/// client trickling its body, say: the handlers read the body inside it) becomes a 408; every
+/// error that is not JSON yet (extractor rejections, the timeout, the fallbacks) becomes the
+/// JSON [`ErrorBody`](crate::error_body::ErrorBody); every request is counted and timed by
+/// matched route; outermost, the request id and the request span every log line of the
+/// request is in. Add the service's own layers (a body limit, say) before calling it.
+#[cfg(all(feature = "axum", feature = "metrics"))]
+pub fn with_service_layers<S>(router: Router<S>, request_timeout: Duration) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    use axum::http::StatusCode;
+    use axum::middleware;
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::timeout::TimeoutLayer;
+
+    router
+        .layer(CatchPanicLayer::custom(crate::error_body::panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(middleware::from_fn(crate::error_body::json_errors))
+        .layer(middleware::from_fn(crate::metrics::track_http))
+        .layer(crate::telemetry::request_tracing())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

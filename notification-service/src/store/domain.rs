@@ -154,12 +154,12 @@ pub struct ClaimedJob {
     /// The notification.
     pub id: Uuid,
     /// Proves the claim; every update of the job must present it.
-    pub lease_token: Uuid,
+    pub claim_token: Uuid,
     /// Attempts including this one.
     pub attempts: u32,
     /// When the claim expires and another worker may take the job, unless the worker renews
     /// it first (see [`Store::renew_leases`](super::Store::renew_leases)).
-    pub lease_until: OffsetDateTime,
+    pub lease_expires_at: OffsetDateTime,
     /// Recipient.
     pub to: String,
     /// Subject.
@@ -177,9 +177,9 @@ pub struct RenewedLease {
     /// The job.
     pub id: Uuid,
     /// The claim it belongs to.
-    pub lease_token: Uuid,
+    pub claim_token: Uuid,
     /// Its new expiry.
-    pub lease_until: OffsetDateTime,
+    pub lease_expires_at: OffsetDateTime,
 }
 
 /// Most candidates one claim settles (cancels or gives up) before it returns, so a backlog

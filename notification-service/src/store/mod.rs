@@ -28,10 +28,12 @@
 //!     listens ([`Store::spawn_job_listener`]).
 //!
 //! Timestamps are integer unix milliseconds and money never appears, so the domain code is
-//! one for both. Replicas compare lease times taken from their own clocks: keep them in
-//! sync (NTP), as for any lease.
+//! one for both (`domain`, and `intake`: the steps of recording a webhook and the typed
+//! states between them, which each backend runs with its own statements). Replicas compare
+//! lease expiries taken from their own clocks: keep them in sync (NTP), as for any lease.
 
 mod domain;
+mod intake;
 mod postgres;
 mod rows;
 mod sqlite;

@@ -106,13 +106,13 @@ impl ClaimedRow {
         })
     }
 
-    /// The job as leased under `lease_token` until `lease_until`. `None` for a settled
+    /// The job as leased under `claim_token` until `lease_expires_at`. `None` for a settled
     /// candidate, and for a row this code could not have written (it is logged, and its
     /// lease keeps it out of the way until it expires).
     pub(super) fn into_job(
         self,
-        lease_token: Uuid,
-        lease_until: OffsetDateTime,
+        claim_token: Uuid,
+        lease_expires_at: OffsetDateTime,
     ) -> Option<ClaimedJob> {
         if self.status != "queued" {
             return None;
@@ -123,9 +123,9 @@ impl ClaimedRow {
         };
         Some(ClaimedJob {
             id,
-            lease_token,
+            claim_token,
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
-            lease_until,
+            lease_expires_at,
             to: self.recipient,
             subject: self.subject,
             body: self.body,

@@ -87,7 +87,7 @@ pub(crate) struct Job<'a> {
     pub status: &'a str,
     pub attempts: i64,
     pub next_attempt_at: i64,
-    pub lease_until: Option<i64>,
+    pub lease_expires_at: Option<i64>,
     pub created_at: i64,
 }
 
@@ -100,7 +100,7 @@ impl Default for Job<'_> {
             status: "queued",
             attempts: 0,
             next_attempt_at: 0,
-            lease_until: None,
+            lease_expires_at: None,
             created_at: 0,
         }
     }
@@ -123,13 +123,46 @@ impl TestDb {
     }
 
     async fn open(url: String, keep: Keep) -> TestDb {
+        let db = Self::open_unmigrated(url, keep).await;
+        db.store.migrate().await.unwrap();
+        db
+    }
+
+    /// A database with its store connected and no schema yet, to migrate step by step.
+    async fn open_unmigrated(url: String, keep: Keep) -> TestDb {
         let store = Store::connect(&url, TEST_POOL).await.unwrap();
-        store.migrate().await.unwrap();
         TestDb {
             url,
             store,
             _keep: keep,
         }
+    }
+
+    /// A SQLite database at the schema before the claim rename (see [`before_the_rename`]).
+    async fn sqlite_before_the_rename() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let db = Self::open_unmigrated(url, Keep::Sqlite(dir)).await;
+        let pool = db.store.sqlite_pool().unwrap();
+        before_the_rename(&super::sqlite::MIGRATOR)
+            .run(pool)
+            .await
+            .unwrap();
+        db
+    }
+
+    /// A PostgreSQL database at the schema before the claim rename; `None` as
+    /// [`TestDb::postgres`].
+    async fn postgres_before_the_rename(name: &str) -> Option<TestDb> {
+        let pg = test_support::postgres::TestDatabase::create(name).await?;
+        let url = pg.url().to_owned();
+        let db = Self::open_unmigrated(url, Keep::Postgres(Box::new(pg))).await;
+        let pool = db.store.postgres_pool().unwrap();
+        before_the_rename(&super::postgres::MIGRATOR)
+            .run(pool)
+            .await
+            .unwrap();
+        Some(db)
     }
 
     /// The store the test started with.
@@ -217,11 +250,11 @@ impl TestDb {
         // The one statement that needs each dialect: PostgreSQL's ids are uuid.
         let sql = if self.is_postgres() {
             "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
-                 subject, body, status, attempts, next_attempt_at, lease_until, created_at)
+                 subject, body, status, attempts, next_attempt_at, lease_expires_at, created_at)
              VALUES ($1::uuid, $2, $3, $4::uuid, 'a@example.com', $2, 'b', $5, $6, $7, $8, $9)"
         } else {
             "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
-                 subject, body, status, attempts, next_attempt_at, lease_until, created_at)
+                 subject, body, status, attempts, next_attempt_at, lease_expires_at, created_at)
              VALUES ($1, $2, $3, $4, 'a@example.com', $2, 'b', $5, $6, $7, $8, $9)"
         };
         self.execute(
@@ -234,7 +267,7 @@ impl TestDb {
                 job.status.into(),
                 job.attempts.into(),
                 job.next_attempt_at.into(),
-                job.lease_until.into(),
+                job.lease_expires_at.into(),
                 job.created_at.into(),
             ],
         )
@@ -258,6 +291,31 @@ impl TestDb {
     /// Closes the store (and so the SQLite writer).
     pub(crate) async fn close(&self) {
         self.store.close().await;
+    }
+}
+
+/// The description of the migration that renamed `lease_token`/`lease_until` to
+/// `claim_token`/`lease_expires_at` (sqlite 0004, postgres 0002).
+const CLAIM_RENAME: &str = "claim vocabulary";
+
+/// `migrator`'s migrations before the claim rename: the schema a database written by the
+/// previous release has.
+pub(crate) fn before_the_rename(migrator: &Migrator) -> Migrator {
+    let rename = migrator
+        .migrations
+        .iter()
+        .find(|m| m.description == CLAIM_RENAME)
+        .expect("the claim rename is a migration")
+        .version;
+    let migrations: Vec<_> = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < rename)
+        .cloned()
+        .collect();
+    Migrator {
+        migrations: migrations.into(),
+        ..Migrator::DEFAULT
     }
 }
 
@@ -538,7 +596,7 @@ async fn retention_deletes_only_old_finished_notifications_and_unused_states(db:
 }
 
 /// The generated `due_at` is the claim rule: claimable exactly when queued, the retry time
-/// has come and the lease (live while `lease_until >= now`, as the intake reads it) is over.
+/// has come and the lease (live while `lease_expires_at >= now`, as the intake reads it) is over.
 async fn due_at_is_exactly_when_a_job_becomes_claimable(db: &TestDb) {
     let cases: [(&str, i64, Option<i64>, Option<i64>); 5] = [
         ("queued", 100, None, Some(100)),
@@ -547,13 +605,13 @@ async fn due_at_is_exactly_when_a_job_becomes_claimable(db: &TestDb) {
         ("sent", 100, None, None),
         ("cancelled", 100, Some(300), None),
     ];
-    for (i, (status, next_attempt_at, lease_until, want)) in cases.into_iter().enumerate() {
+    for (i, (status, next_attempt_at, lease_expires_at, want)) in cases.into_iter().enumerate() {
         let name = format!("case-{i}");
         db.insert_job(&Job {
             webhook_id: &name,
             status,
             next_attempt_at,
-            lease_until,
+            lease_expires_at,
             ..Job::default()
         })
         .await;
@@ -563,7 +621,7 @@ async fn due_at_is_exactly_when_a_job_becomes_claimable(db: &TestDb) {
                 &[name.as_str().into()],
             )
             .await;
-        assert_eq!(due, want, "{status} {next_attempt_at} {lease_until:?}");
+        assert_eq!(due, want, "{status} {next_attempt_at} {lease_expires_at:?}");
     }
 }
 
@@ -605,21 +663,21 @@ async fn a_claim_settles_what_must_not_be_sent_and_leases_the_next_due_jobs(db: 
         .collect();
     leased.sort_unstable();
     assert_eq!(leased, [("first", 2), ("second", 1)]);
-    assert_eq!(claimed[0].lease_token, claimed[1].lease_token);
-    assert!(to_ms(claimed[0].lease_until) >= before + 60_000);
+    assert_eq!(claimed[0].claim_token, claimed[1].claim_token);
+    assert!(to_ms(claimed[0].lease_expires_at) >= before + 60_000);
 
     let rows: Vec<(String,)> = db
         .fetch_all(
             "SELECT webhook_id || ' ' || status || ' ' || attempts || ' '
-                    || CASE WHEN lease_token IS NULL AND lease_until IS NULL THEN 'free'
-                            WHEN CAST(lease_token AS TEXT) = $1 AND lease_until = $2
+                    || CASE WHEN claim_token IS NULL AND lease_expires_at IS NULL THEN 'free'
+                            WHEN CAST(claim_token AS TEXT) = $1 AND lease_expires_at = $2
                             THEN 'leased'
                             ELSE 'held elsewhere' END
                     || COALESCE(': ' || last_error, '')
              FROM notifications ORDER BY next_attempt_at",
             &[
-                claimed[0].lease_token.into(),
-                to_ms(claimed[0].lease_until).into(),
+                claimed[0].claim_token.into(),
+                to_ms(claimed[0].lease_expires_at).into(),
             ],
         )
         .await;
@@ -756,11 +814,11 @@ async fn two_payments_of_one_order_on_two_replicas_queue_one_confirmation(db: &T
     b.close().await;
 }
 
-/// The failure notice `notice` and the confirmation of its order: (status, lease_until) of
+/// The failure notice `notice` and the confirmation of its order: (status, lease_expires_at) of
 /// the notice, and when the confirmation is due.
 async fn notice_and_confirmation(db: &TestDb, notice: Uuid) -> (String, Option<i64>, i64) {
     db.fetch_one(
-        "SELECT f.status, f.lease_until, c.next_attempt_at
+        "SELECT f.status, f.lease_expires_at, c.next_attempt_at
          FROM notifications AS f JOIN notifications AS c
               ON c.order_id = f.order_id AND c.event_type = 'order.paid'
          WHERE CAST(f.id AS TEXT) = $1",
@@ -796,17 +854,18 @@ async fn a_failure_notice_claimed_while_its_order_is_paid_is_never_due_after_the
         );
         queued(recorded.unwrap());
         let claim = claim.unwrap();
-        let (status, lease_until, confirmation_due) = notice_and_confirmation(db, notice).await;
+        let (status, lease_expires_at, confirmation_due) =
+            notice_and_confirmation(db, notice).await;
         match claim.iter().find(|j| j.id == notice) {
             Some(job) => {
                 claimed_first += 1;
                 assert_eq!(status, "queued");
-                assert_eq!(lease_until, Some(to_ms(job.lease_until)));
+                assert_eq!(lease_expires_at, Some(to_ms(job.lease_expires_at)));
                 assert!(
-                    confirmation_due > to_ms(job.lease_until),
+                    confirmation_due > to_ms(job.lease_expires_at),
                     "round {i}: the confirmation is due at {confirmation_due}, before the \
                      notice's lease ends at {}",
-                    to_ms(job.lease_until)
+                    to_ms(job.lease_expires_at)
                 );
             }
             None => {
@@ -848,19 +907,20 @@ async fn a_failure_notice_renewed_while_its_order_is_paid_never_outlasts_the_con
         let (recorded, renewed) = tokio::join!(
             a.record_webhook(&paid),
             b.renew_leases(
-                vec![(held[0].lease_token, vec![notice])],
+                vec![(held[0].claim_token, vec![notice])],
                 Duration::from_secs(120)
             )
         );
         queued(recorded.unwrap());
         renewed_first += renewed.unwrap().len();
-        let (status, lease_until, confirmation_due) = notice_and_confirmation(db, notice).await;
+        let (status, lease_expires_at, confirmation_due) =
+            notice_and_confirmation(db, notice).await;
         assert_eq!(status, "queued");
-        let lease_until = lease_until.unwrap();
+        let lease_expires_at = lease_expires_at.unwrap();
         assert!(
-            confirmation_due > lease_until,
+            confirmation_due > lease_expires_at,
             "round {i}: the confirmation is due at {confirmation_due}, before the notice's \
-             lease ends at {lease_until}"
+             lease ends at {lease_expires_at}"
         );
         assert!(b.mark_sent(&held[0]).await.unwrap());
     }
@@ -946,7 +1006,7 @@ async fn a_job_leased_by_a_dead_replica_is_claimed_by_another_once_its_lease_exp
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!((taken.id, taken.attempts), (id, 2));
-    assert_ne!(taken.lease_token, held[0].lease_token);
+    assert_ne!(taken.claim_token, held[0].claim_token);
     let late = db.replica().await;
     assert!(!late.mark_sent(&held[0]).await.unwrap(), "the lost lease");
     assert!(alive.mark_sent(&taken).await.unwrap());
@@ -1021,4 +1081,167 @@ async fn a_bad_database_url_is_reported_without_its_password() {
         text.contains("sqlite:") && text.contains("postgres://"),
         "names both accepted forms: {text}"
     );
+}
+
+/// The tests of [`a_database_of_the_previous_schema_keeps_its_claims_across_the_rename`].
+mod upgrade {
+    use super::TestDb;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_a_database_of_the_previous_schema_keeps_its_claims_across_the_rename() {
+        let db = TestDb::sqlite_before_the_rename().await;
+        super::a_database_of_the_previous_schema_keeps_its_claims_across_the_rename(&db).await;
+        db.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_database_of_the_previous_schema_keeps_its_claims_across_the_rename() {
+        let Some(db) = TestDb::postgres_before_the_rename("claim_rename_upgrade").await else {
+            return;
+        };
+        super::a_database_of_the_previous_schema_keeps_its_claims_across_the_rename(&db).await;
+        db.close().await;
+    }
+}
+
+/// `db` is at the schema before the claim rename, holding jobs written under the old column
+/// names: one free, one whose lease (of a dead worker) has expired, one under a live lease.
+/// After the rename migration the tokens and expiries are where the new names say, the
+/// generated `due_at` and the indexes follow them, and the jobs are claimed, renewed and
+/// finished as before; the live lease is still honoured and its token still proves it.
+async fn a_database_of_the_previous_schema_keeps_its_claims_across_the_rename(db: &TestDb) {
+    let now = now_ms();
+    let (abandoned_token, held_token) = (Uuid::new_v4(), Uuid::new_v4());
+    // Ids are uuid on PostgreSQL; a NULL token is bound as '' (a NULL text would be typed).
+    let sql = if db.is_postgres() {
+        "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient, subject,
+             body, status, attempts, next_attempt_at, lease_token, lease_until, created_at)
+         VALUES ($1::uuid, $2, 'order.paid', $3::uuid, 'a@example.com', $2, 'b', 'queued',
+                 $4, $5, NULLIF($6, '')::uuid, $7, $5)"
+    } else {
+        "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient, subject,
+             body, status, attempts, next_attempt_at, lease_token, lease_until, created_at)
+         VALUES ($1, $2, 'order.paid', $3, 'a@example.com', $2, 'b', 'queued',
+                 $4, $5, NULLIF($6, ''), $7, $5)"
+    };
+    let mut ids = Vec::new();
+    for (name, attempts, token, expires) in [
+        ("free", 0, String::new(), None),
+        (
+            "abandoned",
+            1,
+            abandoned_token.to_string(),
+            Some(now - 1_000),
+        ),
+        ("held", 1, held_token.to_string(), Some(now + 60_000)),
+    ] {
+        let id = Uuid::now_v7();
+        let binds = [
+            id.into(),
+            name.into(),
+            Uuid::now_v7().into(),
+            Value::Int(attempts),
+            Value::Int(now - 2_000),
+            token.into(),
+            expires.into(),
+        ];
+        assert_eq!(db.execute(sql, &binds).await, 1);
+        ids.push(id);
+    }
+    let (free, abandoned, held) = (ids[0], ids[1], ids[2]);
+
+    db.store().migrate().await.unwrap();
+
+    let indexes: Vec<(String,)> = if db.is_postgres() {
+        db.fetch_all(
+            "SELECT CAST(indexname AS TEXT) FROM pg_indexes WHERE tablename = 'notifications'",
+            &[],
+        )
+        .await
+    } else {
+        db.fetch_all(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'notifications'",
+            &[],
+        )
+        .await
+    };
+    let indexes: HashSet<String> = indexes.into_iter().map(|(name,)| name).collect();
+    assert!(indexes.contains("notifications_claim_token"), "{indexes:?}");
+    assert!(indexes.contains("notifications_due_at"), "{indexes:?}");
+    assert!(
+        !indexes.contains("notifications_lease_token"),
+        "{indexes:?}"
+    );
+    let (token, expires, due): (Option<String>, Option<i64>, Option<i64>) = db
+        .fetch_one(
+            "SELECT CAST(claim_token AS TEXT), lease_expires_at, due_at FROM notifications
+             WHERE webhook_id = 'held'",
+            &[],
+        )
+        .await;
+    assert_eq!(token, Some(held_token.to_string()));
+    assert_eq!(expires, Some(now + 60_000));
+    assert_eq!(
+        due,
+        Some(now + 60_001),
+        "due_at reads the renamed lease_expires_at"
+    );
+
+    let store = db.store();
+    let mut claimed = store
+        .claim_due(10, Duration::from_secs(60), 8)
+        .await
+        .unwrap();
+    claimed.sort_by_key(|job| job.id);
+    let got: Vec<(Uuid, u32)> = claimed.iter().map(|job| (job.id, job.attempts)).collect();
+    assert_eq!(
+        got,
+        [(free, 1), (abandoned, 2)],
+        "the live lease is honoured"
+    );
+    let token = claimed[0].claim_token;
+    let mut renewed = store
+        .renew_leases(
+            vec![(token, vec![free, abandoned]), (held_token, vec![held])],
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    renewed.sort_by_key(|lease| lease.id);
+    let got: Vec<(Uuid, Uuid)> = renewed.iter().map(|l| (l.id, l.claim_token)).collect();
+    assert_eq!(
+        got,
+        [(free, token), (abandoned, token), (held, held_token)],
+        "renewed by claim token, the old one too"
+    );
+    for job in &claimed {
+        assert!(store.mark_sent(job).await.unwrap());
+    }
+    // The worker that held the job under the old schema hands it back with its token.
+    let held_job = ClaimedJob {
+        id: held,
+        claim_token: held_token,
+        attempts: 1,
+        lease_expires_at: renewed[2].lease_expires_at,
+        to: "a@example.com".into(),
+        subject: "held".into(),
+        body: "b".into(),
+        trace_id: None,
+    };
+    assert!(store.release(&held_job).await.unwrap());
+    let again = store
+        .claim_due(10, Duration::from_secs(60), 8)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (held, 1));
+    assert!(store.mark_sent(&again[0]).await.unwrap());
+    let (sent,): (i64,) = db
+        .fetch_one(
+            "SELECT COUNT(*) FROM notifications
+             WHERE status = 'sent' AND claim_token IS NULL AND lease_expires_at IS NULL",
+            &[],
+        )
+        .await;
+    assert_eq!(sent, 3);
 }

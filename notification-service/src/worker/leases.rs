@@ -25,13 +25,13 @@ pub(super) struct HeldLeases {
 impl HeldLeases {
     /// Starts tracking `job`'s lease; it is renewed until the returned handle is dropped.
     pub(super) fn hold(self: &Arc<Self>, job: &ClaimedJob) -> HeldLease {
-        let key = (job.id, job.lease_token);
-        let until = Arc::new(AtomicI64::new(to_ms(job.lease_until)));
-        self.lock().insert(key, until.clone());
+        let key = (job.id, job.claim_token);
+        let expires_at_ms = Arc::new(AtomicI64::new(to_ms(job.lease_expires_at)));
+        self.lock().insert(key, expires_at_ms.clone());
         HeldLease {
             leases: self.clone(),
             key,
-            until,
+            expires_at_ms,
         }
     }
 
@@ -50,8 +50,8 @@ impl HeldLeases {
     pub(super) fn extend(&self, renewed: &[RenewedLease]) {
         let held = self.lock();
         for lease in renewed {
-            if let Some(until) = held.get(&(lease.id, lease.lease_token)) {
-                until.fetch_max(to_ms(lease.lease_until), Ordering::Relaxed);
+            if let Some(expires_at_ms) = held.get(&(lease.id, lease.claim_token)) {
+                expires_at_ms.fetch_max(to_ms(lease.lease_expires_at), Ordering::Relaxed);
             }
         }
     }
@@ -68,14 +68,14 @@ impl HeldLeases {
 pub(super) struct HeldLease {
     leases: Arc<HeldLeases>,
     key: Key,
-    /// Expiry in ms, raised by each renewal that included this job.
-    until: Arc<AtomicI64>,
+    /// The lease expiry (unix ms), raised by each renewal that included this job.
+    expires_at_ms: Arc<AtomicI64>,
 }
 
 impl HeldLease {
     /// How long the lease is known to last from now; zero once it is over.
     pub(super) fn remaining(&self) -> Duration {
-        let left = self.until.load(Ordering::Relaxed) - to_ms(OffsetDateTime::now_utc());
+        let left = self.expires_at_ms.load(Ordering::Relaxed) - to_ms(OffsetDateTime::now_utc());
         Duration::from_millis(u64::try_from(left).unwrap_or(0))
     }
 }

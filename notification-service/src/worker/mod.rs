@@ -137,7 +137,7 @@ impl EmailWorker {
 
     /// Runs [`EmailWorker::run_once`] until no job is due. Jobs waiting for a later retry
     /// are left for later.
-    pub async fn run_until_idle(&self) -> Result<usize, WriteError> {
+    pub async fn drain(&self) -> Result<usize, WriteError> {
         let mut total = 0;
         loop {
             let n = self.run_once().await?;

@@ -84,7 +84,7 @@ async fn notifications_page_newest_first_with_a_cursor_and_show_the_body_by_id()
         assert_eq!(r.status(), 202);
         ids.push(id);
     }
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
 
     let (status, first) = app.admin_get("/notifications?limit=2").await;
     assert_eq!(status, 200);

@@ -54,7 +54,7 @@ async fn start(db_dir: &Path, log: &Path, env: &[(&str, &str)], http: &reqwest::
         child,
         base: String::new(),
     };
-    service.base = wait_for("the service to log its address", || async {
+    service.base = eventually("the service has logged its address", || async {
         let text = std::fs::read_to_string(log).ok()?;
         let at = text.find("listening on http://")? + "listening on ".len();
         // Only a complete line: the child may be halfway through writing it.
@@ -63,7 +63,7 @@ async fn start(db_dir: &Path, log: &Path, env: &[(&str, &str)], http: &reqwest::
     })
     .await;
     let health = format!("{}/healthz", service.base);
-    wait_for("the service to serve", || async {
+    eventually("the service serves", || async {
         let r = http.get(&health).send().await.ok()?;
         r.status().is_success().then_some(())
     })
@@ -71,13 +71,13 @@ async fn start(db_dir: &Path, log: &Path, env: &[(&str, &str)], http: &reqwest::
     service
 }
 
-/// A worker of two slots with one-second leases and sends of `delay_ms`, so a kill surely
+/// A worker of two slots with one-second leases and sends of `delay`, so a kill surely
 /// lands while it is mid-way.
-fn slow_small_worker(delay_ms: &str) -> [(&str, &str); 3] {
+fn slow_small_worker(delay: &str) -> [(&str, &str); 3] {
     [
-        ("MAILER_DELAY_MS", delay_ms),
+        ("MAILER_DELAY", delay),
         ("WORKER_CONCURRENCY", "2"),
-        ("WORKER_LEASE_SECS", "1"),
+        ("WORKER_LEASE", "1s"),
     ]
 }
 
@@ -118,7 +118,7 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
     let http = reqwest::Client::new();
     // Slow sends the first time, so the kill surely lands while most are still queued;
     // fast ones after the restart.
-    let mut service = start(dir.path(), &log1, &slow_small_worker("200"), &http).await;
+    let mut service = start(dir.path(), &log1, &slow_small_worker("200ms"), &http).await;
 
     let events: Vec<(String, Event)> = (0..200)
         .map(|_| (msg_id(), paid(Uuid::now_v7(), now())))
@@ -146,7 +146,7 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
     }
 
     let base = service.base.clone();
-    let sent_before = wait_for("the worker to be under way", || async {
+    let sent_before = eventually("the worker is under way", || async {
         let n = sent_count(&http, &base).await;
         (n >= 10).then_some(n)
     })
@@ -159,7 +159,7 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
     );
     drop(service);
 
-    let service = start(dir.path(), &log2, &slow_small_worker("5"), &http).await;
+    let service = start(dir.path(), &log2, &slow_small_worker("5ms"), &http).await;
     // The sender's retries of already-accepted deliveries are recognised.
     for (id, event) in events.iter().take(5) {
         let r = webhook_common::client::signed_event_request(
@@ -178,7 +178,7 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
             "duplicate"
         );
     }
-    wait_for("every email to be sent", || async {
+    eventually("every email is sent", || async {
         (sent_count(&http, &service.base).await == 200).then_some(())
     })
     .await;
@@ -252,7 +252,7 @@ async fn a_kill_9_in_the_middle_of_group_commits_loses_no_acknowledged_webhook_a
     // claims jobs, but none of its sends can finish before the kill. So every email is
     // sent in the second run, and "exactly once" is observable at the mailer (a send that
     // finished just before a kill may legitimately repeat: delivery is at-least-once).
-    let mut service = start(dir.path(), &log1, &[("MAILER_DELAY_MS", "10000")], &http).await;
+    let mut service = start(dir.path(), &log1, &[("MAILER_DELAY", "10s")], &http).await;
     let url = format!("{}/webhooks/orders", service.base);
 
     let events: Vec<(String, Event)> = (0..BURST)
@@ -306,8 +306,8 @@ async fn a_kill_9_in_the_middle_of_group_commits_loses_no_acknowledged_webhook_a
     let lost: Vec<&String> = acked.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged but not stored: {lost:?}");
     let (held, held_until): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MAX(lease_until) FROM notifications
-         WHERE status = 'queued' AND lease_until IS NOT NULL",
+        "SELECT COUNT(*), MAX(lease_expires_at) FROM notifications
+         WHERE status = 'queued' AND lease_expires_at IS NOT NULL",
     )
     .fetch_one(&db)
     .await
@@ -342,7 +342,7 @@ async fn a_kill_9_in_the_middle_of_group_commits_loses_no_acknowledged_webhook_a
             .unwrap();
         assert_eq!(r.status(), 200, "an acknowledged webhook is a duplicate");
     }
-    wait_for("every email to be sent", || async {
+    eventually("every email is sent", || async {
         (sent_count(&http, &service.base).await == BURST).then_some(())
     })
     .await;

@@ -16,7 +16,7 @@ async fn assert_nothing_recorded(app: &TestApp) {
     let (status, received) = app.admin_get("/webhooks/received").await;
     assert_eq!(status, 200);
     assert_eq!(received["items"], Value::Array(vec![]), "{received}");
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     assert!(app.mailer.sent().is_empty());
 }
 
@@ -187,7 +187,7 @@ async fn during_rotation_old_and_new_secrets_are_both_accepted() {
         )
         .await;
     assert_error(r, 401, "webhook_verification_failed").await;
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 3);
+    assert_eq!(app.worker.drain().await.unwrap(), 3);
     assert_eq!(app.mailer.sent().len(), 3);
 }
 
@@ -222,13 +222,13 @@ async fn first_delivery_is_queued_and_a_retry_is_a_duplicate_with_one_email() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
 
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 1);
+    assert_eq!(app.worker.drain().await.unwrap(), 1);
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].body.contains("25.00 EUR"), "{}", sent[0].body);
     let r = app.deliver(&id, &event).await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 0);
+    assert_eq!(app.worker.drain().await.unwrap(), 0);
     assert_eq!(app.mailer.sent().len(), 1);
 }
 
@@ -262,7 +262,7 @@ async fn the_same_delivery_twenty_times_concurrently_yields_one_job_and_one_emai
     assert_eq!((queued, duplicates), (1, 19), "{outcomes:?}");
 
     assert_eq!(app.notifications().await.len(), 1);
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 1);
+    assert_eq!(app.worker.drain().await.unwrap(), 1);
     assert_eq!(app.mailer.sent().len(), 1);
 }
 
@@ -290,7 +290,7 @@ async fn a_payment_failure_older_than_the_payment_is_stale_and_sends_nothing() {
         .await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "stale");
 
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].subject.contains("confirmed"), "{}", sent[0].subject);
@@ -315,7 +315,7 @@ async fn a_payment_arriving_after_a_queued_failure_cancels_the_failure_notice() 
         .deliver(&msg_id(), &paid(order, t + time::Duration::seconds(5)))
         .await;
     assert_eq!(r.status(), 202);
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].subject.contains("confirmed"));
@@ -340,7 +340,7 @@ async fn a_sent_failure_notice_is_followed_by_the_confirmation_when_payment_succ
     let order = Uuid::now_v7();
     let t = now();
     app.deliver(&msg_id(), &payment_failed(order, t)).await;
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     let r = app
         .deliver(
             &msg_id(),
@@ -352,7 +352,7 @@ async fn a_sent_failure_notice_is_followed_by_the_confirmation_when_payment_succ
         .deliver(&msg_id(), &paid(order, t + time::Duration::seconds(60)))
         .await;
     assert_eq!(r.status(), 202);
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     let subjects: Vec<String> = app.mailer.sent().into_iter().map(|e| e.subject).collect();
     assert_eq!(subjects.len(), 2, "{subjects:?}");
     assert!(subjects[0].starts_with("Payment failed"));

@@ -45,7 +45,7 @@ async fn read_response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
 
 #[tokio::test]
 async fn a_client_that_trickles_its_body_gets_408_json_and_loses_its_slot() {
-    let app = TestApp::spawn_with(&["--request-timeout-secs", "1"], None).await;
+    let app = TestApp::spawn_with(&["--request-timeout", "1s"], None).await;
     let mut slow = start_slow_upload(&app).await;
     let (status, head, body) = tokio::time::timeout(DEADLINE, read_response(&mut slow))
         .await
@@ -63,8 +63,8 @@ async fn deliveries_beyond_the_concurrency_bound_get_503_with_retry_after() {
         &[
             "--max-concurrent-requests",
             "1",
-            "--request-timeout-secs",
-            "60",
+            "--request-timeout",
+            "60s",
             "--reject-burst",
             "1000",
         ],
@@ -73,7 +73,7 @@ async fn deliveries_beyond_the_concurrency_bound_get_503_with_retry_after() {
     .await;
     let slow = start_slow_upload(&app).await;
     // Once the slow upload holds the only slot, further deliveries are shed at once.
-    let shed = wait_for("a delivery to be shed", || async {
+    let shed = eventually("a delivery is shed", || async {
         let r = app
             .http
             .post(app.intake())
@@ -90,7 +90,7 @@ async fn deliveries_beyond_the_concurrency_bound_get_503_with_retry_after() {
 
     // When the slow client goes away, its slot is free again.
     drop(slow);
-    wait_for("a delivery to be accepted", || async {
+    eventually("a delivery is accepted", || async {
         let r = app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
         (r.status() == 202).then_some(())
     })

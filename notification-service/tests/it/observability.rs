@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{self, msg_id, paid, secret, wait_for, TestApp};
+use crate::support::{self, eventually, msg_id, paid, secret, TestApp};
 
 /// A service whose email worker runs on its own, as under `run`, with handles to stop the
 /// worker and to close the database.
@@ -67,7 +67,7 @@ impl RunningApp {
 
     /// Polls `/readyz` until it answers `status`; returns its body.
     async fn readyz_until(&self, status: u16) -> Value {
-        wait_for(&format!("/readyz answers {status}"), || async {
+        eventually(&format!("/readyz answers {status}"), || async {
             let r = self
                 .http
                 .get(format!("{}/readyz", self.base))
@@ -193,7 +193,7 @@ async fn the_intake_logs_carry_the_request_id_and_the_senders_trace_id() {
             .find(|l| l.contains("webhook recorded") && l.contains(request_id))
             .map(str::to_owned)
     };
-    let valid = wait_for("the intake logged the valid one", || async {
+    let valid = eventually("the intake logged the valid one", || async {
         line_of("trace-test-valid")
     })
     .await;
@@ -209,7 +209,7 @@ async fn the_intake_logs_carry_the_request_id_and_the_senders_trace_id() {
     assert_eq!(request["method"], "POST");
     assert_eq!(request["route"], "/webhooks/orders");
 
-    let malformed = wait_for("the intake logged the malformed one", || async {
+    let malformed = eventually("the intake logged the malformed one", || async {
         line_of("trace-test-malformed")
     })
     .await;
@@ -246,11 +246,11 @@ async fn the_email_jobs_log_lines_carry_the_trace_id_its_webhook_arrived_with() 
     .await;
     let untraced = send(None).await;
     let malformed = send(Some("00-not-a-trace")).await;
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 3);
+    assert_eq!(app.worker.drain().await.unwrap(), 3);
 
     // The email line of notification `id`, parsed.
     let line_of = |id: String| async move {
-        wait_for(&format!("the email of {id} was logged"), || async {
+        eventually(&format!("the email of {id} was logged"), || async {
             let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
             text.lines()
                 .filter(|l| l.contains("email sent (simulated)") && l.contains(&id))

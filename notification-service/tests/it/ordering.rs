@@ -47,12 +47,12 @@ async fn a_failure_notice_whose_send_failed_while_the_order_was_paid_is_cancelle
         .await
         .unwrap());
 
-    wait_for("the confirmation to be sent", || async {
+    eventually("the confirmation is sent", || async {
         app.worker.run_once().await.unwrap();
         (notification_of(&app, "order.paid").await["status"] == "sent").then_some(())
     })
     .await;
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     let confirmation = notification_of(&app, "order.paid").await;
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1, "only the confirmation goes out: {sent:?}");
@@ -87,15 +87,15 @@ async fn a_confirmation_waits_until_the_failure_notice_being_sent_is_done() {
     .fetch_one(app.db())
     .await
     .unwrap();
-    let lease_until = to_ms(held[0].lease_until);
+    let lease_expires_at = to_ms(held[0].lease_expires_at);
     assert!(
-        due > lease_until,
-        "confirmation due at {due}, failure notice held until {lease_until}"
+        due > lease_expires_at,
+        "confirmation due at {due}, failure notice held until {lease_expires_at}"
     );
 
     // The failure send succeeds; the confirmation follows it.
     assert!(app.store.mark_sent(&held[0]).await.unwrap());
-    wait_for("the confirmation to be sent", || async {
+    eventually("the confirmation is sent", || async {
         app.worker.run_once().await.unwrap();
         (notification_of(&app, "order.paid").await["status"] == "sent").then_some(())
     })
@@ -111,7 +111,7 @@ async fn a_job_whose_worker_died_during_every_attempt_is_marked_failed_not_retri
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     // Two workers claim the job in turn and die before recording anything.
     for attempt in 1..=2 {
-        let job = wait_for("the lease to expire", || async {
+        let job = eventually("the lease has expired", || async {
             let mut jobs = app
                 .store
                 .claim_due(10, Duration::from_millis(5), 2)
@@ -122,7 +122,7 @@ async fn a_job_whose_worker_died_during_every_attempt_is_marked_failed_not_retri
         .await;
         assert_eq!(job.attempts, attempt);
     }
-    let n = wait_for("the job to be given up", || async {
+    let n = eventually("the job is given up", || async {
         app.worker.run_once().await.unwrap();
         let n = notification_of(&app, "order.paid").await;
         (n["status"] != "queued").then_some(n)
@@ -160,7 +160,7 @@ async fn an_order_stays_paid_after_its_dedup_records_are_cleaned_up() {
         Duration::from_secs(3600),
         stop.clone(),
     ));
-    wait_for("the expired record to go", || async {
+    eventually("the expired record is gone", || async {
         let (_, received) = app.admin_get("/webhooks/received").await;
         received["items"]
             .as_array()
@@ -209,7 +209,7 @@ async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation(
     let renewed = app
         .store
         .renew_leases(
-            vec![(held[0].lease_token, held.iter().map(|j| j.id).collect())],
+            vec![(held[0].claim_token, held.iter().map(|j| j.id).collect())],
             Duration::from_secs(60),
         )
         .await
@@ -222,7 +222,7 @@ async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation(
     assert_eq!(renewed.len(), 1, "{renewed:?}");
     assert!(!renewed_ids.contains(&failure_id), "{renewed:?}");
     let (failure_lease, confirmation_due): (i64, i64) = sqlx::query_as(
-        "SELECT f.lease_until, c.next_attempt_at FROM notifications AS f, notifications AS c
+        "SELECT f.lease_expires_at, c.next_attempt_at FROM notifications AS f, notifications AS c
          WHERE f.id = $1 AND c.order_id = f.order_id AND c.event_type = 'order.paid'",
     )
     .bind(failure_id.to_string())
@@ -230,6 +230,10 @@ async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation(
     .await
     .unwrap();
     let claimed = held.iter().find(|j| j.id == failure_id).unwrap();
-    assert_eq!(failure_lease, to_ms(claimed.lease_until), "not extended");
+    assert_eq!(
+        failure_lease,
+        to_ms(claimed.lease_expires_at),
+        "not extended"
+    );
     assert!(confirmation_due > failure_lease);
 }

@@ -21,8 +21,8 @@ async fn two_replicas_on_one_database_record_a_webhook_once_and_wake_each_other(
         db.url(),
         "--database-max-connections",
         "4",
-        "--worker-poll-ms",
-        "600000",
+        "--worker-poll",
+        "600000ms",
     ];
     let a = TestApp::spawn_with(&flags, None).await;
     let b = TestApp::spawn_with(&flags, None).await;
@@ -42,7 +42,7 @@ async fn two_replicas_on_one_database_record_a_webhook_once_and_wake_each_other(
         answers,
         [(200, "duplicate".to_owned()), (202, "queued".to_owned())]
     );
-    wait_for("B's worker to send the email", || async {
+    eventually("B's worker has sent the email", || async {
         (b.mailer.sent().len() == 1).then_some(())
     })
     .await;
@@ -50,7 +50,7 @@ async fn two_replicas_on_one_database_record_a_webhook_once_and_wake_each_other(
     // Now B's worker is idle until its poll; a job accepted by A wakes it.
     let r = a.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     assert_eq!(r.status(), 202);
-    wait_for("A's commit to wake B's worker", || async {
+    eventually("A's commit has woken B's worker", || async {
         (b.mailer.sent().len() == 2).then_some(())
     })
     .await;

@@ -12,7 +12,7 @@ async fn run_serves_webhooks_and_on_cancel_finishes_the_send_in_flight_and_retur
     test_support::init_test_logging();
     let dir = tempfile::tempdir().unwrap();
     // Slow sends, so the one under way when we cancel has to be waited for.
-    let config = config(&dir, &["--mailer-delay-ms", "500"]);
+    let config = config(&dir, &["--mailer-delay", "500ms"]);
     let database_url = config.database_url.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -20,7 +20,7 @@ async fn run_serves_webhooks_and_on_cancel_finishes_the_send_in_flight_and_retur
     let service = tokio::spawn(run(config, listener, shutdown.clone()));
 
     let http = reqwest::Client::new();
-    wait_for("the service to serve", || async {
+    eventually("the service serves", || async {
         let r = http.get(format!("{base}/healthz")).send().await.ok()?;
         r.status().is_success().then_some(())
     })
@@ -36,7 +36,7 @@ async fn run_serves_webhooks_and_on_cancel_finishes_the_send_in_flight_and_retur
     .await
     .unwrap();
     assert_eq!(r.status(), 202);
-    wait_for("the worker to take the job", || async {
+    eventually("the worker has taken the job", || async {
         let all = all_notifications(&http, &base).await;
         (all.len() == 1 && all[0]["attempts"] == 1).then_some(())
     })

@@ -110,7 +110,7 @@ impl Sink {
 
     /// Waits until a session has ended, then returns every verb logged.
     async fn verbs_once_closed(&self) -> Vec<String> {
-        wait_for("the SMTP session to end", move || async move {
+        eventually("the SMTP session has ended", move || async move {
             let verbs = self.verbs();
             verbs.iter().any(|v| v == CLOSED).then_some(verbs)
         })
@@ -326,7 +326,7 @@ async fn an_order_confirmation_reaches_the_smtp_server_with_a_stable_message_id(
     let order = Uuid::now_v7();
     let r = app.deliver(&msg_id(), &paid(order, now())).await;
     assert_eq!(r.status(), 202);
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 1);
+    assert_eq!(app.worker.drain().await.unwrap(), 1);
 
     let message = tokio::time::timeout(DEADLINE, inbox.recv())
         .await

@@ -39,8 +39,8 @@ pub fn config(dir: &TempDir, extra: &[&str]) -> Config {
         ("--database-url", db.as_str()),
         ("--admin-token", ADMIN_TOKEN),
         ("--webhook-secret", SECRET),
-        ("--worker-retry-base-ms", "1"),
-        ("--worker-retry-max-secs", "1"),
+        ("--worker-retry-base", "1ms"),
+        ("--worker-retry-max", "1s"),
     ];
     let mut args = vec!["notification-service".to_owned()];
     for (flag, value) in defaults {
@@ -58,7 +58,7 @@ pub struct TestApp {
     pub base: String,
     /// Its database.
     pub store: Store,
-    /// The worker, driven with `run_once` / `run_until_idle`.
+    /// The worker, driven with `run_once` / `drain`.
     pub worker: EmailWorker,
     /// What the worker sent.
     pub mailer: RecordingMailer,
@@ -257,7 +257,7 @@ pub fn signed_headers(
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`]
 /// ([`test_support::eventually`] with this harness's deadline).
-pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

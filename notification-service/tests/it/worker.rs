@@ -30,7 +30,7 @@ async fn transient_send_failures_are_retried_with_backoff_until_sent() {
     );
     assert!(n["last_error"].as_str().unwrap().contains("transient"));
 
-    wait_for("the retries to succeed", || async {
+    eventually("the retries have succeeded", || async {
         app.worker.run_once().await.unwrap();
         (app.mailer.sent().len() == 1).then_some(())
     })
@@ -46,7 +46,7 @@ async fn a_permanent_failure_marks_the_notification_failed_and_visible() {
     let app = TestApp::spawn().await;
     app.mailer.fail_next(1, true);
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
-    app.worker.run_until_idle().await.unwrap();
+    app.worker.drain().await.unwrap();
     let n = only_notification(&app).await;
     assert_eq!(n["status"], "failed");
     assert_eq!(n["attempts"], 1);
@@ -60,14 +60,14 @@ async fn after_the_last_allowed_attempt_the_notification_is_failed() {
     let app = TestApp::spawn_with(&["--worker-max-attempts", "2"], None).await;
     app.mailer.fail_next(100, false);
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
-    let n = wait_for("the notification to fail", || async {
+    let n = eventually("the notification has failed", || async {
         app.worker.run_once().await.unwrap();
         let n = only_notification(&app).await;
         (n["status"] == "failed").then_some(n)
     })
     .await;
     assert_eq!(n["attempts"], 2);
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 0);
+    assert_eq!(app.worker.drain().await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn the_background_worker_sends_new_jobs_and_stops_on_shutdown() {
     for _ in 0..10 {
         app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     }
-    wait_for("ten emails", || async {
+    eventually("ten emails are sent", || async {
         (app.mailer.sent().len() == 10).then_some(())
     })
     .await;
@@ -97,11 +97,11 @@ async fn the_background_worker_sends_new_jobs_and_stops_on_shutdown() {
 #[tokio::test]
 async fn shutdown_releases_a_job_whose_send_does_not_finish_in_the_grace_period() {
     let slow = Arc::new(SimulatedMailer::new(Duration::from_secs(30)));
-    let app = TestApp::spawn_with(&["--shutdown-grace-secs", "0"], Some(slow)).await;
+    let app = TestApp::spawn_with(&["--shutdown-grace", "0s"], Some(slow)).await;
     let stop = CancellationToken::new();
     let running = tokio::spawn(app.worker.clone().run(stop.clone()));
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
-    wait_for("the job to be claimed", || async {
+    eventually("the job is claimed", || async {
         let n = only_notification(&app).await;
         (n["attempts"] == 1).then_some(())
     })
@@ -134,8 +134,8 @@ async fn a_renewal_extends_only_the_jobs_still_in_hand() {
         .await
         .unwrap();
     assert_eq!(jobs.len(), 2);
-    let token = jobs[0].lease_token;
-    assert_eq!(jobs[1].lease_token, token, "one claim, one token");
+    let token = jobs[0].claim_token;
+    assert_eq!(jobs[1].claim_token, token, "one claim, one token");
     let (kept, let_go) = (jobs[0].id, jobs[1].id);
 
     // The worker still has the first job in hand; it let the second one go (its outcome
@@ -148,11 +148,11 @@ async fn a_renewal_extends_only_the_jobs_still_in_hand() {
         .unwrap();
     let renewed: Vec<Uuid> = renewed.iter().map(|l| l.id).collect();
     assert_eq!(renewed, vec![kept]);
-    let lease_until = |id: Uuid| {
+    let lease_expires_at = |id: Uuid| {
         let store = app.store.clone();
         async move {
             let (until,): (i64,) =
-                sqlx::query_as("SELECT lease_until FROM notifications WHERE id = $1")
+                sqlx::query_as("SELECT lease_expires_at FROM notifications WHERE id = $1")
                     .bind(id.to_string())
                     .fetch_one(store.sqlite_pool().unwrap())
                     .await
@@ -160,8 +160,8 @@ async fn a_renewal_extends_only_the_jobs_still_in_hand() {
             until - notification_service::store::to_ms(now())
         }
     };
-    assert!(lease_until(kept).await > 30_000, "renewed to a minute");
-    assert!(lease_until(let_go).await <= 5_000, "left to expire");
+    assert!(lease_expires_at(kept).await > 30_000, "renewed to a minute");
+    assert!(lease_expires_at(let_go).await <= 5_000, "left to expire");
 }
 
 #[tokio::test]
@@ -187,7 +187,7 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
         Duration::from_secs(3600),
         stop.clone(),
     ));
-    wait_for("the expired record to go", || async {
+    eventually("the expired record is gone", || async {
         let (_, received) = app.admin_get("/webhooks/received").await;
         let ids: Vec<String> = received["items"]
             .as_array()
@@ -243,7 +243,7 @@ async fn a_database_hiccup_after_a_send_is_ridden_out_without_a_second_email() {
     assert_eq!(n["status"], "sent", "{n}");
     assert_eq!(n["attempts"], 1);
     assert_eq!(app.mailer.sent().len(), 1);
-    assert_eq!(app.worker.run_until_idle().await.unwrap(), 0);
+    assert_eq!(app.worker.drain().await.unwrap(), 0);
     assert_eq!(app.mailer.sent().len(), 1, "no second email");
 }
 
@@ -267,7 +267,7 @@ async fn the_worker_records_its_work_while_requests_hold_every_request_connectio
 
 #[tokio::test]
 async fn a_live_worker_renews_its_lease_so_an_outage_longer_than_the_lease_sends_no_second_email() {
-    let app = TestApp::spawn_with(&["--worker-lease-secs", "1"], None).await;
+    let app = TestApp::spawn_with(&["--worker-lease", "1s"], None).await;
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     // For three leases, recording a notification as sent fails; renewing its lease (which
     // does not touch the status) still works.
@@ -276,13 +276,13 @@ async fn a_live_worker_renews_its_lease_so_an_outage_longer_than_the_lease_sends
     let worker = app.worker.clone();
     let running = tokio::spawn(async move { worker.run_once().await });
     let lease_of_the_job = || async {
-        sqlx::query_scalar::<_, Option<i64>>("SELECT lease_until FROM notifications")
+        sqlx::query_scalar::<_, Option<i64>>("SELECT lease_expires_at FROM notifications")
             .fetch_one(app.db())
             .await
             .unwrap()
     };
-    let first_lease = wait_for("the job to be claimed", lease_of_the_job).await;
-    wait_for("the first lease to be over", || async {
+    let first_lease = eventually("the job is claimed", lease_of_the_job).await;
+    eventually("the first lease is over", || async {
         let now_ms = notification_service::store::to_ms(now());
         (now_ms > first_lease + 200).then_some(())
     })

@@ -210,7 +210,10 @@ fn check_event_types(types: &[String], fields: &mut Fields) -> Option<Vec<String
         complain(
             fields,
             "event_types",
-            "must name at least one event type, e.g. [\"order.paid\"]",
+            format!(
+                "must name at least one event type, e.g. [{:?}]",
+                EventType::ALL[0].as_str()
+            ),
         );
         return None;
     }

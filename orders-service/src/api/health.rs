@@ -1,13 +1,15 @@
 //! `GET /healthz`: answers as soon as the service serves (liveness). `GET /readyz`: 200
 //! `{"status":"ready"}` once the database answers, its migrations are applied and the
 //! dispatcher runs; otherwise 503 `{"status":"not_ready","reason":"..."}`. Both are public,
-//! not rate limited and outside the bound on requests in progress.
+//! not rate limited and outside the bound on requests in progress. The routes are
+//! [`webhook_common::health`]'s; this service supplies only its checks.
 
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::extract::FromRef;
+use axum::Router;
+use webhook_common::health::{ReadinessCheck, ReadinessProbe};
 use webhook_common::telemetry::Liveness;
 
 use crate::store::Store;
@@ -15,35 +17,7 @@ use crate::AppState;
 
 /// The health routes.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-}
-
-/// `GET /healthz`.
-#[utoipa::path(
-    get,
-    path = "/healthz",
-    tag = "health",
-    responses((status = 200, description = "The service serves", body = super::openapi::Health))
-)]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
-/// `GET /readyz`.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    tag = "health",
-    responses(
-        (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = super::openapi::Readiness),
-        (status = 503, description = "Not ready: `{\"status\": \"not_ready\", \"reason\": ...}`",
-            body = super::openapi::Readiness),
-    )
-)]
-async fn readyz(State(state): State<AppState>) -> Response {
-    webhook_common::readiness::response(&not_ready(&state.store, &state.dispatcher_running).await)
+    webhook_common::health::router()
 }
 
 /// What keeps the service from being ready, empty when it is (see
@@ -51,4 +25,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn not_ready(store: &Store, dispatcher_running: &Liveness) -> Vec<String> {
     let (database, migrator) = store.readiness();
     webhook_common::readiness::not_ready(database, migrator, dispatcher_running, "dispatcher").await
+}
+
+/// The checks of `GET /readyz`: the database and its migrations, and the dispatcher.
+impl ReadinessCheck for AppState {
+    fn not_ready(&self) -> Pin<Box<dyn Future<Output = Vec<String>> + Send + '_>> {
+        Box::pin(not_ready(&self.store, &self.dispatcher_running))
+    }
+}
+
+impl FromRef<AppState> for ReadinessProbe {
+    fn from_ref(state: &AppState) -> Self {
+        ReadinessProbe::new(state.clone())
+    }
 }

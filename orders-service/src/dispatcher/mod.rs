@@ -84,7 +84,7 @@ impl DispatcherSettings {
             batch_size: config.dispatch_batch_size,
             sweep_interval: config.dispatch_sweep_interval,
             lease: config.dispatch_lease,
-            shutdown_grace: config.shutdown_grace,
+            shutdown_grace: config.http.shutdown_grace,
             timeout: config.webhook_timeout,
             retry: RetryPolicy {
                 schedule: config.retry_schedule.clone(),
@@ -182,14 +182,14 @@ struct Inner {
 /// The lease of one claim, shared by the attempts it claimed.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
-    /// Unix ms at which the claim's leases end.
-    until_ms: i64,
+    /// Unix ms at which the claim's leases expire (`Claimed::lease_expires_at`).
+    expires_at_ms: i64,
 }
 
 impl Lease {
     /// Time left on the lease, as a deadline on the monotonic clock.
     fn deadline(&self) -> Instant {
-        let left = u64::try_from(self.until_ms.saturating_sub(now_ms())).unwrap_or(0);
+        let left = u64::try_from(self.expires_at_ms.saturating_sub(now_ms())).unwrap_or(0);
         Instant::now() + Duration::from_millis(left)
     }
 }
@@ -211,7 +211,7 @@ impl Dispatcher {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("orders-service/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(settings.concurrency as usize)
-            // Receivers close idle keep-alive connections (ours after HEADER_READ_TIMEOUT_SECS,
+            // Receivers close idle keep-alive connections (ours after HEADER_READ_TIMEOUT,
             // 10 s by default); dropping ours sooner avoids reusing one the server is closing,
             // which would cost the attempt a spurious connection error and a retry.
             .pool_idle_timeout(Duration::from_secs(5))
@@ -268,7 +268,7 @@ impl Dispatcher {
         let claimed = self.claim(limit).await?;
         let count = claimed.jobs.len() + claimed.unloadable.len();
         let lease = Lease {
-            until_ms: claimed.lease_until,
+            expires_at_ms: claimed.lease_expires_at,
         };
         self.inner
             .record_unloadable(claimed.token, claimed.unloadable)
@@ -365,7 +365,7 @@ impl Dispatcher {
                     Ok(claimed) => {
                         let any = !claimed.jobs.is_empty() || !claimed.unloadable.is_empty();
                         let lease = Lease {
-                            until_ms: claimed.lease_until,
+                            expires_at_ms: claimed.lease_expires_at,
                         };
                         inner
                             .record_unloadable(claimed.token, claimed.unloadable)
@@ -533,7 +533,7 @@ impl Inner {
             self.record_unloadable(claimed.token, claimed.unloadable)
                 .await;
             let lease = Lease {
-                until_ms: claimed.lease_until,
+                expires_at_ms: claimed.lease_expires_at,
             };
             // One delivery per handoff: one slot was reserved for it.
             if let Some(job) = claimed.jobs.into_iter().next() {
@@ -587,7 +587,7 @@ impl Inner {
         // The request must end before the lease can: otherwise another worker could claim
         // the delivery and send it while this attempt still runs.
         let timeout_ms = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
-        if lease.until_ms < now_ms().saturating_add(timeout_ms) {
+        if lease.expires_at_ms < now_ms().saturating_add(timeout_ms) {
             tracing::warn!("the lease no longer covers an attempt; giving the delivery back");
             if let Err(e) = self.store.release(id, token, 0).await {
                 tracing::warn!(

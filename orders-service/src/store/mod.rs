@@ -117,8 +117,8 @@ const MAX_ERROR_CHARS: usize = 500;
 pub struct Claimed {
     /// The token every later update of these deliveries must present.
     pub token: Uuid,
-    /// When the leases end, in unix milliseconds.
-    pub lease_until: i64,
+    /// When the leases expire, in unix milliseconds.
+    pub lease_expires_at: i64,
     /// Everything each attempt needs.
     pub jobs: Vec<DeliveryJob>,
     /// Deliveries that were claimed but whose job could not be built (a stored secret that
@@ -130,10 +130,10 @@ pub struct Claimed {
 impl Claimed {
     /// Builds the jobs of claimed rows outside the transaction (parsing secrets is not the
     /// database's work); rows whose job cannot be built are set aside as unloadable.
-    fn from_rows(token: Uuid, lease_until: i64, now: i64, rows: Vec<ClaimedRow>) -> Self {
+    fn from_rows(token: Uuid, lease_expires_at: i64, now: i64, rows: Vec<ClaimedRow>) -> Self {
         let mut claimed = Claimed {
             token,
-            lease_until,
+            lease_expires_at,
             jobs: Vec::with_capacity(rows.len()),
             unloadable: Vec::new(),
         };

@@ -225,7 +225,7 @@ async fn retry_requeues_an_abandoned_attempt_but_never_one_under_a_live_lease(db
     let (live, _) = claim_one(&store, 60_000).await;
     let (dead, claim) = claim_one(&store, 50).await;
     set_enabled(&store, endpoint, false).await;
-    wait_past(claim.lease_until).await;
+    wait_past(claim.lease_expires_at).await;
 
     assert_eq!(
         store.retry_delivery(live.delivery_id).await.unwrap(),
@@ -282,7 +282,7 @@ async fn abandoned_attempts_on_a_disabled_endpoint_end_paused(db: TestDb) {
     place_order(&store).await;
     let (live, live_claim) = claim_one(&store, 3_000).await;
     let (expired, expired_claim) = claim_one(&store, 50).await;
-    wait_past(expired_claim.lease_until).await;
+    wait_past(expired_claim.lease_expires_at).await;
     set_enabled(&store, endpoint, false).await;
     let paused = store.delivery(expired.delivery_id).await.unwrap().unwrap();
     assert_eq!(
@@ -293,7 +293,7 @@ async fn abandoned_attempts_on_a_disabled_endpoint_end_paused(db: TestDb) {
     assert_eq!(running.status, DeliveryStatus::InFlight);
 
     // The worker holding `live` dies; its lease expires while the endpoint is disabled.
-    wait_past(live_claim.lease_until).await;
+    wait_past(live_claim.lease_expires_at).await;
     let claimed = store.claim_due(10, 60_000, 10).await.unwrap();
     assert!(claimed.jobs.is_empty() && claimed.unloadable.is_empty());
     let paused = store.delivery(live.delivery_id).await.unwrap().unwrap();

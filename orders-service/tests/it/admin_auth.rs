@@ -3,30 +3,17 @@
 
 use orders_service::api::MANAGEMENT_ROUTES;
 use reqwest::Method;
+use test_support::admin_auth::{concrete, refused_authorizations};
 
 use crate::support::{json_of, AppOptions, TestApp, ADMIN_TOKEN};
-
-fn concrete(path: &str) -> String {
-    path.replace("{id}", &uuid::Uuid::now_v7().to_string())
-}
 
 #[tokio::test]
 async fn every_management_route_refuses_a_missing_wrong_or_non_bearer_token() {
     let app = TestApp::spawn(AppOptions::default()).await;
-    let wrong = format!("{ADMIN_TOKEN}x");
-    let short = &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1];
     for (method, path) in MANAGEMENT_ROUTES {
         let method: Method = method.parse().unwrap();
         let url = app.url(&concrete(path));
-        let attempts = [
-            None,
-            Some(format!("Bearer {wrong}")),
-            Some(format!("Bearer {short}")),
-            Some("Bearer ".to_owned()),
-            Some(format!("Basic {ADMIN_TOKEN}")),
-            Some(ADMIN_TOKEN.to_owned()),
-        ];
-        for auth in attempts {
+        for auth in refused_authorizations(ADMIN_TOKEN) {
             let mut request = app
                 .http
                 .request(method.clone(), &url)

@@ -78,7 +78,7 @@ async fn start_trickling_order(app: &TestApp) -> TcpStream {
 #[tokio::test]
 async fn a_request_whose_body_trickles_in_gets_a_json_408() {
     let app = TestApp::spawn(AppOptions {
-        extra: vec!["--request-timeout-secs".into(), "1".into()],
+        extra: vec!["--request-timeout".into(), "1s".into()],
         ..AppOptions::default()
     })
     .await;

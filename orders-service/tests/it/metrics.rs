@@ -5,38 +5,9 @@
 use std::collections::HashMap;
 
 use orders_service::domain::DeliveryStatus;
+use test_support::metrics::{assert_grew, growth, read_scrape};
 
 use crate::support::{declined_order_body, eventually, AppOptions, Receiver, TestApp};
-
-/// A scrape: `name{labels}` to value, after checking every sample line's shape.
-fn parse(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value: {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|e| panic!("value of {line:?} is not a float: {e}"));
-        let name = series.split_once('{').map_or(series, |(name, labels)| {
-            assert!(labels.ends_with('}'), "labels not closed: {line:?}");
-            name
-        });
-        assert!(
-            !name.is_empty()
-                && !name.starts_with(|c: char| c.is_ascii_digit())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in {line:?}"
-        );
-        samples.insert(series.to_owned(), value);
-    }
-    samples
-}
 
 async fn scrape(app: &TestApp) -> (String, HashMap<String, f64>) {
     let response = app
@@ -44,17 +15,7 @@ async fn scrape(app: &TestApp) -> (String, HashMap<String, f64>) {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"].to_str().unwrap();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    let text = response.text().await.unwrap();
-    let samples = parse(&text);
-    (text, samples)
-}
-
-/// How much `series` grew from `before` to `after` (absent counts as 0).
-fn growth(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
-    after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+    read_scrape(response).await
 }
 
 #[tokio::test]
@@ -103,30 +64,32 @@ async fn metrics_need_the_admin_token_and_count_orders_deliveries_and_requests_b
     })
     .await;
 
-    for (series, at_least) in [
-        (r#"orders_created_total{status="paid"}"#, 1.0),
-        (r#"orders_created_total{status="payment_failed"}"#, 1.0),
-        ("webhook_delivery_attempt_seconds_count", 2.0),
-        (
-            r#"http_requests_total{route="/orders",method="POST",status="201"}"#,
-            2.0,
-        ),
-        (
-            r#"http_request_duration_seconds_count{route="/orders",method="POST"}"#,
-            2.0,
-        ),
-        (
-            r#"http_requests_total{route="/orders/{id}",method="GET",status="200"}"#,
-            1.0,
-        ),
-        (
-            r#"http_requests_total{route="/metrics",method="GET",status="401"}"#,
-            2.0,
-        ),
-    ] {
-        let grew = growth(&before, &after, series);
-        assert!(grew >= at_least, "{series} grew by {grew}:\n{text}");
-    }
+    assert_grew(
+        &before,
+        &after,
+        &text,
+        &[
+            (r#"orders_created_total{status="paid"}"#, 1.0),
+            (r#"orders_created_total{status="payment_failed"}"#, 1.0),
+            ("webhook_delivery_attempt_seconds_count", 2.0),
+            (
+                r#"http_requests_total{route="/orders",method="POST",status="201"}"#,
+                2.0,
+            ),
+            (
+                r#"http_request_duration_seconds_count{route="/orders",method="POST"}"#,
+                2.0,
+            ),
+            (
+                r#"http_requests_total{route="/orders/{id}",method="GET",status="200"}"#,
+                1.0,
+            ),
+            (
+                r#"http_requests_total{route="/metrics",method="GET",status="401"}"#,
+                2.0,
+            ),
+        ],
+    );
     for gauge in [
         "webhook_outbox_pending",
         "webhook_outbox_oldest_pending_seconds",

@@ -21,14 +21,14 @@ async fn raw_db(app: &TestApp) -> sqlx::SqlitePool {
     sqlx::SqlitePool::connect(&url).await.expect("raw pool")
 }
 
-/// Puts delivery `id` in flight under a lease ending at `lease_until`, held by a worker that
+/// Puts delivery `id` in flight under a lease ending at `lease_expires_at`, held by a worker that
 /// will never report: what a worker that died mid-attempt leaves behind.
-async fn hold_by_a_dead_worker(db: &sqlx::SqlitePool, id: Uuid, lease_until: i64) {
+async fn hold_by_a_dead_worker(db: &sqlx::SqlitePool, id: Uuid, lease_expires_at: i64) {
     sqlx::query(
         "UPDATE deliveries SET status = 'in_flight', lease_expires_at = $1, \
          claim_token = 'a-dead-worker' WHERE id = $2",
     )
-    .bind(lease_until)
+    .bind(lease_expires_at)
     .bind(id.to_string())
     .execute(db)
     .await

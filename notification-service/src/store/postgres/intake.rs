@@ -1,10 +1,11 @@
 //! Recording a verified webhook: the dedup record, the order's state and the email job, in
 //! one transaction; the statements and their order are the SQLite backend's.
 //!
-//! [`RECORD`] inserts the dedup record (a duplicate stops there); a handled event then takes
-//! its order's advisory lock ([`lock_order`]), [`STATE`] reads what the ordering rule needs,
-//! [`decide`] rules in Rust, and the ruling is applied ([`STALE`], or the statements of a
-//! queued email; the store wakes every replica's worker once it commits).
+//! The steps of `store::intake`: [`RECORD`] inserts the dedup record (a duplicate stops
+//! there); a handled event then takes its order's advisory lock ([`lock_order`]), [`STATE`]
+//! reads what the ordering rule needs, `rule` decides in Rust, and the ruling is applied
+//! ([`STALE`], or the statements of a queued email; the store wakes every replica's worker
+//! once it commits).
 //!
 //! Why this holds across replicas: each statement runs on a snapshot taken when it starts,
 //! and every statement after the lock starts after it is held. So [`STATE`] sees everything
@@ -16,10 +17,8 @@ use sqlx::{PgConnection, Row as _};
 use uuid::Uuid;
 
 use super::{lock_order, PgStore};
-use crate::store::domain::MAX_RECORDED_TYPE_LEN;
-use crate::store::{
-    decide, now_ms, to_ms, IncomingWebhook, IntakeOutcome, OrderEventKind, OrderState,
-};
+use crate::store::intake::{rule, OrderSnapshot, PreparedWebhook, Queueing, Ruling};
+use crate::store::{now_ms, IncomingWebhook, IntakeOutcome, OrderEmail, OrderState};
 
 /// Inserts the dedup record, unless this `webhook-id` was recorded before (the primary key
 /// decides; a concurrent insert of the same id on another replica waits for that one's
@@ -38,17 +37,17 @@ const RECORD: &str = "INSERT INTO received_webhooks
      ON CONFLICT (webhook_id) DO NOTHING";
 
 /// The order `$1`'s state, and until when a worker holds a failure notice of it (a lease is
-/// live while `lease_until >= now`, `$2`, as the claim reads it).
+/// live while `lease_expires_at >= now`, `$2`, as the claim reads it).
 const STATE: &str = "SELECT state.paid_at, state.last_failure_at,
-            (SELECT MAX(lease_until) FROM notifications
+            (SELECT MAX(lease_expires_at) FROM notifications
              WHERE order_id = $1::uuid AND event_type = 'order.payment_failed'
-               AND status = 'queued' AND lease_until >= $2) AS held_until
+               AND status = 'queued' AND lease_expires_at >= $2) AS notice_lease_expires_at
      FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = $1::uuid";
 
 /// The outcome of a stale event.
 const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = $1";
 
-/// The outcome of an event that [`decide`] lets through.
+/// The outcome of an event that [`decide`](crate::store::decide) lets through.
 const QUEUED: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = $1";
 
 /// The order `$1`'s new state: `paid_at` `$2`, `last_failure_at` `$3`, at `$4`.
@@ -64,7 +63,7 @@ const SET_STATE: &str = "INSERT INTO order_states (order_id, paid_at, last_failu
 const CANCEL_NOTICES: &str = "UPDATE notifications
      SET status = 'cancelled', last_error = 'superseded by order.paid'
      WHERE order_id = $1::uuid AND event_type = 'order.payment_failed'
-       AND status = 'queued' AND (lease_until IS NULL OR lease_until < $2)";
+       AND status = 'queued' AND (lease_expires_at IS NULL OR lease_expires_at < $2)";
 
 /// The email job: `$1` id, `$2` webhook id, `$3` event type, `$4` order id, `$5` recipient,
 /// `$6` subject, `$7` body, `$8` when it is due, `$9` now, `$10` the trace id the webhook
@@ -93,83 +92,98 @@ impl PgStore {
     }
 }
 
-/// The intake's statements, inside its transaction.
+/// The intake's steps (see `store::intake`), inside its transaction.
 async fn record_in(
     tx: &mut PgConnection,
     webhook: &IncomingWebhook,
 ) -> Result<IntakeOutcome, sqlx::Error> {
-    let event_at = to_ms(webhook.event_at);
-    let event_type: String = webhook
-        .event_type
-        .chars()
-        .take(MAX_RECORDED_TYPE_LEN)
-        .collect();
-    let order_id = webhook.email.as_ref().map(|e| e.order_id.to_string());
-    let first_outcome = match webhook.email {
-        None => IntakeOutcome::Ignored.recorded_as(),
-        Some(_) => "pending",
-    };
-    let recorded = sqlx::query(RECORD)
-        .bind(&webhook.webhook_id)
-        .bind(&event_type)
-        .bind(&order_id)
-        .bind(event_at)
-        .bind(now_ms())
-        .bind(first_outcome)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if recorded != 1 {
+    let webhook = PreparedWebhook::prepare(webhook);
+    if !insert_record(tx, &webhook).await? {
         return Ok(IntakeOutcome::Duplicate);
     }
-    let (Some(email), Some(order_id)) = (&webhook.email, &order_id) else {
+    let Some((email, order_id)) = webhook.handled() else {
         return Ok(IntakeOutcome::Ignored);
     };
     lock_order(tx, order_id).await?;
     // The time after the lock: the lease comparisons must use the clock the claims use,
     // at the moment nothing of this order can change any more.
     let now = now_ms();
+    let snapshot = read_order(tx, order_id, now).await?;
+    match rule(snapshot, email.kind, webhook.event_at, now) {
+        Ruling::Stale => {
+            sqlx::query(STALE)
+                .bind(&webhook.webhook.webhook_id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(IntakeOutcome::Stale)
+        }
+        Ruling::Queue(queueing) => {
+            let notification_id = queue_email(tx, &webhook, email, order_id, queueing, now).await?;
+            Ok(IntakeOutcome::Queued { notification_id })
+        }
+    }
+}
+
+/// Inserts the dedup record ([`RECORD`]); `false` for a duplicate.
+async fn insert_record(
+    tx: &mut PgConnection,
+    webhook: &PreparedWebhook<'_>,
+) -> Result<bool, sqlx::Error> {
+    let recorded = sqlx::query(RECORD)
+        .bind(&webhook.webhook.webhook_id)
+        .bind(&webhook.event_type)
+        .bind(&webhook.order_id)
+        .bind(webhook.event_at)
+        .bind(now_ms())
+        .bind(webhook.first_outcome)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    Ok(recorded == 1)
+}
+
+/// What the ordering rule reads of `order_id` at `now` ([`STATE`]); under the order's lock.
+async fn read_order(
+    tx: &mut PgConnection,
+    order_id: &str,
+    now: i64,
+) -> Result<OrderSnapshot, sqlx::Error> {
     let row = sqlx::query(STATE)
         .bind(order_id)
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-    let state = OrderState {
-        paid_at: row.try_get(0)?,
-        last_failure_at: row.try_get(1)?,
-    };
-    let held_until: Option<i64> = row.try_get(2)?;
-    if !decide(state, email.kind, event_at) {
-        sqlx::query(STALE)
-            .bind(&webhook.webhook_id)
-            .execute(&mut *tx)
-            .await?;
-        return Ok(IntakeOutcome::Stale);
-    }
-    let is_payment = email.kind == OrderEventKind::Paid;
-    let (paid_at, last_failure_at) = if is_payment {
-        (Some(event_at), state.last_failure_at)
-    } else {
-        (state.paid_at, Some(event_at))
-    };
-    // The confirmation waits until no worker holds a failure notice of its order (see
-    // `decide`); everything else is due at once.
-    let due_at = match held_until {
-        Some(held_until) if is_payment => held_until.saturating_add(1),
-        _ => now,
-    };
+    Ok(OrderSnapshot {
+        state: OrderState {
+            paid_at: row.try_get(0)?,
+            last_failure_at: row.try_get(1)?,
+        },
+        notice_lease_expires_at: row.try_get(2)?,
+    })
+}
+
+/// Writes a queued email of `order_id`: the dedup record's outcome, the order's state, the
+/// cancelled failure notices of a confirmation, and the job; returns the job's id.
+async fn queue_email(
+    tx: &mut PgConnection,
+    webhook: &PreparedWebhook<'_>,
+    email: &OrderEmail,
+    order_id: &str,
+    queueing: Queueing,
+    now: i64,
+) -> Result<Uuid, sqlx::Error> {
     sqlx::query(QUEUED)
-        .bind(&webhook.webhook_id)
+        .bind(&webhook.webhook.webhook_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(SET_STATE)
         .bind(order_id)
-        .bind(paid_at)
-        .bind(last_failure_at)
+        .bind(queueing.state.paid_at)
+        .bind(queueing.state.last_failure_at)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    if is_payment {
+    if queueing.cancels_notices {
         sqlx::query(CANCEL_NOTICES)
             .bind(order_id)
             .bind(now)
@@ -179,18 +193,16 @@ async fn record_in(
     let id = Uuid::now_v7();
     sqlx::query(QUEUE)
         .bind(id.to_string())
-        .bind(&webhook.webhook_id)
-        .bind(&event_type)
+        .bind(&webhook.webhook.webhook_id)
+        .bind(&webhook.event_type)
         .bind(order_id)
         .bind(&email.to)
         .bind(&email.subject)
         .bind(&email.body)
-        .bind(due_at)
+        .bind(queueing.due_at)
         .bind(now)
-        .bind(&webhook.trace_id)
+        .bind(&webhook.webhook.trace_id)
         .execute(&mut *tx)
         .await?;
-    Ok(IntakeOutcome::Queued {
-        notification_id: id,
-    })
+    Ok(id)
 }

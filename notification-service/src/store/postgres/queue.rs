@@ -47,7 +47,7 @@ const CANDIDATES: &str = concat!(
 ///   whatever its status: once it exists no failure notice may follow, rule 1 of `decide`);
 /// - `failed`: a job that already used `$2` (max) attempts: its worker died during every
 ///   one of them, so no outcome was ever recorded;
-/// - `queued`: leased under token `$3` until `$4`, with one more attempt counted.
+/// - `queued`: leased under claim token `$3` until `$4` (its `lease_expires_at`), with one more attempt counted.
 ///
 /// Returns every candidate with its new status; the leased ones are the jobs.
 /// `MATERIALIZED`: each verdict is computed once per candidate, not once per `SET` clause
@@ -66,8 +66,8 @@ const CLAIM: &str = "WITH candidates AS MATERIALIZED (
          WHERE id = ANY($1::uuid[]))
      UPDATE notifications
      SET status = candidates.verdict,
-         lease_token = CASE WHEN candidates.verdict = 'queued' THEN $3::uuid END,
-         lease_until = CASE WHEN candidates.verdict = 'queued' THEN $4::bigint END,
+         claim_token = CASE WHEN candidates.verdict = 'queued' THEN $3::uuid END,
+         lease_expires_at = CASE WHEN candidates.verdict = 'queued' THEN $4::bigint END,
          attempts = CASE WHEN candidates.verdict = 'queued' THEN attempts + 1 ELSE attempts END,
          last_error = CASE candidates.verdict
              WHEN 'cancelled' THEN 'superseded by order.paid'
@@ -92,7 +92,7 @@ const NEXT_DUE: &str = "SELECT due_at FROM notifications
 /// for; that lease is left as it is this round).
 const RENEWABLE: &str = concat!(
     "SELECT id::text FROM notifications
-     WHERE lease_token = $1::uuid AND status = 'queued' AND id = ANY($2::uuid[])
+     WHERE claim_token = $1::uuid AND status = 'queued' AND id = ANY($2::uuid[])
        AND (event_type <> 'order.payment_failed'
             OR pg_try_advisory_xact_lock(",
     order_lock_key!(),
@@ -104,13 +104,13 @@ const RENEWABLE: &str = concat!(
 /// lease as it stood when the confirmation was queued (see `decide`), so it must not grow.
 /// `GREATEST` so a renewal never shortens a lease.
 const RENEW: &str = "UPDATE notifications
-     SET lease_until = GREATEST(lease_until, $1)
-     WHERE lease_token = $2::uuid AND status = 'queued' AND id = ANY($3::uuid[])
+     SET lease_expires_at = GREATEST(lease_expires_at, $1)
+     WHERE claim_token = $2::uuid AND status = 'queued' AND id = ANY($3::uuid[])
        AND NOT (event_type = 'order.payment_failed'
                 AND EXISTS (SELECT 1 FROM notifications AS paid
                             WHERE paid.order_id = notifications.order_id
                               AND paid.event_type = 'order.paid'))
-     RETURNING id::text, lease_until";
+     RETURNING id::text, lease_expires_at";
 
 /// An outcome of a claimed job: `SET` clause `$set`, guarded by its lease (`$1` id, `$2`
 /// claim token): no row changes if another worker owns the job now. Its own parameters
@@ -120,24 +120,25 @@ macro_rules! settle_sql {
         concat!(
             "UPDATE notifications SET ",
             $set,
-            " WHERE id = $1::uuid AND lease_token = $2::uuid AND status = 'queued'"
+            " WHERE id = $1::uuid AND claim_token = $2::uuid AND status = 'queued'"
         )
     };
 }
 
 /// Sent at `$3`.
 const SENT: &str = settle_sql!(
-    "status = 'sent', sent_at = $3, lease_token = NULL, lease_until = NULL, last_error = NULL"
+    "status = 'sent', sent_at = $3, claim_token = NULL, lease_expires_at = NULL, last_error = NULL"
 );
 /// Another attempt at `$3`; this one failed with `$4`.
-const RETRY: &str =
-    settle_sql!("next_attempt_at = $3, last_error = $4, lease_token = NULL, lease_until = NULL");
+const RETRY: &str = settle_sql!(
+    "next_attempt_at = $3, last_error = $4, claim_token = NULL, lease_expires_at = NULL"
+);
 /// Given up with `$3`.
 const FAILED: &str =
-    settle_sql!("status = 'failed', last_error = $3, lease_token = NULL, lease_until = NULL");
+    settle_sql!("status = 'failed', last_error = $3, claim_token = NULL, lease_expires_at = NULL");
 /// Handed back unsent, the attempt refunded.
 const RELEASE: &str =
-    settle_sql!("lease_token = NULL, lease_until = NULL, attempts = attempts - 1");
+    settle_sql!("claim_token = NULL, lease_expires_at = NULL, attempts = attempts - 1");
 
 impl PgStore {
     /// Claims up to `limit` due jobs for `lease` (see `Store::claim_due`), in one
@@ -231,8 +232,8 @@ impl PgStore {
                 if let Ok(id) = Uuid::try_parse(&id) {
                     renewed.push(RenewedLease {
                         id,
-                        lease_token: *token,
-                        lease_until: from_ms(until),
+                        claim_token: *token,
+                        lease_expires_at: from_ms(until),
                     });
                 }
             }
@@ -258,7 +259,7 @@ fn settle<'q>(
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(sql)
         .bind(job.id.to_string())
-        .bind(job.lease_token.to_string())
+        .bind(job.claim_token.to_string())
 }
 
 /// The claim, inside its transaction: rounds of [`CANDIDATES`] and [`CLAIM`] until `limit`
@@ -287,16 +288,16 @@ async fn claim_in(
         if found == 0 {
             break;
         }
-        let lease_until = now.saturating_add(lease_ms);
+        let lease_expires_at = now.saturating_add(lease_ms);
         let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
             .bind(&candidates)
             .bind(i64::from(max_attempts))
             .bind(token.to_string())
-            .bind(lease_until)
+            .bind(lease_expires_at)
             .fetch_all(&mut *tx)
             .await?;
         for row in rows {
-            match row.into_job(token, from_ms(lease_until)) {
+            match row.into_job(token, from_ms(lease_expires_at)) {
                 Some(job) => jobs.push(job),
                 None => passed_over += 1,
             }
@@ -394,7 +395,7 @@ mod tests {
         assert!(next.contains("notifications_due_at"), "{next}");
         assert_no_scan_or_sort(&next);
         sqlx::query(
-            "UPDATE notifications SET lease_token = $1::uuid, lease_until = $2
+            "UPDATE notifications SET claim_token = $1::uuid, lease_expires_at = $2
              WHERE id = ANY($3::uuid[])",
         )
         .bind(&token)

@@ -1,10 +1,10 @@
 //! Recording a verified webhook: the dedup record, the order's state and the email job, as
 //! one write of the group commit.
 //!
-//! The statements run on the writer's thread, back to back: [`RECORD`] inserts the dedup
-//! record, [`STATE`] reads what the ordering rule needs, [`decide`] rules in Rust, and the
-//! ruling is applied ([`STALE`], or the statements of a queued email). A duplicate, or an
-//! event type this service does not handle, stops after the first.
+//! The steps of `store::intake` run on the writer's thread, back to back: [`RECORD`] inserts
+//! the dedup record, [`STATE`] reads what the ordering rule needs, `rule` decides in Rust,
+//! and the ruling is applied ([`STALE`], or the statements of a queued email). A duplicate,
+//! or an event type this service does not handle, stops after the first.
 
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -12,10 +12,8 @@ use uuid::Uuid;
 use webhook_common::group_commit::WriteError;
 
 use super::SqliteStore;
-use crate::store::domain::MAX_RECORDED_TYPE_LEN;
-use crate::store::{
-    decide, now_ms, to_ms, IncomingWebhook, IntakeOutcome, OrderEventKind, OrderState,
-};
+use crate::store::intake::{rule, OrderSnapshot, PreparedWebhook, Queueing, Ruling};
+use crate::store::{now_ms, IncomingWebhook, IntakeOutcome, OrderEmail, OrderState};
 
 /// Inserts the dedup record, unless this `webhook-id` was recorded before (the primary key
 /// decides) or produced a notification whose dedup record has been cleaned up since (the
@@ -32,17 +30,17 @@ const RECORD: &str = "INSERT INTO received_webhooks
      ON CONFLICT (webhook_id) DO NOTHING";
 
 /// The order `?1`'s state, and until when a worker holds a failure notice of it (a lease is
-/// live while `lease_until >= now`, `?2`, as the claim reads it).
+/// live while `lease_expires_at >= now`, `?2`, as the claim reads it).
 const STATE: &str = "SELECT state.paid_at, state.last_failure_at,
-            (SELECT MAX(lease_until) FROM notifications
+            (SELECT MAX(lease_expires_at) FROM notifications
              WHERE order_id = ?1 AND event_type = 'order.payment_failed'
-               AND status = 'queued' AND lease_until >= ?2) AS held_until
+               AND status = 'queued' AND lease_expires_at >= ?2) AS notice_lease_expires_at
      FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = ?1";
 
 /// The outcome of a stale event.
 const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = ?1";
 
-/// The outcome of an event that [`decide`] lets through.
+/// The outcome of an event that [`decide`](crate::store::decide) lets through.
 const QUEUED: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = ?1";
 
 /// The order `?1`'s new state: `paid_at` `?2`, `last_failure_at` `?3`, at `?4`.
@@ -58,7 +56,7 @@ const SET_STATE: &str = "INSERT INTO order_states (order_id, paid_at, last_failu
 const CANCEL_NOTICES: &str = "UPDATE notifications
      SET status = 'cancelled', last_error = 'superseded by order.paid'
      WHERE order_id = ?1 AND event_type = 'order.payment_failed'
-       AND status = 'queued' AND (lease_until IS NULL OR lease_until < ?2)";
+       AND status = 'queued' AND (lease_expires_at IS NULL OR lease_expires_at < ?2)";
 
 /// The email job: `?1` id, `?2` webhook id, `?3` event type, `?4` order id, `?5` recipient,
 /// `?6` subject, `?7` body, `?8` when it is due, `?9` now, `?10` the trace id the webhook
@@ -71,9 +69,9 @@ const QUEUE: &str = "INSERT INTO notifications
 
 impl SqliteStore {
     /// Records a verified webhook and, if it asks for an email that the ordering rule
-    /// ([`decide`]) allows, enqueues the email job — all in one write, so a webhook is
-    /// either fully recorded with its job or not at all, and a repeat of the same
-    /// `webhook-id` (even concurrent) finds the record and changes nothing.
+    /// ([`decide`](crate::store::decide)) allows, enqueues the email job — all in one write,
+    /// so a webhook is either fully recorded with its job or not at all, and a repeat of the
+    /// same `webhook-id` (even concurrent) finds the record and changes nothing.
     ///
     /// Returns once the batch holding the write has committed (`synchronous=FULL`: fsynced),
     /// so the caller may acknowledge the webhook. Writes of one batch run one after the
@@ -90,7 +88,7 @@ impl SqliteStore {
     }
 }
 
-/// The intake's statements, run inside the writer's transaction.
+/// The intake's steps (see `store::intake`), run inside the writer's transaction.
 ///
 /// SQLite: the writer's `BEGIN IMMEDIATE` holds the write lock for the whole batch, so
 /// nothing can change between the statements (the order_states read-modify-write, the lease
@@ -99,80 +97,93 @@ fn record_in(conn: &Connection, webhook: &IncomingWebhook) -> rusqlite::Result<I
     // The time the write runs, not when the request arrived: the lease comparisons must
     // use the clock the claims use.
     let now = now_ms();
-    let event_at = to_ms(webhook.event_at);
-    let event_type: String = webhook
-        .event_type
-        .chars()
-        .take(MAX_RECORDED_TYPE_LEN)
-        .collect();
-    let order_id = webhook.email.as_ref().map(|e| e.order_id.to_string());
-    let first_outcome = match webhook.email {
-        None => IntakeOutcome::Ignored.recorded_as(),
-        Some(_) => "pending",
-    };
-    let recorded = conn.prepare_cached(RECORD)?.execute(params![
-        webhook.webhook_id,
-        event_type,
-        order_id,
-        event_at,
-        now,
-        first_outcome
-    ])?;
-    if recorded != 1 {
+    let webhook = PreparedWebhook::prepare(webhook);
+    if !insert_record(conn, &webhook, now)? {
         return Ok(IntakeOutcome::Duplicate);
     }
-    let Some(email) = &webhook.email else {
+    let Some((email, order_id)) = webhook.handled() else {
         return Ok(IntakeOutcome::Ignored);
     };
-    let (state, held_until) =
-        conn.prepare_cached(STATE)?
-            .query_row(params![order_id, now], |row| {
-                Ok((
-                    OrderState {
-                        paid_at: row.get(0)?,
-                        last_failure_at: row.get(1)?,
-                    },
-                    row.get::<_, Option<i64>>(2)?,
-                ))
-            })?;
-    if !decide(state, email.kind, event_at) {
-        conn.prepare_cached(STALE)?.execute([&webhook.webhook_id])?;
-        return Ok(IntakeOutcome::Stale);
+    let snapshot = read_order(conn, order_id, now)?;
+    match rule(snapshot, email.kind, webhook.event_at, now) {
+        Ruling::Stale => {
+            conn.prepare_cached(STALE)?
+                .execute([&webhook.webhook.webhook_id])?;
+            Ok(IntakeOutcome::Stale)
+        }
+        Ruling::Queue(queueing) => {
+            let notification_id = queue_email(conn, &webhook, email, order_id, queueing, now)?;
+            Ok(IntakeOutcome::Queued { notification_id })
+        }
     }
-    let is_payment = email.kind == OrderEventKind::Paid;
-    let (paid_at, last_failure_at) = if is_payment {
-        (Some(event_at), state.last_failure_at)
-    } else {
-        (state.paid_at, Some(event_at))
-    };
-    // The confirmation waits until no worker holds a failure notice of its order (see
-    // `decide`); everything else is due at once.
-    let due_at = match held_until {
-        Some(held_until) if is_payment => held_until.saturating_add(1),
-        _ => now,
-    };
+}
+
+/// Inserts the dedup record ([`RECORD`]); `false` for a duplicate.
+fn insert_record(
+    conn: &Connection,
+    webhook: &PreparedWebhook<'_>,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let recorded = conn.prepare_cached(RECORD)?.execute(params![
+        webhook.webhook.webhook_id,
+        webhook.event_type,
+        webhook.order_id,
+        webhook.event_at,
+        now,
+        webhook.first_outcome
+    ])?;
+    Ok(recorded == 1)
+}
+
+/// What the ordering rule reads of `order_id` at `now` ([`STATE`]).
+fn read_order(conn: &Connection, order_id: &str, now: i64) -> rusqlite::Result<OrderSnapshot> {
+    conn.prepare_cached(STATE)?
+        .query_row(params![order_id, now], |row| {
+            Ok(OrderSnapshot {
+                state: OrderState {
+                    paid_at: row.get(0)?,
+                    last_failure_at: row.get(1)?,
+                },
+                notice_lease_expires_at: row.get(2)?,
+            })
+        })
+}
+
+/// Writes a queued email of `order_id`: the dedup record's outcome, the order's state, the
+/// cancelled failure notices of a confirmation, and the job; returns the job's id.
+fn queue_email(
+    conn: &Connection,
+    webhook: &PreparedWebhook<'_>,
+    email: &OrderEmail,
+    order_id: &str,
+    queueing: Queueing,
+    now: i64,
+) -> rusqlite::Result<Uuid> {
     conn.prepare_cached(QUEUED)?
-        .execute([&webhook.webhook_id])?;
-    conn.prepare_cached(SET_STATE)?
-        .execute(params![order_id, paid_at, last_failure_at, now])?;
-    if is_payment {
+        .execute([&webhook.webhook.webhook_id])?;
+    let state = queueing.state;
+    conn.prepare_cached(SET_STATE)?.execute(params![
+        order_id,
+        state.paid_at,
+        state.last_failure_at,
+        now
+    ])?;
+    if queueing.cancels_notices {
         conn.prepare_cached(CANCEL_NOTICES)?
             .execute(params![order_id, now])?;
     }
     let id = Uuid::now_v7();
     conn.prepare_cached(QUEUE)?.execute(params![
         id.to_string(),
-        webhook.webhook_id,
-        event_type,
+        webhook.webhook.webhook_id,
+        webhook.event_type,
         order_id,
         email.to,
         email.subject,
         email.body,
-        due_at,
+        queueing.due_at,
         now,
-        webhook.trace_id
+        webhook.webhook.trace_id
     ])?;
-    Ok(IntakeOutcome::Queued {
-        notification_id: id,
-    })
+    Ok(id)
 }

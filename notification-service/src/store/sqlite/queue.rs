@@ -30,7 +30,7 @@ use crate::store::{from_ms, to_ms, ClaimedJob, RenewedLease};
 ///   whatever its status: once it exists no failure notice may follow, rule 1 of `decide`);
 /// - `failed`: a job that already used `?3` (max) attempts: its worker died during every
 ///   one of them, so no outcome was ever recorded;
-/// - `queued`: leased under token `?4` until `?5`, with one more attempt counted.
+/// - `queued`: leased under claim token `?4` until `?5` (its `lease_expires_at`), with one more attempt counted.
 ///
 /// `?1` is now. Returns every candidate with its new status; the leased ones are the jobs.
 /// The `status = 'queued'` of a candidate is guaranteed by `due_at` (NULL otherwise), also
@@ -51,8 +51,8 @@ const CLAIM: &str = "WITH candidates AS (
          LIMIT ?2)
      UPDATE notifications
      SET status = candidates.verdict,
-         lease_token = CASE WHEN candidates.verdict = 'queued' THEN ?4 END,
-         lease_until = CASE WHEN candidates.verdict = 'queued' THEN ?5 END,
+         claim_token = CASE WHEN candidates.verdict = 'queued' THEN ?4 END,
+         lease_expires_at = CASE WHEN candidates.verdict = 'queued' THEN ?5 END,
          attempts = CASE WHEN candidates.verdict = 'queued' THEN attempts + 1 ELSE attempts END,
          last_error = CASE candidates.verdict
              WHEN 'cancelled' THEN 'superseded by order.paid'
@@ -72,20 +72,20 @@ const NEXT_DUE: &str = "SELECT due_at FROM notifications
      ORDER BY due_at
      LIMIT 1";
 
-/// Extends the leases of one claim (found through `notifications_lease_token`), except a
+/// Extends the leases of one claim (found through `notifications_claim_token`), except a
 /// failure notice of an order that has a confirmation: that confirmation waits for the
 /// notice's lease as it stood when the confirmation was queued (see `decide`), so it must
 /// not grow. `COALESCE` because `MAX` with a NULL is NULL in SQLite; `MAX` so a renewal
 /// never shortens a lease.
 const RENEW: &str = "UPDATE notifications
-     SET lease_until = MAX(COALESCE(lease_until, ?1), ?1)
-     WHERE lease_token = ?2 AND status = 'queued'
+     SET lease_expires_at = MAX(COALESCE(lease_expires_at, ?1), ?1)
+     WHERE claim_token = ?2 AND status = 'queued'
        AND id IN (SELECT value FROM json_each(?3))
        AND NOT (event_type = 'order.payment_failed'
                 AND EXISTS (SELECT 1 FROM notifications AS paid
                             WHERE paid.order_id = notifications.order_id
                               AND paid.event_type = 'order.paid'))
-     RETURNING id, lease_until";
+     RETURNING id, lease_expires_at";
 
 impl SqliteStore {
     /// Claims up to `limit` due jobs for `lease`, counting an attempt on each. A job is due
@@ -117,7 +117,7 @@ impl SqliteStore {
     pub async fn mark_sent(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "status = 'sent', sent_at = ?3, lease_token = NULL, lease_until = NULL, \
+            "status = 'sent', sent_at = ?3, claim_token = NULL, lease_expires_at = NULL, \
              last_error = NULL",
             None,
             None,
@@ -134,7 +134,7 @@ impl SqliteStore {
     ) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "next_attempt_at = ?3, last_error = ?4, lease_token = NULL, lease_until = NULL",
+            "next_attempt_at = ?3, last_error = ?4, claim_token = NULL, lease_expires_at = NULL",
             Some(to_ms(retry_at)),
             Some(error.to_owned()),
         )
@@ -145,7 +145,7 @@ impl SqliteStore {
     pub async fn mark_failed(&self, job: &ClaimedJob, error: &str) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "status = 'failed', last_error = ?4, lease_token = NULL, lease_until = NULL",
+            "status = 'failed', last_error = ?4, claim_token = NULL, lease_expires_at = NULL",
             None,
             Some(error.to_owned()),
         )
@@ -157,7 +157,7 @@ impl SqliteStore {
     pub async fn release(&self, job: &ClaimedJob) -> Result<bool, WriteError> {
         self.settle(
             job,
-            "lease_token = NULL, lease_until = NULL, attempts = attempts - 1",
+            "claim_token = NULL, lease_expires_at = NULL, attempts = attempts - 1",
             None,
             None,
         )
@@ -174,12 +174,12 @@ impl SqliteStore {
         at: Option<i64>,
         text: Option<String>,
     ) -> Result<bool, WriteError> {
-        let (id, token) = (job.id.to_string(), job.lease_token.to_string());
+        let (id, token) = (job.id.to_string(), job.claim_token.to_string());
         self.writer
             .write(move |conn| {
                 let mut update = conn.prepare_cached(&format!(
                     "UPDATE notifications SET {set} \
-                     WHERE id = ?1 AND lease_token = ?2 AND status = 'queued'"
+                     WHERE id = ?1 AND claim_token = ?2 AND status = 'queued'"
                 ))?;
                 let at = at.unwrap_or_else(now_ms);
                 let values: [&dyn rusqlite::ToSql; 4] = [&id, &token, &at, &text];
@@ -194,10 +194,10 @@ impl SqliteStore {
 
     /// Extends to now + `lease` the leases of the jobs in `held` (job ids by the claim token
     /// they were leased under: the jobs a live worker still has in hand), in one write: one
-    /// statement per claim, found through the lease-token index. Returns the leases it extended; a job missing from the answer was
-    /// not extended (its outcome is recorded, another worker took it over, or it is a
-    /// failure notice whose order has a confirmation, see [`RENEW`]) and its holder must
-    /// go by the expiry it knew.
+    /// statement per claim, found through `notifications_claim_token`. Returns the leases it
+    /// extended; a job missing from the answer was not extended (its outcome is recorded,
+    /// another worker took it over, or it is a failure notice whose order has a
+    /// confirmation, see [`RENEW`]) and its holder must go by the expiry it knew.
     pub async fn renew_leases(
         &self,
         held: Vec<(Uuid, Vec<Uuid>)>,
@@ -221,8 +221,8 @@ impl SqliteStore {
                         if let Ok(id) = Uuid::try_parse(&id) {
                             renewed.push(RenewedLease {
                                 id,
-                                lease_token: *token,
-                                lease_until: from_ms(until),
+                                claim_token: *token,
+                                lease_expires_at: from_ms(until),
                             });
                         }
                     }
@@ -253,7 +253,7 @@ fn claim_in(
 ) -> rusqlite::Result<Vec<ClaimedJob>> {
     // The time the write runs: leases count from the moment they are taken.
     let now = now_ms();
-    let lease_until = now.saturating_add(lease_ms);
+    let lease_expires_at = now.saturating_add(lease_ms);
     let token_text = token.to_string();
     let mut claim = conn.prepare_cached(CLAIM)?;
     let mut jobs = Vec::with_capacity(limit.min(1024));
@@ -269,14 +269,14 @@ fn claim_in(
                     i64::try_from(want).unwrap_or(i64::MAX),
                     i64::from(max_attempts),
                     token_text,
-                    lease_until
+                    lease_expires_at
                 ],
                 ClaimedRow::from_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let found = rows.len();
         for row in rows {
-            match row.into_job(token, from_ms(lease_until)) {
+            match row.into_job(token, from_ms(lease_expires_at)) {
                 Some(job) => jobs.push(job),
                 None => passed_over += 1,
             }
@@ -324,15 +324,8 @@ mod tests {
         );
     }
 
-    /// The plans, not timings: a claim and the next-due query read the due index in order
-    /// and stop at the limit, and a renewal finds its jobs by token, whatever the backlog.
-    #[tokio::test]
-    async fn claims_next_due_and_renewals_read_an_index_in_order_never_the_whole_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = SqliteStore::connect(&url, &url).await.unwrap();
-        super::super::MIGRATOR.run(store.pool()).await.unwrap();
-        // A backlog, so the plans are those of a real queue (sent rows and queued ones).
+    /// A backlog, so the plans are those of a real queue (sent rows and queued ones).
+    async fn insert_backlog(store: &SqliteStore) {
         for i in 0..200_i64 {
             sqlx::query(
                 "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient,
@@ -346,11 +339,15 @@ mod tests {
             .await
             .unwrap();
         }
-        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+    }
 
+    /// Fails unless a claim and the next-due query read the due index in order and stop at
+    /// the limit, and a renewal finds its jobs by claim token.
+    async fn assert_claims_and_renewals_read_an_index(store: &SqliteStore) {
+        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
         // The claim: the candidates from the due index in order (materialized: at most the
         // limit), then each one's row by primary key and its order's confirmation by index.
-        let claim = plan(&store, CLAIM, &[now_ms(), 64, 8, 0, 0]).await;
+        let claim = plan(store, CLAIM, &[now_ms(), 64, 8, 0, 0]).await;
         eprintln!("EXPLAIN QUERY PLAN (claim):\n  {}", claim.join("\n  "));
         assert!(
             claim
@@ -363,12 +360,12 @@ mod tests {
                 && (!s.starts_with("SCAN") || s == "SCAN candidates")),
             "{claim:?}"
         );
-        let next = plan(&store, NEXT_DUE, &[]).await;
+        let next = plan(store, NEXT_DUE, &[]).await;
         assert_index_ordered("next due", &next, "INDEX notifications_due_at (due_at>?)");
-        let renew = plan(&store, RENEW, &[now_ms(), 0, 0]).await;
+        let renew = plan(store, RENEW, &[now_ms(), 0, 0]).await;
         eprintln!("EXPLAIN QUERY PLAN (renewal):\n  {}", renew.join("\n  "));
         assert!(
-            renew[0].contains("INDEX notifications_lease_token (lease_token=?)"),
+            renew[0].contains("INDEX notifications_claim_token (claim_token=?)"),
             "{renew:?}"
         );
         // The one scan allowed is of the JSON list of held job ids (at most one claim's
@@ -379,6 +376,52 @@ mod tests {
                     && !s.contains("TEMP B-TREE")
             ),
             "{renew:?}"
+        );
+    }
+
+    /// The plans, not timings: a claim and the next-due query read the due index in order
+    /// and stop at the limit, and a renewal finds its jobs by token, whatever the backlog.
+    #[tokio::test]
+    async fn claims_next_due_and_renewals_read_an_index_in_order_never_the_whole_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = SqliteStore::connect(&url, &url).await.unwrap();
+        super::super::MIGRATOR.run(store.pool()).await.unwrap();
+        insert_backlog(&store).await;
+        assert_claims_and_renewals_read_an_index(&store).await;
+        store.close().await;
+    }
+    /// The same plans on a database migrated from the schema before the claim rename:
+    /// `RENAME COLUMN` rewrote the generated `due_at` and the index definitions, so the
+    /// queue's reads still use them (with leases written under the old names).
+    #[tokio::test]
+    async fn after_the_claim_rename_claims_and_renewals_still_read_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = SqliteStore::connect(&url, &url).await.unwrap();
+        crate::store::tests::before_the_rename(&super::super::MIGRATOR)
+            .run(store.pool())
+            .await
+            .unwrap();
+        insert_backlog(&store).await;
+        sqlx::query(
+            "UPDATE notifications SET lease_token = id, lease_until = next_attempt_at + 5
+             WHERE status = 'queued' AND next_attempt_at % 2 = 0",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        super::super::MIGRATOR.run(store.pool()).await.unwrap();
+        assert_claims_and_renewals_read_an_index(&store).await;
+        let (held, due): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(claim_token), SUM(due_at = lease_expires_at + 1) FROM notifications",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert!(
+            held > 0 && held == due,
+            "{held} leases, {due} due after them"
         );
         store.close().await;
     }

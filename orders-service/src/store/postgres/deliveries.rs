@@ -245,7 +245,7 @@ impl From<DueEndpoint> for EndpointRow {
 async fn claim_rows(
     conn: &mut PgConnection,
     now: i64,
-    lease_until: i64,
+    lease_expires_at: i64,
     token: Uuid,
     limit: impl Fn() -> u32 + Send,
     per_endpoint: u32,
@@ -290,7 +290,7 @@ async fn claim_rows(
             continue;
         }
         let rows: Vec<(Uuid, i32, i32, String, Vec<u8>)> = sqlx::query_as(CLAIM)
-            .bind(lease_until)
+            .bind(lease_expires_at)
             .bind(token)
             .bind(now)
             .bind(endpoint.id)
@@ -426,10 +426,10 @@ impl PgStore {
         // The clock is read once the transaction has its connection: time spent waiting for
         // the pool must not eat the lease.
         let now = now_ms();
-        let lease_until = now.saturating_add(lease_ms);
-        let rows = claim_rows(&mut tx, now, lease_until, token, limit, per_endpoint).await?;
+        let lease_expires_at = now.saturating_add(lease_ms);
+        let rows = claim_rows(&mut tx, now, lease_expires_at, token, limit, per_endpoint).await?;
         tx.commit().await?;
-        Ok(Claimed::from_rows(token, lease_until, now, rows))
+        Ok(Claimed::from_rows(token, lease_expires_at, now, rows))
     }
 
     /// Records one attempt and its outcome in one transaction; `false` if the claim token no

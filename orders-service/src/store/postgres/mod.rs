@@ -39,7 +39,7 @@ use super::{redact_url, WAKE_CHANNEL};
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a request waits for a pooled connection before it is answered 503 (with
-/// `Retry-After`): well inside `REQUEST_TIMEOUT_SECS`, so a saturated pool is reported as
+/// `Retry-After`): well inside `REQUEST_TIMEOUT`, so a saturated pool is reported as
 /// such rather than as a timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -101,8 +101,10 @@ impl PgStore {
                 };
             }
         }
-        let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
-        let claim = claim.zip(lease_until).map(|(c, until)| (c, until, token));
+        let lease_expires_at = claim.map(|c| now.saturating_add(c.lease_ms));
+        let claim = claim
+            .zip(lease_expires_at)
+            .map(|(c, until)| (c, until, token));
         let inserted = insert_order(&mut tx, order, event, now, claim).await?;
         tx.commit().await?;
         if inserted.deliveries > usize::from(inserted.claimed.is_some()) {
@@ -111,7 +113,7 @@ impl PgStore {
         }
         let claimed = inserted
             .claimed
-            .zip(lease_until)
+            .zip(lease_expires_at)
             .map(|(row, until)| Claimed::from_rows(token, until, now, vec![row]));
         Ok(KeyedOrder::Created(CreatedOrder {
             deliveries: inserted.deliveries,

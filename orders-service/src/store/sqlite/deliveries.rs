@@ -164,7 +164,7 @@ const NEXT_DUE: &str = "SELECT MIN(next) FROM (SELECT (SELECT d.due_at FROM deli
 fn claim_rows(
     conn: &rusqlite::Connection,
     now: i64,
-    lease_until: i64,
+    lease_expires_at: i64,
     token: &str,
     limit: u32,
     per_endpoint: u32,
@@ -198,7 +198,7 @@ fn claim_rows(
         }
         let rows: Vec<(String, i64, i64, String)> = claim
             .query_map(
-                rusqlite::params![lease_until, token, now, endpoint.id, room],
+                rusqlite::params![lease_expires_at, token, now, endpoint.id, room],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?
             .collect::<rusqlite::Result<_>>()?;
@@ -366,16 +366,23 @@ impl SqliteStore {
         let token_text = token.to_string();
         // The clock is read when the claim runs on the writer, not when it is queued: time
         // spent waiting for the writer must not eat the lease.
-        let (rows, now, lease_until) = self
+        let (rows, now, lease_expires_at) = self
             .writer
             .write(move |conn| {
                 let now = now_ms();
-                let lease_until = now.saturating_add(lease_ms);
-                let rows = claim_rows(conn, now, lease_until, &token_text, limit(), per_endpoint)?;
-                Ok((rows, now, lease_until))
+                let lease_expires_at = now.saturating_add(lease_ms);
+                let rows = claim_rows(
+                    conn,
+                    now,
+                    lease_expires_at,
+                    &token_text,
+                    limit(),
+                    per_endpoint,
+                )?;
+                Ok((rows, now, lease_expires_at))
             })
             .await?;
-        Ok(Claimed::from_rows(token, lease_until, now, rows))
+        Ok(Claimed::from_rows(token, lease_expires_at, now, rows))
     }
 
     /// Records one attempt and its outcome in one transaction. Returns `false`, recording

@@ -72,17 +72,17 @@ impl SqliteStore {
         );
         // The clock is read when the write runs on the writer, not when it is queued: time
         // spent waiting for the writer must not eat the lease (nor the key's lifetime).
-        let (inserted, now, lease_until) = self
+        let (inserted, now, lease_expires_at) = self
             .writer
             .write(move |conn| {
                 let (order, event, token, key) = &written;
                 let now = now_ms();
-                let lease_until = claim.map(|c| now.saturating_add(c.lease_ms));
+                let lease_expires_at = claim.map(|c| now.saturating_add(c.lease_ms));
                 let claim = claim
-                    .zip(lease_until)
+                    .zip(lease_expires_at)
                     .map(|(c, until)| (c, until, token.as_str()));
                 let inserted = insert_order(conn, order, event, now, claim, key.as_ref())?;
-                Ok((inserted, now, lease_until))
+                Ok((inserted, now, lease_expires_at))
             })
             .await?;
         let (deliveries, claimed) = match inserted {
@@ -96,7 +96,7 @@ impl SqliteStore {
             }
         };
         let claimed = claimed
-            .zip(lease_until)
+            .zip(lease_expires_at)
             .map(|(row, until)| Claimed::from_rows(token, until, now, vec![row]));
         Ok(KeyedOrder::Created(CreatedOrder {
             deliveries,
