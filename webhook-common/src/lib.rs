@@ -22,6 +22,8 @@
 //!   commits the writes of many callers in one transaction (one fsync for many requests);
 //! - [`pg_listen`] (feature `pg-listen`): PostgreSQL `LISTEN/NOTIFY` as a local wake-up, so
 //!   work committed on one replica wakes the loops of every replica;
+//! - [`outcome_retry`] (feature `server`): recording a job's outcome again after a database
+//!   error while its lease lasts, the same way in the dispatcher and the email worker;
 //! - [`readiness`] (feature `readiness`): the `GET /readyz` check both services answer;
 //! - [`health`] (feature `readiness`): the `GET /healthz` and `GET /readyz` routes, over the
 //!   service's own [`health::ReadinessCheck`];
@@ -55,6 +57,8 @@ pub mod health;
 pub mod metrics;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+#[cfg(feature = "server")]
+pub mod outcome_retry;
 #[cfg(feature = "pg-listen")]
 pub mod pg_listen;
 #[cfg(feature = "readiness")]

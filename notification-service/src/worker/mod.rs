@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
+use webhook_common::outcome_retry::{retry_while_leased, Backoff};
 
 pub use cleanup::run_cleanup;
 
@@ -410,29 +411,24 @@ impl EmailWorker {
     /// while the lease holds nobody else may send the job, so keep trying that long. The
     /// renewal keeps extending the lease meanwhile if the database lets it, so each pause is
     /// at most half of what is left, and the retries stop only once the lease is really over.
-    async fn record<F, Fut>(&self, lease: &HeldLease, mut write: F) -> Result<bool, WriteError>
+    async fn record<F, Fut>(&self, lease: &HeldLease, write: F) -> Result<bool, WriteError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<bool, WriteError>>,
     {
-        let mut pause = RECORD_RETRY_FIRST;
-        loop {
-            match write().await {
-                Ok(done) => return Ok(done),
-                // Shutdown has closed the store: nothing will succeed; the lease expires.
-                Err(e) if e.is_closed() => return Err(e),
-                Err(e) => {
-                    let left = lease.remaining();
-                    if left < RECORD_RETRY_FIRST {
-                        return Err(e);
-                    }
-                    let wait = pause.min(left / 2);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "recording the email job outcome failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    pause = (pause * 2).min(RECORD_RETRY_MAX);
-                }
-            }
-        }
+        let backoff = Backoff {
+            first: RECORD_RETRY_FIRST,
+            max: RECORD_RETRY_MAX,
+        };
+        // Shutdown has closed the store: nothing will succeed; the lease expires.
+        retry_while_leased(
+            "the email job outcome",
+            backoff,
+            || lease.remaining(),
+            WriteError::is_closed,
+            write,
+        )
+        .await
     }
 
     /// Exponential backoff with jitter: base * 2^(attempt-1), capped, then a random point in

@@ -16,17 +16,16 @@ mod attempt;
 mod metrics;
 pub mod retry;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use uuid::Uuid;
+use webhook_common::outcome_retry::{retry_while_leased, Backoff};
 
 pub use attempt::{FORBIDDEN_TARGET, RESPONSE_PREFIX_BYTES};
 use retry::RetryPolicy;
@@ -43,10 +42,12 @@ const RELEASE_BOUND: Duration = Duration::from_secs(5);
 /// schedule's delay, when longer, applies): a row that always fails to load must not spin
 /// the loop, whatever the schedule. The default of [`DispatcherSettings::load_error_backoff`].
 pub const LOAD_ERROR_BACKOFF: Duration = Duration::from_secs(60);
-/// First pause before recording an attempt's outcome again after a database error; doubles
-/// up to [`RECORD_RETRY_MAX`] while the lease lasts.
-const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
-const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Pauses before recording an attempt's outcome again after a database error: 100 ms,
+/// doubling up to 2 s, while the lease lasts.
+const RECORD_RETRY: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+};
 
 /// The dispatcher's knobs, taken from [`Config`].
 #[derive(Debug, Clone)]
@@ -187,10 +188,11 @@ struct Lease {
 }
 
 impl Lease {
-    /// Time left on the lease, as a deadline on the monotonic clock.
-    fn deadline(&self) -> Instant {
-        let left = u64::try_from(self.expires_at_ms.saturating_sub(now_ms())).unwrap_or(0);
-        Instant::now() + Duration::from_millis(left)
+    /// Time left on the lease.
+    fn left(&self) -> Duration {
+        Duration::from_millis(
+            u64::try_from(self.expires_at_ms.saturating_sub(now_ms())).unwrap_or(0),
+        )
     }
 }
 
@@ -615,14 +617,20 @@ impl Inner {
         // The receiver has the request; losing its outcome to a database hiccup would send it
         // again after the lease. Nobody else may take the row while the lease lasts, so keep
         // trying that long (DISPATCH_LEASE exceeds WEBHOOK_TIMEOUT by at least 5 s for this).
-        let recorded = retry_until(lease.deadline(), || {
-            self.store.finish_attempt(
-                &job,
-                &report.attempt,
-                &report.outcome,
-                report.error.as_deref(),
-            )
-        })
+        let recorded = retry_while_leased(
+            "the attempt",
+            RECORD_RETRY,
+            || lease.left(),
+            |_| false,
+            || {
+                self.store.finish_attempt(
+                    &job,
+                    &report.attempt,
+                    &report.outcome,
+                    report.error.as_deref(),
+                )
+            },
+        )
         .await;
         if let Ok(true) = recorded {
             metrics::count_outcome(metrics::event_type_of(&job.payload), &report.outcome);
@@ -661,38 +669,8 @@ impl Inner {
     }
 }
 
-/// Runs `write` until it succeeds or a pause before the next try would pass `deadline`,
-/// pausing 100 ms, doubling up to 2 s; the last error is
-/// returned if it never succeeds.
-pub async fn retry_until<T, F, Fut>(deadline: Instant, mut write: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let mut pause = RECORD_RETRY_FIRST;
-    loop {
-        match write().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                if Instant::now() + pause >= deadline {
-                    return Err(e);
-                }
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-                    "recording the attempt failed; retrying while the lease lasts"
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RECORD_RETRY_MAX);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
 
     #[tokio::test]
@@ -721,36 +699,5 @@ mod tests {
         drop(held);
         assert_eq!(dispatcher.inner.slots.available_permits(), 8);
         store.close().await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn recording_an_outcome_is_retried_until_it_succeeds_within_the_lease() {
-        let calls = AtomicU32::new(0);
-        let deadline = Instant::now() + Duration::from_secs(7);
-        let result = retry_until(deadline, || async {
-            let n = calls.fetch_add(1, Ordering::SeqCst);
-            if n < 3 {
-                anyhow::bail!("database is locked")
-            }
-            Ok(n)
-        })
-        .await;
-        assert_eq!(result.unwrap(), 3);
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn recording_gives_up_when_the_lease_would_end() {
-        let calls = AtomicU32::new(0);
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs(7);
-        let result: anyhow::Result<()> = retry_until(deadline, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            anyhow::bail!("database is locked")
-        })
-        .await;
-        assert!(result.is_err());
-        assert!(Instant::now() <= deadline, "{:?}", start.elapsed());
-        assert!(calls.load(Ordering::SeqCst) > 3);
     }
 }
