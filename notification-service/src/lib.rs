@@ -5,6 +5,8 @@
 //! - [`api`]: HTTP routes (`/webhooks/orders` intake, `/healthz`; the `/notifications` read
 //!   API, `/webhooks/received` and `/metrics` behind the admin token);
 //! - [`guard`]: client-IP allow-list and the rate limit on rejected requests;
+//! - [`domain`]: the types and rules the others share (the ordering rule, notifications,
+//!   claimed jobs, timestamps);
 //! - [`store`]: all SQL (dedup records, per-order state, the email job queue), on SQLite or
 //!   PostgreSQL (several replicas);
 //! - [`email`]: the text of the emails;
@@ -14,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod domain;
 pub mod email;
 pub mod error;
 pub mod guard;

@@ -11,10 +11,10 @@
 //! The backends differ only in how steps 2 and 4 reach the database and in what makes the
 //! read-modify-write of an order atomic (see each backend's `intake.rs`).
 
-use super::domain::MAX_RECORDED_TYPE_LEN;
 use super::{
     decide, to_ms, IncomingWebhook, IntakeOutcome, OrderEmail, OrderEventKind, OrderState,
 };
+use crate::domain::MAX_RECORDED_TYPE_LEN;
 
 /// A verified webhook as the intake's statements bind it.
 #[derive(Debug)]

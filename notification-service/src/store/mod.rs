@@ -28,11 +28,10 @@
 //!     listens ([`Store::spawn_job_listener`]).
 //!
 //! Timestamps are integer unix milliseconds and money never appears, so the domain code is
-//! one for both (`domain`, and `intake`: the steps of recording a webhook and the typed
+//! one for both (`crate::domain`, and `intake`: the steps of recording a webhook and the typed
 //! states between them, which each backend runs with its own statements). Replicas compare
 //! lease expiries taken from their own clocks: keep them in sync (NTP), as for any lease.
 
-mod domain;
 mod intake;
 mod postgres;
 mod rows;
@@ -54,11 +53,11 @@ use webhook_common::group_commit::GroupCommitStats;
 use webhook_common::metrics::REFRESH_EVERY;
 use webhook_common::readiness::Database;
 
-pub use domain::{
+pub use crate::domain::{
     decide, from_ms, to_ms, ClaimedJob, Cursor, IncomingWebhook, IntakeOutcome, Notification,
     NotificationStatus, OrderEmail, OrderEventKind, OrderState, ReceivedWebhook, RenewedLease,
 };
-use domain::{duration_ms, now_ms};
+use crate::domain::{duration_ms, now_ms};
 
 /// `email_queue_depth`: queued email jobs (see [`Store::email_queue_depth`]).
 pub const EMAIL_QUEUE_DEPTH: &str = "email_queue_depth";

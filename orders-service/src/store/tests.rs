@@ -5,7 +5,6 @@
 //! one file).
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,27 +96,13 @@ on_both_backends!(
     history_pages_on_one_replica_see_every_event_written_on_two_exactly_once,
 );
 
-/// Polls `check` until it is true, failing after [`DEADLINE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Waits until the wall clock has passed `at` (unix ms), e.g. a lease's end.
 async fn wait_past(at: i64) {
-    eventually("the clock to pass a lease's end", || async move {
-        now_ms() > at
-    })
+    test_support::eventually(
+        "the clock has passed a lease's end",
+        DEADLINE,
+        || async move { (now_ms() > at).then_some(()) },
+    )
     .await;
 }
 

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{order_lock_key, PgStore};
-use crate::store::domain::{duration_ms, now_ms, MAX_SETTLED_PER_CLAIM};
+use crate::domain::{duration_ms, now_ms, MAX_SETTLED_PER_CLAIM};
 use crate::store::rows::ClaimedRow;
 use crate::store::{from_ms, to_ms, ClaimedJob, RenewedLease};
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use webhook_common::group_commit::WriteError;
 
 use super::SqliteStore;
-use crate::store::domain::{duration_ms, now_ms, MAX_SETTLED_PER_CLAIM};
+use crate::domain::{duration_ms, now_ms, MAX_SETTLED_PER_CLAIM};
 use crate::store::rows::ClaimedRow;
 use crate::store::{from_ms, to_ms, ClaimedJob, RenewedLease};
 

@@ -1,5 +1,6 @@
-//! The store's domain types, shared by both backends: what the store takes and returns,
-//! the ordering rule ([`decide`]) and the millisecond timestamps every table uses.
+//! The service's domain types and rules, shared by the API, the worker and both store
+//! backends: what the store takes and returns, the ordering rule ([`decide`]) and the
+//! millisecond timestamps every table uses.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// Longest `type` of an unknown event we record; the rest is cut off.
-pub(super) const MAX_RECORDED_TYPE_LEN: usize = 100;
+pub(crate) const MAX_RECORDED_TYPE_LEN: usize = 100;
 
 /// The kind of customer email an order event produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl IntakeOutcome {
     /// seen committed; an unhandled one is inserted as `ignored` at once.
     /// (The comment in migration 0001 calls the rule `decide_outcome`: it is [`decide`]; the
     /// applied migration is left unedited because sqlx refuses a changed checksum.)
-    pub(super) fn recorded_as(&self) -> &'static str {
+    pub(crate) fn recorded_as(&self) -> &'static str {
         match self {
             IntakeOutcome::Queued { .. } => "queued",
             IntakeOutcome::Duplicate => "duplicate",
@@ -186,7 +187,7 @@ pub struct RenewedLease {
 /// of jobs that must not be sent cannot hold up the claim's transaction (and on SQLite the
 /// writer, and every intake batched with it) for long; the next claim goes on where this
 /// one stopped.
-pub(super) const MAX_SETTLED_PER_CLAIM: usize = 1000;
+pub(crate) const MAX_SETTLED_PER_CLAIM: usize = 1000;
 
 /// Milliseconds since the Unix epoch.
 pub fn to_ms(t: OffsetDateTime) -> i64 {
@@ -199,11 +200,11 @@ pub fn from_ms(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-pub(super) fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc())
 }
 
-pub(super) fn duration_ms(d: Duration) -> i64 {
+pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -222,7 +223,7 @@ pub enum NotificationStatus {
 }
 
 impl NotificationStatus {
-    pub(super) fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "queued" => NotificationStatus::Queued,
             "sent" => NotificationStatus::Sent,
