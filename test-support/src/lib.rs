@@ -8,13 +8,17 @@
 //! - [`openapi`], [`metrics`], [`admin_auth`]: the checks both services run on their
 //!   `GET /openapi.json`, their `GET /metrics` and their admin-token guard; each service's test
 //!   calls them with its own routes and series.
+//! - [`receiver`]: a scriptable webhook receiver that verifies every signature (Standard
+//!   Webhooks) and answers what the test scripted; [`ports`]: free and re-bindable ports.
 
 pub mod admin_auth;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;
 pub mod poll;
+pub mod ports;
 pub mod postgres;
+pub mod receiver;
 
 pub use logging::{captured_logs, init_test_logging};
 pub use poll::{eventually, poll_within};

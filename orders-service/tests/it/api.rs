@@ -2,9 +2,11 @@
 
 use std::collections::HashSet;
 
+use orders_service::api::orders::OrderResponse;
 use serde_json::{json, Value};
+use uuid::Uuid;
 
-use crate::support::{json_of, order_body, AppOptions, TestApp};
+use crate::support::{body_as, declined_order_body, json_of, order_body, AppOptions, TestApp};
 
 async fn app() -> TestApp {
     TestApp::spawn(AppOptions::default()).await
@@ -25,18 +27,17 @@ async fn a_new_order_is_paid_with_an_exact_total_and_can_be_read_back() {
     let r = app.post_order(order_body()).await;
     assert_eq!(r.status(), 201);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
-    let created = json_of(r).await;
-    assert_eq!(created["status"], "paid");
-    assert_eq!(created["total"], "25.00");
-    assert_eq!(created["total_minor"], 2500);
-    assert_eq!(created["price_per_item"], "12.50");
-    assert_eq!(created["currency"], "EUR");
-    assert!(created["failure_reason"].is_null());
-    let id: uuid::Uuid = created["id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(location, format!("/orders/{id}"));
+    let created: OrderResponse = body_as(r).await;
+    assert_eq!(created.status, "paid");
+    assert_eq!(created.total, "25.00");
+    assert_eq!(created.total_minor, 2500);
+    assert_eq!(created.price_per_item, "12.50");
+    assert_eq!(created.currency, "EUR");
+    assert_eq!(created.failure_reason, None);
+    assert_eq!(location, format!("/orders/{}", created.id));
 
-    let fetched = json_of(app.http.get(app.url(&location)).send().await.unwrap()).await;
-    assert_eq!(fetched, created);
+    let fetched = app.order(created.id).await;
+    assert_eq!(json!(fetched), json!(created));
     app.stop().await;
 }
 
@@ -50,31 +51,28 @@ async fn prices_given_as_decimal_strings_multiply_without_float_error() {
         }))
         .await;
     assert_eq!(r.status(), 201);
-    let v = json_of(r).await;
-    assert_eq!(v["total"], "0.30");
-    assert_eq!(v["total_minor"], 30);
-    assert_eq!(v["currency"], "USD");
+    let v: OrderResponse = body_as(r).await;
+    assert_eq!(v.total, "0.30");
+    assert_eq!(v.total_minor, 30);
+    assert_eq!(v.currency, "USD");
     // 0.1 as a JSON number is read back as the decimal text "0.1", not as a binary float.
-    let r = app
-        .post_order(json!({
+    let v = app
+        .place_order(json!({
             "product_name": "Sticker", "quantity": 3, "price_per_item": 0.1,
             "customer_email": "ada@example.com"
         }))
         .await;
-    assert_eq!(json_of(r).await["total"], "0.30");
+    assert_eq!(v.total, "0.30");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_declined_payment_gives_a_payment_failed_order_with_a_reason() {
     let app = app().await;
-    let mut body = order_body();
-    body["simulate_payment"] = "declined".into();
-    let r = app.post_order(body).await;
-    assert_eq!(r.status(), 201);
-    let v = json_of(r).await;
-    assert_eq!(v["status"], "payment_failed");
-    assert!(v["failure_reason"].as_str().unwrap().contains("declined"));
+    let v = app.place_order(declined_order_body()).await;
+    assert_eq!(v.status, "payment_failed");
+    let reason = v.failure_reason.expect("a reason");
+    assert!(reason.contains("declined"), "{reason}");
     app.stop().await;
 }
 
@@ -164,17 +162,10 @@ async fn every_invalid_field_gets_a_422_naming_it_and_nothing_is_stored() {
         ])
     );
 
-    let page = json_of(
-        app.admin(reqwest::Method::GET, "/orders")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        page["items"],
-        json!([]),
-        "a refused order left something behind"
+    let page = app.orders_page("").await;
+    assert!(
+        page.items.is_empty(),
+        "a refused order left something behind: {page:?}"
     );
     assert!(app.store.event_msg_ids_by_order().await.unwrap().is_empty());
     app.stop().await;
@@ -209,7 +200,8 @@ async fn a_price_number_with_more_precision_than_f64_keeps_is_refused_not_rounde
     // Exact literals with trailing zeros are fine.
     let (status, v) = raw_post(&app, json_ct, body("12.500000000000000000")).await;
     assert_eq!(status, 201, "{v}");
-    assert_eq!(v["price_per_item"], "12.50");
+    let order: OrderResponse = serde_json::from_value(v).unwrap();
+    assert_eq!(order.price_per_item, "12.50");
     app.stop().await;
 }
 
@@ -287,7 +279,7 @@ async fn unknown_routes_and_methods_and_ids_answer_json() {
     // A well-formed id that names no order is a 404; one that is not a UUID is a 400 naming
     // the parameter.
     for (id, status, code) in [
-        (uuid::Uuid::now_v7().to_string(), 404, "not_found"),
+        (Uuid::now_v7().to_string(), 404, "not_found"),
         ("not-a-uuid".to_owned(), 400, "invalid_path"),
     ] {
         let r = app
@@ -312,24 +304,22 @@ async fn orders_are_listed_newest_first_in_pages_without_gaps_or_repeats() {
     let app = app().await;
     let mut created = Vec::new();
     for _ in 0..5 {
-        created.push(app.create_order().await.to_string());
+        created.push(app.create_order().await);
     }
     created.reverse();
-    let mut seen = Vec::new();
+    let mut seen: Vec<Uuid> = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/orders?limit=2&cursor={c}"),
-            None => "/orders?limit=2".to_owned(),
+        let query = match &cursor {
+            Some(c) => format!("limit=2&cursor={c}"),
+            None => "limit=2".to_owned(),
         };
-        let page = json_of(app.admin(reqwest::Method::GET, &path).send().await.unwrap()).await;
+        let page = app.orders_page(&query).await;
         pages += 1;
-        for item in page["items"].as_array().unwrap() {
-            seen.push(item["id"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        seen.extend(page.items.iter().map(|item| item.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
         assert!(pages < 10, "pagination does not end");
@@ -397,14 +387,8 @@ async fn a_failing_outbox_write_leaves_no_order_behind() {
         "internals leaked: {v}"
     );
 
-    let page = json_of(
-        app.admin(reqwest::Method::GET, "/orders")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(page["items"], json!([]));
+    let page = app.orders_page("").await;
+    assert!(page.items.is_empty(), "{page:?}");
     assert!(app.store.event_msg_ids_by_order().await.unwrap().is_empty());
     pool.close().await;
     app.stop().await;

@@ -4,11 +4,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use orders_service::api::orders::OrderResponse;
 use orders_service::store::Store;
 use test_support::{eventually, poll_within};
 use webhook_common::Secret;
 
-use crate::support::{bind_port, free_port, json_of, order_body, Receiver, Reply, ADMIN_TOKEN};
+use crate::support::{bind_port, body_as, free_port, order_body, Receiver, Reply, ADMIN_TOKEN};
 
 /// Longest wait for the backlog to drain after the restart.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(90);
@@ -133,7 +134,7 @@ async fn kill_9_with_200_undelivered_orders_then_restart_delivers_every_event() 
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        order_ids.insert(json_of(r).await["id"].as_str().unwrap().to_owned());
+        order_ids.insert(body_as::<OrderResponse>(r).await.id.to_string());
     }
     first.kill_9().await;
 

@@ -242,19 +242,17 @@ async fn a_receiver_that_is_down_then_up_gets_the_event() {
 async fn a_declined_payment_sends_order_payment_failed() {
     let mut receiver = Receiver::start(Vec::new()).await;
     let app = TestApp::spawn(AppOptions::to(&receiver)).await;
-    let mut body = crate::support::order_body();
-    body["simulate_payment"] = "declined".into();
+    let body = crate::support::declined_order_body();
     assert_eq!(app.post_order(body).await.status(), 201);
 
     let got = receiver.next().await;
     assert!(got.verified);
-    let json = got.json();
-    assert_eq!(json["type"], "order.payment_failed");
-    assert!(json["data"]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("declined"));
-    assert_eq!(json["data"]["amount"], 2500);
+    let event: Event = got.parse();
+    let EventPayload::OrderPaymentFailed(failed) = event.payload else {
+        panic!("not order.payment_failed: {event:?}");
+    };
+    assert!(failed.reason.contains("declined"), "{}", failed.reason);
+    assert_eq!(failed.amount, 2500);
     app.stop().await;
 }
 

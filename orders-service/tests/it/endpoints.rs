@@ -1,79 +1,67 @@
 //! Subscriptions through the API: CRUD, secrets only where asked for, validation, and an
 //! endpoint receiving only the event types it subscribed to.
 
+use orders_service::api::endpoints::EndpointResponse;
+use orders_service::api::Page;
 use orders_service::domain::DeliveryStatus;
 use reqwest::Method;
 use serde_json::{json, Value};
+use uuid::Uuid;
+use webhook_common::Event;
 
 use crate::support::{declined_order_body, eventually, order_body, AppOptions, Receiver, TestApp};
 
 #[tokio::test]
 async fn endpoints_can_be_created_listed_read_updated_and_deleted() {
     let app = TestApp::spawn(AppOptions::default()).await;
-    let (status, created) = app
-        .admin_json(
-            Method::POST,
-            "/endpoints",
-            Some(json!({
-                "url": "https://hooks.example.com/orders",
-                "event_types": ["order.paid", "order.paid"],
-                "description": "billing"
-            })),
-        )
+    let created = app
+        .create_endpoint_from(json!({
+            "url": "https://hooks.example.com/orders",
+            "event_types": ["order.paid", "order.paid"],
+            "description": "billing"
+        }))
         .await;
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created.endpoint.id;
+    let secret = created.secret;
     assert!(secret.starts_with("whsec_"));
-    assert_eq!(
-        created["event_types"],
-        json!(["order.paid"]),
-        "deduplicated"
-    );
-    assert_eq!(created["enabled"], true);
-    assert_eq!(created["description"], "billing");
-    assert_eq!(created["from_configuration"], false);
+    assert_eq!(created.endpoint.event_types, ["order.paid"], "deduplicated");
+    assert!(created.endpoint.enabled);
+    assert_eq!(created.endpoint.description.as_deref(), Some("billing"));
+    assert!(!created.endpoint.from_configuration);
 
-    let (status, one) = app
+    let (status, raw) = app
         .admin_json(Method::GET, &format!("/endpoints/{id}"), None)
         .await;
     assert_eq!(status, 200);
-    assert_eq!(one["url"], "https://hooks.example.com/orders");
     assert!(
-        !one.to_string().contains(&secret),
+        !raw.to_string().contains(&secret),
         "GET must not reveal the secret"
     );
-    let (_, shown) = app
-        .admin_json(Method::GET, &format!("/endpoints/{id}/secret"), None)
-        .await;
-    assert_eq!(shown["secret"], secret.as_str());
+    let one = app.endpoint(id).await;
+    assert_eq!(one.url, "https://hooks.example.com/orders");
+    assert_eq!(app.endpoint_secret(id).await.secret, secret);
 
-    let (status, patched) = app
-        .admin_json(
-            Method::PATCH,
-            &format!("/endpoints/{id}"),
-            Some(json!({
+    let patched = app
+        .update_endpoint(
+            id,
+            json!({
                 "event_types": ["order.payment_failed"],
                 "enabled": false,
                 "description": null
-            })),
+            }),
         )
         .await;
-    assert_eq!(status, 200, "{patched}");
-    assert_eq!(patched["event_types"], json!(["order.payment_failed"]));
-    assert_eq!(patched["enabled"], false);
-    assert_eq!(patched["disabled_reason"], "disabled through the API");
-    assert_eq!(patched["description"], Value::Null);
-    assert_eq!(patched["url"], "https://hooks.example.com/orders");
-    let (_, enabled) = app
-        .admin_json(
-            Method::PATCH,
-            &format!("/endpoints/{id}"),
-            Some(json!({"enabled": true})),
-        )
-        .await;
-    assert_eq!(enabled["enabled"], true);
-    assert_eq!(enabled["disabled_reason"], Value::Null);
+    assert_eq!(patched.event_types, ["order.payment_failed"]);
+    assert!(!patched.enabled);
+    assert_eq!(
+        patched.disabled_reason.as_deref(),
+        Some("disabled through the API")
+    );
+    assert_eq!(patched.description, None);
+    assert_eq!(patched.url, "https://hooks.example.com/orders");
+    let enabled = app.update_endpoint(id, json!({"enabled": true})).await;
+    assert!(enabled.enabled);
+    assert_eq!(enabled.disabled_reason, None);
 
     // Pages of one: every endpoint exactly once, then a null cursor.
     for n in 0..2 {
@@ -83,7 +71,7 @@ async fn endpoints_can_be_created_listed_read_updated_and_deleted() {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     loop {
-        let (status, page) = app
+        let (status, raw) = app
             .admin_json(
                 Method::GET,
                 &format!("/endpoints?limit=1&cursor={cursor}"),
@@ -92,14 +80,13 @@ async fn endpoints_can_be_created_listed_read_updated_and_deleted() {
             .await;
         assert_eq!(status, 200);
         assert!(
-            !page.to_string().contains("whsec_"),
+            !raw.to_string().contains("whsec_"),
             "lists never reveal secrets"
         );
-        for item in page["items"].as_array().unwrap() {
-            seen.push(item["id"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_owned(),
+        let page: Page<EndpointResponse> = serde_json::from_value(raw).unwrap();
+        seen.extend(page.items.iter().map(|item| item.id));
+        match page.next_cursor {
+            Some(next) => cursor = next,
             None => break,
         }
     }
@@ -108,10 +95,7 @@ async fn endpoints_can_be_created_listed_read_updated_and_deleted() {
     let unique: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), 3);
 
-    let (status, _) = app
-        .admin_json(Method::DELETE, &format!("/endpoints/{id}"), None)
-        .await;
-    assert_eq!(status, 204);
+    app.delete_endpoint(id).await;
     for (method, path) in [
         (Method::GET, format!("/endpoints/{id}")),
         (Method::DELETE, format!("/endpoints/{id}")),
@@ -211,8 +195,11 @@ async fn bad_subscriptions_are_refused_with_a_422_naming_the_field() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
-    let endpoint = app.create_endpoint(ok_url, &["order.paid"]).await;
-    let id = endpoint["id"].as_str().unwrap();
+    let id = app
+        .create_endpoint(ok_url, &["order.paid"])
+        .await
+        .endpoint
+        .id;
     let path = format!("/endpoints/{id}");
     assert_field_error(
         &app,
@@ -270,9 +257,9 @@ async fn bad_subscriptions_are_refused_with_a_422_naming_the_field() {
     assert_eq!(body["error"]["code"], "invalid_query");
     assert!(body["error"]["fields"]["limit"].is_array(), "{body}");
     // Nothing was half-applied.
-    let (_, unchanged) = app.admin_json(Method::GET, &path, None).await;
-    assert_eq!(unchanged["event_types"], json!(["order.paid"]));
-    assert_eq!(unchanged["url"], ok_url);
+    let unchanged = app.endpoint(id).await;
+    assert_eq!(unchanged.event_types, ["order.paid"]);
+    assert_eq!(unchanged.url, ok_url);
     app.stop().await;
 }
 
@@ -289,50 +276,35 @@ async fn an_endpoint_receives_only_the_event_types_it_subscribed_to() {
     let c = app
         .create_endpoint(&disabled.url, &["order.paid", "order.payment_failed"])
         .await;
-    let (status, _) = app
-        .admin_json(
-            Method::PATCH,
-            &format!("/endpoints/{}", c["id"].as_str().unwrap()),
-            Some(json!({"enabled": false})),
-        )
+    app.update_endpoint(c.endpoint.id, json!({"enabled": false}))
         .await;
-    assert_eq!(status, 200);
 
-    let paid = app.order_json(order_body()).await;
-    let failed = app.order_json(declined_order_body()).await;
+    let paid = app.place_order(order_body()).await;
+    let failed = app.place_order(declined_order_body()).await;
     for (order, endpoint) in [(&paid, &a), (&failed, &b)] {
-        let order_id = order["id"].as_str().unwrap().parse().unwrap();
+        let order_id = order.id;
         let deliveries = app.deliveries(order_id).await;
         assert_eq!(
             deliveries.len(),
             1,
             "exactly one subscribed, enabled endpoint"
         );
-        assert_eq!(
-            deliveries[0].endpoint_id.to_string(),
-            endpoint["id"].as_str().unwrap()
-        );
+        assert_eq!(deliveries[0].endpoint_id, endpoint.endpoint.id);
         app.wait_for_delivery(order_id, DeliveryStatus::Delivered)
             .await;
         // The event in the history shows the same single delivery.
-        let event = order["event_id"].as_str().unwrap();
-        let (_, detail) = app
-            .admin_json(Method::GET, &format!("/events/{event}"), None)
-            .await;
-        assert_eq!(detail["deliveries"].as_array().unwrap().len(), 1);
+        let detail = app.event_of(order).await;
+        assert_eq!(detail.deliveries.len(), 1);
     }
     let got = paid_only.next().await;
-    assert_eq!(got.json()["type"], "order.paid");
+    assert_eq!(got.parse::<Event>().type_name(), "order.paid");
     let got = failed_only.next().await;
-    assert_eq!(got.json()["type"], "order.payment_failed");
+    assert_eq!(got.parse::<Event>().type_name(), "order.payment_failed");
     // Both deliveries are final, and nothing else was queued, so nothing else can arrive.
     assert!(paid_only.try_next().is_none());
     assert!(failed_only.try_next().is_none());
     assert!(disabled.try_next().is_none());
-    let orders: Vec<_> = [&paid, &failed]
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let orders: Vec<Uuid> = [&paid, &failed].iter().map(|o| o.id).collect();
     eventually("all deliveries are final", || async {
         let mut all = Vec::new();
         for o in &orders {

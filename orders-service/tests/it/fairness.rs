@@ -74,7 +74,7 @@ async fn a_hanging_endpoint_cannot_take_every_dispatch_slot() {
         2,
         "more attempts in flight to one endpoint than its cap"
     );
-    let fast_id: Uuid = fast_endpoint["id"].as_str().unwrap().parse().unwrap();
+    let fast_id = fast_endpoint.endpoint.id;
     let delivered = app.deliveries(order).await;
     assert!(delivered
         .iter()
@@ -104,59 +104,36 @@ async fn disabling_an_endpoint_pauses_its_deliveries_and_enabling_makes_them_due
         ..AppOptions::default()
     })
     .await;
-    let endpoint = app.create_endpoint(&receiver.url, &["order.paid"]).await;
-    let id = endpoint["id"].as_str().unwrap();
+    let id = app
+        .create_endpoint(&receiver.url, &["order.paid"])
+        .await
+        .endpoint
+        .id;
     let mut orders = Vec::new();
     for _ in 0..3 {
-        let order = app.order_json(crate::support::order_body()).await;
-        let order_id: Uuid = order["id"].as_str().unwrap().parse().unwrap();
-        wait_for_attempts(&app, order_id, 1).await;
+        let order = app.place_order(crate::support::order_body()).await;
+        wait_for_attempts(&app, order.id, 1).await;
         orders.push(order);
     }
     for _ in 0..3 {
         receiver.next().await;
     }
 
-    let (status, _) = app
-        .admin_json(
-            reqwest::Method::PATCH,
-            &format!("/endpoints/{id}"),
-            Some(json!({"enabled": false})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    app.update_endpoint(id, json!({"enabled": false})).await;
     for order in &orders {
-        let order_id: Uuid = order["id"].as_str().unwrap().parse().unwrap();
-        let d = app.deliveries(order_id).await.remove(0);
+        let d = app.deliveries(order.id).await.remove(0);
         assert_eq!(d.status, DeliveryStatus::Pending);
         assert_eq!(d.next_attempt_at, PAUSED_AT, "not taken out of the due set");
-        let (_, event) = app
-            .admin_json(
-                reqwest::Method::GET,
-                &format!("/events/{}", order["event_id"].as_str().unwrap()),
-                None,
-            )
-            .await;
-        assert_eq!(
-            event["deliveries"][0]["next_attempt_at"],
-            json!(null),
-            "{event}"
-        );
+        let event = app.event_of(order).await;
+        let shown = &event.deliveries[0];
+        assert_eq!(shown.next_attempt_at, None, "{shown:?}");
     }
     assert_eq!(app.store.next_due_at().await.unwrap(), None);
 
     // Enabled again: due now, not in an hour.
-    let (status, _) = app
-        .admin_json(
-            reqwest::Method::PATCH,
-            &format!("/endpoints/{id}"),
-            Some(json!({"enabled": true})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    app.update_endpoint(id, json!({"enabled": true})).await;
     for order in &orders {
-        let order_id: Uuid = order["id"].as_str().unwrap().parse().unwrap();
-        app.wait_for_delivery(order_id, DeliveryStatus::Delivered)
+        app.wait_for_delivery(order.id, DeliveryStatus::Delivered)
             .await;
     }
     app.stop().await;
@@ -194,8 +171,11 @@ async fn deleting_an_endpoint_in_batches_removes_every_delivery_and_attempt() {
         ..AppOptions::default()
     })
     .await;
-    let endpoint = app.create_endpoint(&receiver.url, &["order.paid"]).await;
-    let id: Uuid = endpoint["id"].as_str().unwrap().parse().unwrap();
+    let id = app
+        .create_endpoint(&receiver.url, &["order.paid"])
+        .await
+        .endpoint
+        .id;
     let mut deliveries = Vec::new();
     for _ in 0..5 {
         let order = app.create_order().await;

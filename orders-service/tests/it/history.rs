@@ -9,8 +9,10 @@ use orders_service::domain::DeliveryStatus;
 use reqwest::Method;
 use serde_json::Value;
 
+use uuid::Uuid;
+
 use crate::support::{
-    declined_order_body, json_of, order_body, AppOptions, Receiver, Reply, TestApp, DEADLINE,
+    declined_order_body, order_body, AppOptions, Receiver, Reply, TestApp, DEADLINE,
 };
 
 const WRITERS: usize = 4;
@@ -40,8 +42,8 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
                         } else {
                             order_body()
                         };
-                        let order = app.order_json(body).await;
-                        ids.push(order["event_id"].as_str().unwrap().to_owned());
+                        let order = app.place_order(body).await;
+                        ids.push(order.event_id.expect("the order emitted an event"));
                     }
                     ids
                 });
@@ -54,31 +56,28 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
         })
     };
 
-    let mut seen: Vec<(i64, String)> = Vec::new();
+    let mut seen: Vec<(i64, Uuid)> = Vec::new();
     let mut after = String::new();
     let start = Instant::now();
     let mut pages_while_writing = 0;
     loop {
         // Read before paging: an empty page after the writers are done means the end.
         let writers_done = writers.is_finished();
-        let (status, page) = app
-            .admin_json(Method::GET, &format!("/events?limit=7&after={after}"), None)
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let items = page["items"].as_array().unwrap();
+        let page = app.events_page(&format!("limit=7&after={after}")).await;
+        let items = &page.items;
         if !writers_done && !items.is_empty() {
             pages_while_writing += 1;
             paged_tx.send_replace(true);
         }
         for item in items {
-            let cursor: i64 = item["cursor"].as_str().unwrap().parse().unwrap();
-            seen.push((cursor, item["id"].as_str().unwrap().to_owned()));
+            let cursor: i64 = item.cursor.parse().unwrap();
+            seen.push((cursor, item.id));
             after = cursor.to_string();
         }
         // A cursor only on a full page with more behind it (a full page that happens to
         // end the history has none).
-        match page["next_cursor"].as_str() {
-            Some(next) => assert!(items.len() == 7 && next == after, "{page}"),
+        match &page.next_cursor {
+            Some(next) => assert!(items.len() == 7 && *next == after, "{page:?}"),
             None => assert!(items.len() <= 7),
         }
         if items.is_empty() && writers_done {
@@ -92,8 +91,8 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
     );
     let created = writers.await.unwrap();
     assert_eq!(created.len(), WRITERS * ORDERS_PER_WRITER);
-    let ids: Vec<&String> = seen.iter().map(|(_, id)| id).collect();
-    let unique: HashSet<String> = ids.iter().map(|s| (*s).clone()).collect();
+    let ids: Vec<Uuid> = seen.iter().map(|(_, id)| *id).collect();
+    let unique: HashSet<Uuid> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "an event was returned twice");
     assert_eq!(unique, created, "the pages hold exactly the events created");
     assert!(
@@ -102,41 +101,36 @@ async fn paging_while_orders_are_inserted_concurrently_sees_every_event_once_in_
     );
 
     // The type filter pages through the same history.
-    let (_, failed) = app
-        .admin_json(
-            Method::GET,
-            "/events?type=order.payment_failed&limit=100",
-            None,
-        )
-        .await;
-    let failed = failed["items"].as_array().unwrap().clone();
+    let failed = app
+        .events_page("type=order.payment_failed&limit=100")
+        .await
+        .items;
     let expected = (0..WRITERS)
         .flat_map(|w| (0..ORDERS_PER_WRITER).filter(move |i| (w + i) % 3 == 0))
         .count();
     assert_eq!(failed.len(), expected);
-    assert!(failed.iter().all(|e| e["type"] == "order.payment_failed"));
+    assert!(failed
+        .iter()
+        .all(|e| e.event_type == "order.payment_failed"));
 }
 
 #[tokio::test]
 async fn an_event_shows_its_payload_deliveries_and_attempts() {
     let mut receiver = Receiver::start(vec![Reply::status(503)]).await;
     let app = TestApp::spawn(AppOptions::to(&receiver)).await;
-    let order = app.order_json(order_body()).await;
-    let order_id = order["id"].as_str().unwrap().parse().unwrap();
-    app.wait_for_delivery(order_id, DeliveryStatus::Delivered)
+    let order = app.place_order(order_body()).await;
+    app.wait_for_delivery(order.id, DeliveryStatus::Delivered)
         .await;
     let sent = receiver.next().await;
 
-    let event_id = order["event_id"].as_str().unwrap();
-    let (status, event) = app
-        .admin_json(Method::GET, &format!("/events/{event_id}"), None)
-        .await;
-    assert_eq!(status, 200, "{event}");
-    assert_eq!(event["type"], "order.paid");
-    assert_eq!(event["order_id"], order["id"]);
-    assert_eq!(event["webhook_id"], sent.id.as_str());
+    let event_id = order.event_id.expect("the order emitted an event");
+    let detail = app.event(event_id).await;
+    let event = &detail.event;
+    assert_eq!(event.event_type, "order.paid");
+    assert_eq!(event.order_id, Some(order.id));
+    assert_eq!(event.webhook_id, sent.id);
     assert_eq!(
-        event["payload"],
+        serde_json::from_str::<Value>(event.payload.get()).unwrap(),
         serde_json::from_slice::<Value>(&sent.body).unwrap()
     );
     // Byte for byte what was signed and sent, keys in their order, not re-serialised.
@@ -153,34 +147,23 @@ async fn an_event_shows_its_payload_deliveries_and_attempts() {
         raw.contains(&format!("\"payload\":{sent_text}")),
         "{raw}\n does not hold\n{sent_text}"
     );
-    let (_, listed) = app.admin_json(Method::GET, "/events", None).await;
-    assert_eq!(listed["items"][0]["payload"], event["payload"]);
-    let deliveries = event["deliveries"].as_array().unwrap();
-    assert_eq!(deliveries.len(), 1);
-    let delivery = &deliveries[0];
-    assert_eq!(delivery["status"], "delivered");
-    assert_eq!(delivery["attempt_count"], 2);
-    assert!(delivery["delivered_at"].is_string());
-    let attempts = delivery["attempts"].as_array().unwrap();
-    let codes: Vec<_> = attempts.iter().map(|a| a["status_code"].as_u64()).collect();
+    let listed = app.events_page("").await;
+    assert_eq!(listed.items[0].payload.get(), event.payload.get());
+    assert_eq!(detail.deliveries.len(), 1);
+    let delivery = &detail.deliveries[0];
+    assert_eq!(delivery.status, "delivered");
+    assert_eq!(delivery.attempt_count, 2);
+    assert!(delivery.delivered_at.is_some());
+    let attempts = delivery.attempts.as_deref().expect("attempts are listed");
+    let codes: Vec<_> = attempts.iter().map(|a| a.status_code).collect();
     assert_eq!(codes, [Some(503), Some(200)]);
-    assert_eq!(attempts[0]["outcome"], "retry");
+    assert_eq!(attempts[0].outcome, "retry");
 
     // The order links to its event.
-    let r = app
-        .http
-        .get(app.url(&format!("/orders/{}", order["id"].as_str().unwrap())))
-        .send()
-        .await
-        .unwrap();
-    let read = json_of(r).await;
-    assert_eq!(read["event_id"], event_id);
+    let read = app.order(order.id).await;
+    assert_eq!(read.event_id, Some(event_id));
     let (status, _) = app
-        .admin_json(
-            Method::GET,
-            &format!("/events/{}", uuid::Uuid::now_v7()),
-            None,
-        )
+        .admin_json(Method::GET, &format!("/events/{}", Uuid::now_v7()), None)
         .await;
     assert_eq!(status, 404);
     app.stop().await;
@@ -206,17 +189,10 @@ async fn an_event_lists_at_most_100_deliveries_and_the_last_20_attempts_of_each(
             .await
             .unwrap();
     }
-    let order = app.order_json(order_body()).await;
-    let (status, event) = app
-        .admin_json(
-            Method::GET,
-            &format!("/events/{}", order["event_id"].as_str().unwrap()),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(event["delivery_count"], 101);
-    assert_eq!(event["deliveries"].as_array().unwrap().len(), 100);
+    let order = app.place_order(order_body()).await;
+    let event = app.event_of(&order).await;
+    assert_eq!(event.delivery_count, 101);
+    assert_eq!(event.deliveries.len(), 100);
     app.stop().await;
 
     // One delivery with 25 attempts: the last 20 are listed, the count says 25.
@@ -226,22 +202,15 @@ async fn an_event_lists_at_most_100_deliveries_and_the_last_20_attempts_of_each(
         ..AppOptions::to(&receiver)
     })
     .await;
-    let order = app.order_json(order_body()).await;
-    let order_id = order["id"].as_str().unwrap().parse().unwrap();
-    app.wait_for_delivery(order_id, DeliveryStatus::Failed)
+    let order = app.place_order(order_body()).await;
+    app.wait_for_delivery(order.id, DeliveryStatus::Failed)
         .await;
-    let (_, event) = app
-        .admin_json(
-            Method::GET,
-            &format!("/events/{}", order["event_id"].as_str().unwrap()),
-            None,
-        )
-        .await;
-    let delivery = &event["deliveries"][0];
-    assert_eq!(delivery["attempt_count"], 25);
-    let attempts = delivery["attempts"].as_array().unwrap();
+    let event = app.event_of(&order).await;
+    let delivery = &event.deliveries[0];
+    assert_eq!(delivery.attempt_count, 25);
+    let attempts = delivery.attempts.as_deref().expect("attempts are listed");
     assert_eq!(attempts.len(), 20);
-    assert_eq!(attempts[0]["attempt"], 6);
-    assert_eq!(attempts[19]["attempt"], 25);
+    assert_eq!(attempts[0].attempt, 6);
+    assert_eq!(attempts[19].attempt, 25);
     app.stop().await;
 }

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use orders_service::api::orders::OrderResponse;
 use orders_service::store::now_ms;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::support::{json_of, order_body, AppOptions, Receiver, TestApp};
+use crate::support::{body_as, json_of, order_body, AppOptions, Receiver, TestApp};
 
 /// `POST /orders` with `body` and `Idempotency-Key: key`.
 async fn post_keyed(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
@@ -59,8 +60,7 @@ async fn a_retry_with_the_key_answers_the_first_answer_without_a_second_order_or
         parts(post_keyed(&app, &key, &order_body()).await).await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(replayed, None);
-    let created: Value = serde_json::from_str(&first).unwrap();
-    let id: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let id = serde_json::from_str::<OrderResponse>(&first).unwrap().id;
     assert_eq!(location, format!("/orders/{id}"));
     let webhook = receiver.next().await;
     assert!(webhook.verified);
@@ -133,9 +133,9 @@ async fn without_the_header_every_request_is_a_new_order() {
     let app = TestApp::spawn(AppOptions::default()).await;
     let a = app.post_order(order_body()).await;
     assert!(a.headers().get("idempotent-replayed").is_none());
-    let a = json_of(a).await;
-    let b = app.order_json(order_body()).await;
-    assert_ne!(a["id"], b["id"]);
+    let a: OrderResponse = body_as(a).await;
+    let b = app.place_order(order_body()).await;
+    assert_ne!(a.id, b.id);
     assert_eq!(orders(&app).await.len(), 2);
     app.stop().await;
 }
@@ -166,11 +166,7 @@ async fn concurrent_requests_with_one_key_create_one_order() {
     assert_eq!(replays, 15, "exactly one request created the order");
     let first = &bodies[0];
     assert!(bodies.iter().all(|b| b == first), "{bodies:?}");
-    let id: Uuid = serde_json::from_str::<Value>(first).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id = serde_json::from_str::<OrderResponse>(first).unwrap().id;
     assert_eq!(orders(&app).await, vec![id]);
     assert_eq!(app.store.event_msg_ids_by_order().await.unwrap().len(), 1);
     app.stop().await;
@@ -180,7 +176,7 @@ async fn concurrent_requests_with_one_key_create_one_order() {
 async fn an_expired_key_is_new_again() {
     let app = TestApp::spawn(AppOptions::default()).await;
     let key = "retry-me";
-    let first = json_of(post_keyed(&app, key, &order_body()).await).await;
+    let first: OrderResponse = body_as(post_keyed(&app, key, &order_body()).await).await;
 
     let pool = raw_db(&app).await;
     let expired = sqlx::query("UPDATE idempotency_keys SET expires_at = $1 WHERE key = $2")
@@ -195,19 +191,20 @@ async fn an_expired_key_is_new_again() {
     let r = post_keyed(&app, key, &order_body()).await;
     assert_eq!(r.status(), 201);
     assert!(r.headers().get("idempotent-replayed").is_none());
-    let second = json_of(r).await;
-    assert_ne!(second["id"], first["id"]);
+    let second_text = r.text().await.unwrap();
+    let second: OrderResponse = serde_json::from_str(&second_text).unwrap();
+    assert_ne!(second.id, first.id);
     let (order_id, expires_at): (String, i64) =
         sqlx::query_as("SELECT order_id, expires_at FROM idempotency_keys WHERE key = $1")
             .bind(key)
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(Some(order_id.as_str()), second["id"].as_str());
+    assert_eq!(order_id, second.id.to_string());
     assert!(expires_at > now_ms() + 23 * 3600 * 1000, "{expires_at}");
     let (status, _, replayed, again) = parts(post_keyed(&app, key, &order_body()).await).await;
     assert_eq!((status, replayed.as_deref()), (201, Some("true")));
-    assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), second);
+    assert_eq!(again, second_text);
     assert_eq!(orders(&app).await.len(), 2);
     pool.close().await;
     app.stop().await;

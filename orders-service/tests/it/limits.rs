@@ -39,10 +39,11 @@ async fn a_path_that_is_not_utf8_gets_a_json_400() {
 #[tokio::test]
 async fn a_too_large_rotate_secret_body_gets_a_json_413() {
     let app = TestApp::spawn(AppOptions::default()).await;
-    let endpoint = app
+    let id = app
         .create_endpoint("http://127.0.0.1:9/webhook", &["order.paid"])
-        .await;
-    let id = endpoint["id"].as_str().unwrap();
+        .await
+        .endpoint
+        .id;
     let r = app
         .admin(
             reqwest::Method::POST,

@@ -36,8 +36,7 @@ async fn metrics_need_the_admin_token_and_count_orders_deliveries_and_requests_b
     assert_eq!(wrong.status(), 401);
 
     let paid = app.create_order().await;
-    let declined = app.order_json(declined_order_body()).await;
-    let declined: uuid::Uuid = declined["id"].as_str().unwrap().parse().unwrap();
+    let declined = app.place_order(declined_order_body()).await.id;
     app.wait_for_delivery(paid, DeliveryStatus::Delivered).await;
     app.wait_for_delivery(declined, DeliveryStatus::Delivered)
         .await;

@@ -5,10 +5,13 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
+use orders_service::api::orders::OrderResponse;
 use orders_service::Config;
 use serde_json::Value;
 
-use crate::support::{eventually, json_of, order_body, AppOptions, TestApp, ADMIN_TOKEN, DEADLINE};
+use crate::support::{
+    body_as, eventually, json_of, order_body, AppOptions, TestApp, ADMIN_TOKEN, DEADLINE,
+};
 
 /// The limit these tests run with: 1 order per second, 5 at once.
 const RATE: u64 = 1;
@@ -29,14 +32,7 @@ async fn limited_app() -> TestApp {
 
 /// How many orders the service holds (the admin list, which is not limited).
 async fn stored_orders(app: &TestApp) -> usize {
-    let page = json_of(
-        app.admin(reqwest::Method::GET, "/orders?limit=100")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    page["items"].as_array().expect("items").len()
+    app.orders_page("limit=100").await.items.len()
 }
 
 /// POSTs orders one after another until one is refused; returns how many were created first
@@ -99,9 +95,9 @@ async fn an_order_past_the_burst_gets_a_json_429_with_retry_after_and_is_not_cre
         (r.status() == 201).then_some(r)
     })
     .await;
-    let order = json_of(retried).await;
+    let order: OrderResponse = body_as(retried).await;
     assert_eq!(stored_orders(&app).await, created + 1);
-    assert_eq!(order["status"], "paid");
+    assert_eq!(order.status, "paid");
     app.stop().await;
 }
 

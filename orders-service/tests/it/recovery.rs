@@ -17,15 +17,8 @@ async fn a_delivered_event_can_be_redelivered_with_the_same_webhook_id() {
         .wait_for_delivery(order, DeliveryStatus::Delivered)
         .await;
 
-    let (status, requeued) = app
-        .admin_json(
-            Method::POST,
-            &format!("/deliveries/{}/retry", delivery.id),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{requeued}");
-    assert_eq!(requeued["id"], delivery.id.to_string());
+    let requeued = app.retry_delivery(delivery.id).await;
+    assert_eq!(requeued.id, delivery.id);
     let again = receiver.next().await;
     assert_eq!(again.id, first.id, "receivers deduplicate on webhook-id");
     assert_eq!(again.body, first.body);
@@ -104,10 +97,10 @@ async fn recover_requeues_the_endpoints_failed_deliveries_in_the_window_only() {
     .await;
     let mut orders = Vec::new();
     for _ in 0..3 {
-        let order = app.order_json(order_body()).await;
-        let id: Uuid = order["id"].as_str().unwrap().parse().unwrap();
-        app.wait_for_delivery(id, DeliveryStatus::Failed).await;
-        orders.push((id, order["created_at"].as_str().unwrap().to_owned()));
+        let order = app.place_order(order_body()).await;
+        app.wait_for_delivery(order.id, DeliveryStatus::Failed)
+            .await;
+        orders.push((order.id, order.created_at));
     }
     for _ in 0..3 {
         receiver.next().await;
@@ -129,15 +122,8 @@ async fn recover_requeues_the_endpoints_failed_deliveries_in_the_window_only() {
         .await
         .unwrap();
     assert_eq!((first_batch.requeued, first_batch.more), (1, true));
-    let (status, rest) = app
-        .admin_json(
-            Method::POST,
-            &format!("/endpoints/{endpoint}/recover"),
-            Some(json!({"since": orders[1].1})),
-        )
-        .await;
-    assert_eq!(status, 200, "{rest}");
-    assert_eq!(rest, json!({"requeued": 1, "more": false}));
+    let rest = app.recover(endpoint, json!({"since": orders[1].1})).await;
+    assert_eq!((rest.requeued, rest.more), (1, false));
     for (id, _) in &orders[1..] {
         app.wait_for_delivery(*id, DeliveryStatus::Delivered).await;
     }
@@ -148,14 +134,13 @@ async fn recover_requeues_the_endpoints_failed_deliveries_in_the_window_only() {
     );
 
     // A window that ends where the second order begins holds only the first.
-    let (_, first) = app
-        .admin_json(
-            Method::POST,
-            &format!("/endpoints/{endpoint}/recover"),
-            Some(json!({"since": orders[0].1, "until": orders[1].1})),
+    let first = app
+        .recover(
+            endpoint,
+            json!({"since": orders[0].1, "until": orders[1].1}),
         )
         .await;
-    assert_eq!(first, json!({"requeued": 1, "more": false}));
+    assert_eq!((first.requeued, first.more), (1, false));
     app.wait_for_delivery(orders[0].0, DeliveryStatus::Delivered)
         .await;
     for _ in 0..3 {

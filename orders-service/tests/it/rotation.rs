@@ -2,11 +2,11 @@
 //! rotations survive restarts, and a changed `WEBHOOK_SECRET` rotates with a grace period.
 
 use orders_service::domain::DeliveryStatus;
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
+use uuid::Uuid;
 use webhook_common::{Secret, Verifier};
 
-use crate::support::{eventually, json_of, AppOptions, Received, Receiver, TestApp};
+use crate::support::{eventually, AppOptions, Received, Receiver, TestApp};
 
 fn verifies_with(got: &Received, secret: &str) -> bool {
     let secret = Secret::parse(secret).unwrap();
@@ -23,21 +23,12 @@ fn signature_count(got: &Received) -> usize {
         .count()
 }
 
-async fn config_endpoint_id(app: &TestApp, receiver: &mut Receiver) -> String {
+async fn config_endpoint_id(app: &TestApp, receiver: &mut Receiver) -> Uuid {
     let order = app.create_order().await;
     receiver.next().await;
     app.wait_for_delivery(order, DeliveryStatus::Delivered)
         .await
         .endpoint_id
-        .to_string()
-}
-
-async fn secret_of(app: &TestApp, id: &str) -> Value {
-    let (status, body) = app
-        .admin_json(Method::GET, &format!("/endpoints/{id}/secret"), None)
-        .await;
-    assert_eq!(status, 200);
-    body
 }
 
 #[tokio::test]
@@ -47,18 +38,13 @@ async fn during_the_grace_period_both_secrets_sign_and_afterwards_only_the_new_o
     let app = TestApp::spawn(AppOptions::to(&receiver)).await;
     let id = config_endpoint_id(&app, &mut receiver).await;
 
-    let (status, rotated) = app
-        .admin_json(
-            Method::POST,
-            &format!("/endpoints/{id}/rotate-secret"),
-            Some(json!({"grace_period_secs": 1})),
-        )
+    let rotated = app
+        .rotate_secret(id, Some(json!({"grace_period_secs": 1})))
         .await;
-    assert_eq!(status, 200, "{rotated}");
-    let new = rotated["secret"].as_str().unwrap().to_owned();
+    let new = rotated.secret;
     assert_ne!(new, old);
-    assert!(rotated["previous_secret_expires_at"].is_string());
-    assert_eq!(secret_of(&app, &id).await["secret"], new.as_str());
+    assert!(rotated.previous_secret_expires_at.is_some());
+    assert_eq!(app.endpoint_secret(id).await.secret, new);
 
     // During the grace period: one signature per secret, each verifies on its own.
     app.create_order().await;
@@ -74,8 +60,10 @@ async fn during_the_grace_period_both_secrets_sign_and_afterwards_only_the_new_o
     );
 
     eventually("the grace period ends", || async {
-        secret_of(&app, &id).await["previous_secret_expires_at"]
-            .is_null()
+        app.endpoint_secret(id)
+            .await
+            .previous_secret_expires_at
+            .is_none()
             .then_some(())
     })
     .await;
@@ -96,16 +84,12 @@ async fn a_rotation_without_grace_drops_the_old_secret_at_once_and_an_empty_body
     let app = TestApp::spawn(AppOptions::to(&receiver)).await;
     let id = config_endpoint_id(&app, &mut receiver).await;
 
-    let r = app
-        .admin(Method::POST, &format!("/endpoints/{id}/rotate-secret"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body = json_of(r).await;
-    let expires = body["previous_secret_expires_at"].as_str().unwrap();
+    let body = app.rotate_secret(id, None).await;
+    let expires = body
+        .previous_secret_expires_at
+        .expect("the old secret still signs");
     let expires =
-        time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
+        time::OffsetDateTime::parse(&expires, &time::format_description::well_known::Rfc3339)
             .unwrap();
     let left = expires - time::OffsetDateTime::now_utc();
     assert!(
@@ -113,18 +97,14 @@ async fn a_rotation_without_grace_drops_the_old_secret_at_once_and_an_empty_body
         "{left}"
     );
 
-    let (_, rotated) = app
-        .admin_json(
-            Method::POST,
-            &format!("/endpoints/{id}/rotate-secret"),
-            Some(json!({"grace_period_secs": 0})),
-        )
+    let rotated = app
+        .rotate_secret(id, Some(json!({"grace_period_secs": 0})))
         .await;
-    assert!(rotated["previous_secret_expires_at"].is_null());
+    assert_eq!(rotated.previous_secret_expires_at, None);
     app.create_order().await;
     let got = receiver.next().await;
     assert_eq!(signature_count(&got), 1);
-    assert!(verifies_with(&got, rotated["secret"].as_str().unwrap()));
+    assert!(verifies_with(&got, &rotated.secret));
     app.stop().await;
 }
 
@@ -134,14 +114,10 @@ async fn an_api_rotation_survives_a_restart_and_a_changed_webhook_secret_rotates
     let mut receiver = Receiver::start(Vec::new()).await;
     let first = TestApp::spawn(AppOptions::to(&receiver)).await;
     let id = config_endpoint_id(&first, &mut receiver).await;
-    let (_, rotated) = first
-        .admin_json(
-            Method::POST,
-            &format!("/endpoints/{id}/rotate-secret"),
-            Some(json!({"grace_period_secs": 0})),
-        )
-        .await;
-    let api_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let api_secret = first
+        .rotate_secret(id, Some(json!({"grace_period_secs": 0})))
+        .await
+        .secret;
     let dir = first.dir.clone();
     first.stop().await;
 
@@ -151,9 +127,9 @@ async fn an_api_rotation_survives_a_restart_and_a_changed_webhook_secret_rotates
         ..AppOptions::to(&receiver)
     })
     .await;
-    let shown = secret_of(&again, &id).await;
-    assert_eq!(shown["secret"], api_secret.as_str());
-    assert!(shown["previous_secret_expires_at"].is_null());
+    let shown = again.endpoint_secret(id).await;
+    assert_eq!(shown.secret, api_secret);
+    assert_eq!(shown.previous_secret_expires_at, None);
     again.stop().await;
 
     // (b) A new WEBHOOK_SECRET: rotated to it, the replaced secret signing for 24 h.
@@ -164,9 +140,9 @@ async fn an_api_rotation_survives_a_restart_and_a_changed_webhook_secret_rotates
         ..AppOptions::to(&receiver)
     })
     .await;
-    let shown = secret_of(&changed, &id).await;
-    assert_eq!(shown["secret"], env_secret.expose_whsec().as_str());
-    assert!(shown["previous_secret_expires_at"].is_string());
+    let shown = changed.endpoint_secret(id).await;
+    assert_eq!(shown.secret, env_secret.expose_whsec());
+    assert!(shown.previous_secret_expires_at.is_some());
     changed.create_order().await;
     let got = receiver.next().await;
     assert!(
@@ -183,7 +159,11 @@ async fn an_api_rotation_survives_a_restart_and_a_changed_webhook_secret_rotates
         ..AppOptions::to(&receiver)
     })
     .await;
-    let again = secret_of(&settled, &id).await;
-    assert_eq!(again, shown, "no second rotation");
+    let again = settled.endpoint_secret(id).await;
+    assert_eq!(
+        (again.secret, again.previous_secret_expires_at),
+        (shown.secret, shown.previous_secret_expires_at),
+        "no second rotation"
+    );
     settled.stop().await;
 }

@@ -73,10 +73,9 @@ async fn an_attempt_abandoned_on_a_disabled_endpoint_is_retryable_and_ends_pause
     // Its lease expired: nothing runs, so a manual retry requeues it, paused while its
     // endpoint is disabled.
     hold_by_a_dead_worker(&db, delivery.id, now_ms() - 1).await;
-    let (status, body) = retry(&app, delivery.id).await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["status"], "pending");
-    assert_eq!(body["next_attempt_at"], Value::Null, "paused: {body}");
+    let requeued = app.retry_delivery(delivery.id).await;
+    assert_eq!(requeued.status, "pending");
+    assert_eq!(requeued.next_attempt_at, None, "paused: {requeued:?}");
 
     // Left alone, an abandoned row on a disabled endpoint ends paused too (the dispatcher's
     // next claim sees to it).
@@ -211,16 +210,14 @@ async fn a_delivery_that_cannot_be_loaded_is_dead_lettered_with_why_and_retryabl
         ..options()
     })
     .await;
-    let (status, event) = app
-        .admin_json(Method::GET, &format!("/events/{}", dead.event_id), None)
-        .await;
-    assert_eq!(status, 200, "{event}");
-    let shown = &event["deliveries"][0];
-    assert_eq!(shown["status"], "failed");
-    assert_eq!(shown["last_error"], dead.last_error.clone().unwrap());
-    assert_eq!(shown["attempts"][2]["error_kind"], UNLOADABLE);
-    let (status, body) = retry(&app, dead.id).await;
-    assert_eq!(status, 202, "{body}");
+    let event = app.event(dead.event_id).await;
+    let shown = &event.deliveries[0];
+    assert_eq!(shown.status, "failed");
+    assert_eq!(shown.last_error, dead.last_error);
+    assert!(dead.last_error.is_some());
+    let attempts = shown.attempts.as_deref().expect("attempts are listed");
+    assert_eq!(attempts[2].error_kind.as_deref(), Some(UNLOADABLE));
+    app.retry_delivery(dead.id).await;
     assert!(receiver.next().await.verified);
     let delivered = app
         .wait_for_delivery(order, DeliveryStatus::Delivered)

@@ -1,27 +1,35 @@
-//! Helpers: spawn the service on a random port with a temporary database, a scriptable
-//! receiver that verifies signatures, and waiting on conditions with a deadline.
+//! Helpers: spawn the service on a random port with a temporary database, typed calls to its
+//! API, and waiting on conditions with a deadline. The signature-verifying receiver double and
+//! the port helpers come from `test_support` and are re-exported here.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use clap::Parser as _;
+use orders_service::api::deliveries::DeliveryResponse;
+use orders_service::api::endpoints::{
+    CreatedEndpoint, EndpointResponse, RecoverResponse, SecretResponse,
+};
+use orders_service::api::events::EventResponse;
+use orders_service::api::orders::OrderResponse;
+use orders_service::api::Page;
 use orders_service::domain::{Attempt, Delivery, DeliveryStatus};
 use orders_service::store::Store;
 use orders_service::Config;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use webhook_common::{Secret, Verifier};
+use webhook_common::Secret;
+
+pub use test_support::ports::{bind_port, free_port};
+pub use test_support::receiver::{Received, Receiver, Reply};
 
 /// Admin token used by every test instance.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -159,27 +167,38 @@ impl TestApp {
     }
 
     /// A request to a management route, with the admin token.
-    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(path))
             .bearer_auth(ADMIN_TOKEN)
     }
 
-    /// Sends `body` (if any) as JSON to a management route; returns the status and the JSON
-    /// answer (`null` for an empty body).
-    pub async fn admin_json(
+    /// Sends `body` (if any) as JSON to a management route.
+    async fn send_admin(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         body: Option<Value>,
-    ) -> (u16, Value) {
+    ) -> reqwest::Response {
         let mut request = self.admin(method, path);
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let response = request.send().await.expect("admin request");
+        request.send().await.expect("admin request")
+    }
+
+    /// Sends `body` (if any) as JSON to a management route; returns the status and the JSON
+    /// answer (`null` for an empty body). For tests that check error bodies or the exact
+    /// JSON shape; the typed calls below serve the rest.
+    pub async fn admin_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let response = self.send_admin(method, path, body).await;
         let status = response.status().as_u16();
         let bytes = response.bytes().await.expect("body");
         let value = if bytes.is_empty() {
@@ -191,24 +210,17 @@ impl TestApp {
         (status, value)
     }
 
-    /// Creates an endpoint through the API; returns its JSON (with `id` and `secret`).
-    pub async fn create_endpoint(&self, url: &str, types: &[&str]) -> Value {
-        let (status, body) = self
-            .admin_json(
-                reqwest::Method::POST,
-                "/endpoints",
-                Some(serde_json::json!({"url": url, "event_types": types})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body
-    }
-
-    /// Creates an order from `body` and returns its JSON.
-    pub async fn order_json(&self, body: Value) -> Value {
-        let r = self.post_order(body).await;
-        assert_eq!(r.status(), 201);
-        json_of(r).await
+    /// Sends `body` (if any) as JSON to a management route, checks the answer is `expected`
+    /// and reads it as `T`; fails the test, showing the body, otherwise.
+    pub async fn admin_as<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: u16,
+    ) -> T {
+        let what = format!("{method} {path}");
+        typed_answer(self.send_admin(method, path, body).await, expected, &what).await
     }
 
     /// POSTs `body` as JSON to `/orders`.
@@ -222,12 +234,115 @@ impl TestApp {
             .expect("POST /orders")
     }
 
+    /// `POST /orders` with `body`, which must create the order (201).
+    pub async fn place_order(&self, body: Value) -> OrderResponse {
+        typed_answer(self.post_order(body).await, 201, "POST /orders").await
+    }
+
     /// Creates a valid order and returns its id.
     pub async fn create_order(&self) -> Uuid {
-        let r = self.post_order(order_body()).await;
-        assert_eq!(r.status(), 201);
-        let v = json_of(r).await;
-        v["id"].as_str().expect("id").parse().expect("uuid")
+        self.place_order(order_body()).await.id
+    }
+
+    /// `GET /orders/{id}` (public), which must find the order.
+    pub async fn order(&self, id: Uuid) -> OrderResponse {
+        let path = format!("/orders/{id}");
+        let response = self
+            .http
+            .get(self.url(&path))
+            .send()
+            .await
+            .expect("GET /orders/{id}");
+        typed_answer(response, 200, &format!("GET {path}")).await
+    }
+
+    /// `GET /orders?{query}`: one page of orders, newest first.
+    pub async fn orders_page(&self, query: &str) -> Page<OrderResponse> {
+        self.admin_as(Method::GET, &with_query("/orders", query), None, 200)
+            .await
+    }
+
+    /// `POST /endpoints` subscribing `url` to `types`; returns the endpoint with its secret.
+    pub async fn create_endpoint(&self, url: &str, types: &[&str]) -> CreatedEndpoint {
+        let body = serde_json::json!({"url": url, "event_types": types});
+        self.create_endpoint_from(body).await
+    }
+
+    /// `POST /endpoints` with `body`, which must create the endpoint (201).
+    pub async fn create_endpoint_from(&self, body: Value) -> CreatedEndpoint {
+        self.admin_as(Method::POST, "/endpoints", Some(body), 201)
+            .await
+    }
+
+    /// `GET /endpoints/{id}`.
+    pub async fn endpoint(&self, id: Uuid) -> EndpointResponse {
+        self.admin_as(Method::GET, &format!("/endpoints/{id}"), None, 200)
+            .await
+    }
+
+    /// `PATCH /endpoints/{id}` with `patch`, which must be accepted.
+    pub async fn update_endpoint(&self, id: Uuid, patch: Value) -> EndpointResponse {
+        let path = format!("/endpoints/{id}");
+        self.admin_as(Method::PATCH, &path, Some(patch), 200).await
+    }
+
+    /// `DELETE /endpoints/{id}`, which must delete it (204).
+    pub async fn delete_endpoint(&self, id: Uuid) {
+        let (status, body) = self
+            .admin_json(Method::DELETE, &format!("/endpoints/{id}"), None)
+            .await;
+        assert_eq!(status, 204, "DELETE /endpoints/{id}: {body}");
+    }
+
+    /// `GET /endpoints/{id}/secret`.
+    pub async fn endpoint_secret(&self, id: Uuid) -> SecretResponse {
+        let path = format!("/endpoints/{id}/secret");
+        self.admin_as(Method::GET, &path, None, 200).await
+    }
+
+    /// `POST /endpoints/{id}/rotate-secret` with `body` (`None`: no body, the default grace).
+    pub async fn rotate_secret(&self, id: Uuid, body: Option<Value>) -> SecretResponse {
+        let path = format!("/endpoints/{id}/rotate-secret");
+        self.admin_as(Method::POST, &path, body, 200).await
+    }
+
+    /// `POST /endpoints/{id}/recover` with `body`.
+    pub async fn recover(&self, id: Uuid, body: Value) -> RecoverResponse {
+        let path = format!("/endpoints/{id}/recover");
+        self.admin_as(Method::POST, &path, Some(body), 200).await
+    }
+
+    /// `GET /events?{query}`: one page of the event history, oldest first.
+    pub async fn events_page(&self, query: &str) -> Page<EventResponse> {
+        self.admin_as(Method::GET, &with_query("/events", query), None, 200)
+            .await
+    }
+
+    /// `GET /events/{id}`: the event with its deliveries and their latest attempts.
+    pub async fn event(&self, id: Uuid) -> EventView {
+        let path = format!("/events/{id}");
+        let response = self.send_admin(Method::GET, &path, None).await;
+        let what = format!("GET {path}");
+        let bytes = answer_bytes(response, 200, &what).await;
+        let event = parse_as(&bytes, &what);
+        let rest: EventDeliveries = parse_as(&bytes, &what);
+        EventView {
+            event,
+            delivery_count: rest.delivery_count,
+            deliveries: rest.deliveries,
+        }
+    }
+
+    /// The event an order emitted, through `GET /events/{id}`.
+    pub async fn event_of(&self, order: &OrderResponse) -> EventView {
+        let id = order.event_id.expect("the order emitted an event");
+        self.event(id).await
+    }
+
+    /// `POST /deliveries/{id}/retry`, which must requeue it (202).
+    pub async fn retry_delivery(&self, id: Uuid) -> DeliveryResponse {
+        let path = format!("/deliveries/{id}/retry");
+        self.admin_as(Method::POST, &path, None, 202).await
     }
 
     /// The deliveries of an order (usually one).
@@ -289,6 +404,78 @@ pub fn order_body() -> Value {
     })
 }
 
+/// `GET /events/{id}` read back. `EventDetail` only serialises: its flattened event holds the
+/// `payload` as a `RawValue`, which serde cannot read through `flatten` (serde-rs/json#883).
+/// So [`TestApp::event`] reads the body twice, as the [`EventResponse`] it flattens and for the
+/// fields it adds.
+#[derive(Debug)]
+pub struct EventView {
+    /// The event (its fields are at the top level of the answer).
+    pub event: EventResponse,
+    /// How many deliveries it has.
+    pub delivery_count: u64,
+    /// The first of them, each with its latest attempts.
+    pub deliveries: Vec<DeliveryResponse>,
+}
+
+/// The fields `GET /events/{id}` adds to the event.
+#[derive(Deserialize)]
+struct EventDeliveries {
+    delivery_count: u64,
+    deliveries: Vec<DeliveryResponse>,
+}
+
+/// The body of `response`, after checking its status is `expected`; `what` names the request
+/// in the failure.
+async fn answer_bytes(response: reqwest::Response, expected: u16, what: &str) -> bytes::Bytes {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("response body");
+    assert_eq!(
+        status,
+        expected,
+        "{what}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    bytes
+}
+
+/// The body of `response` as `T`, after checking its status is `expected`.
+async fn typed_answer<T: DeserializeOwned>(
+    response: reqwest::Response,
+    expected: u16,
+    what: &str,
+) -> T {
+    let bytes = answer_bytes(response, expected, what).await;
+    parse_as(&bytes, what)
+}
+
+/// `path`, with `?query` unless `query` is empty.
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+/// `bytes` as `T`; fails the test, showing them, when they do not parse.
+fn parse_as<T: DeserializeOwned>(bytes: &[u8], what: &str) -> T {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| {
+        panic!(
+            "{what}: not a {} ({e}): {}",
+            std::any::type_name::<T>(),
+            String::from_utf8_lossy(bytes)
+        )
+    })
+}
+
+/// The body of `response` as `T` (a response DTO); fails the test, showing the body, when it
+/// does not parse. The caller checks the status.
+pub async fn body_as<T: DeserializeOwned>(response: reqwest::Response) -> T {
+    let bytes = response.bytes().await.expect("response body");
+    parse_as(&bytes, "the answer")
+}
+
 /// The body of `response` as JSON.
 pub async fn json_of(response: reqwest::Response) -> Value {
     let bytes = response.bytes().await.expect("response body");
@@ -304,204 +491,4 @@ where
     Fut: Future<Output = Option<T>>,
 {
     test_support::eventually(what, DEADLINE, check).await
-}
-
-/// What the receiver answers to one request.
-#[derive(Clone, Debug)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// `Retry-After` value, if any.
-    pub retry_after: Option<String>,
-    /// Other headers.
-    pub headers: Vec<(&'static str, String)>,
-    /// Body; `receiver says <status>` when `None`.
-    pub body: Option<String>,
-}
-
-impl Reply {
-    /// A reply with `status` and nothing else.
-    pub fn status(status: u16) -> Self {
-        Reply {
-            status,
-            retry_after: None,
-            headers: Vec::new(),
-            body: None,
-        }
-    }
-}
-
-/// One request the receiver saw.
-#[derive(Debug)]
-pub struct Received {
-    /// `webhook-id`.
-    pub id: String,
-    /// Whether the signature verified.
-    pub verified: bool,
-    /// Raw body.
-    pub body: Bytes,
-    /// All headers.
-    pub headers: HeaderMap,
-    /// When it arrived.
-    pub at: Instant,
-}
-
-impl Received {
-    /// The body as JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("webhook body is JSON")
-    }
-}
-
-#[derive(Clone)]
-struct ReceiverState {
-    script: Arc<Mutex<VecDeque<Reply>>>,
-    default: Reply,
-    verifier: Verifier,
-    seen: mpsc::Sender<Received>,
-}
-
-/// A webhook receiver on a random port that verifies signatures and answers from a script
-/// (then with a default reply).
-pub struct Receiver {
-    /// Its webhook URL.
-    pub url: String,
-    /// The secret it verifies with.
-    pub secret: Secret,
-    seen: mpsc::Receiver<Received>,
-    shutdown: CancellationToken,
-}
-
-impl Receiver {
-    /// Starts a receiver answering `script` in order, then 200.
-    pub async fn start(script: Vec<Reply>) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        Receiver::start_on(listener, Secret::generate(), script, Reply::status(200))
-    }
-
-    /// Starts a receiver that always answers `default`.
-    pub async fn always(default: Reply) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        Receiver::start_on(listener, Secret::generate(), Vec::new(), default)
-    }
-
-    /// Starts a receiver on `listener`.
-    pub fn start_on(
-        listener: tokio::net::TcpListener,
-        secret: Secret,
-        script: Vec<Reply>,
-        default: Reply,
-    ) -> Receiver {
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = mpsc::channel(10_000);
-        let state = ReceiverState {
-            script: Arc::new(Mutex::new(script.into())),
-            default,
-            verifier: Verifier::new(vec![secret.clone()]),
-            seen: tx,
-        };
-        let app = axum::Router::new()
-            .route("/webhook", axum::routing::post(receive))
-            .with_state(state);
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
-        Receiver {
-            url: format!("http://{addr}/webhook"),
-            secret,
-            seen: rx,
-            shutdown,
-        }
-    }
-
-    /// The next request, or `None` if none comes within `wait`.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
-        tokio::time::timeout(wait, self.seen.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// The next request; fails the test after [`DEADLINE`].
-    pub async fn next(&mut self) -> Received {
-        self.next_within(DEADLINE)
-            .await
-            .expect("the receiver got a webhook in time")
-    }
-
-    /// A request already received and not yet taken, without waiting.
-    pub fn try_next(&mut self) -> Option<Received> {
-        self.seen.try_recv().ok()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn receive(
-    State(state): State<ReceiverState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> impl IntoResponse {
-    let verified = state.verifier.verify(&headers, &body).is_ok();
-    let id = headers
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let reply = {
-        let mut script = state.script.lock().expect("script lock");
-        script.pop_front().unwrap_or_else(|| state.default.clone())
-    };
-    let _ = state.seen.try_send(Received {
-        id,
-        verified,
-        body,
-        headers,
-        at: Instant::now(),
-    });
-    let body = reply
-        .body
-        .unwrap_or_else(|| format!("receiver says {}", reply.status));
-    let mut response = (StatusCode::from_u16(reply.status).expect("status"), body).into_response();
-    for (name, value) in reply.headers {
-        response
-            .headers_mut()
-            .insert(name, value.parse().expect("header value"));
-    }
-    if let Some(ra) = reply.retry_after {
-        response
-            .headers_mut()
-            .insert("retry-after", ra.parse().expect("header value"));
-    }
-    response
-}
-
-/// A port on 127.0.0.1 with nothing listening (yet): bound, read, released.
-pub async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// Binds `port`, retrying briefly in case the OS still holds it.
-pub async fn bind_port(port: u16) -> tokio::net::TcpListener {
-    eventually(&format!("port {port} can be bound"), || async move {
-        tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .ok()
-    })
-    .await
 }
