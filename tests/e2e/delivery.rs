@@ -4,12 +4,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use orders_service::api::orders::OrderResponse;
+use serde_json::json;
 use webhook_common::Secret;
 
 use crate::support::{attempts, Demo};
 
-async fn create_orders(demo: &Demo, prefix: &str, n: usize) -> Vec<Value> {
+async fn create_orders(demo: &Demo, prefix: &str, n: usize) -> Vec<OrderResponse> {
     let mut orders = Vec::with_capacity(n);
     for i in 0..n {
         orders.push(
@@ -20,20 +21,17 @@ async fn create_orders(demo: &Demo, prefix: &str, n: usize) -> Vec<Value> {
     orders
 }
 
-fn ids(orders: &[Value]) -> Vec<String> {
-    orders
-        .iter()
-        .map(|o| o["id"].as_str().unwrap().to_owned())
-        .collect()
+fn ids(orders: &[OrderResponse]) -> Vec<String> {
+    orders.iter().map(|o| o.id.to_string()).collect()
 }
 
 /// No attempt of any delivery of `orders` was answered 401 (a rejected signature).
-async fn assert_no_rejected_attempt(demo: &Demo, orders: &[Value]) {
+async fn assert_no_rejected_attempt(demo: &Demo, orders: &[OrderResponse]) {
     for order in orders {
         for delivery in demo.deliveries_of(order).await {
             for attempt in attempts(&delivery) {
-                if attempt["status_code"] == 401 {
-                    demo.fail(&format!("a delivery was rejected: {delivery}"));
+                if attempt.status_code == Some(401) {
+                    demo.fail(&format!("a delivery was rejected: {delivery:?}"));
                 }
             }
         }
@@ -51,7 +49,7 @@ async fn orders_taken_while_the_receiver_is_down_are_emailed_once_it_is_back() {
         demo.eventually("a failed delivery attempt is recorded", || async {
             let deliveries = demo.deliveries_of(order).await;
             deliveries.len() == 1
-                && deliveries[0]["status"] != "delivered"
+                && deliveries[0].status != "delivered"
                 && !attempts(&deliveries[0]).is_empty()
         })
         .await;
@@ -62,10 +60,10 @@ async fn orders_taken_while_the_receiver_is_down_are_emailed_once_it_is_back() {
     demo.wait_for_one_sent_email_per_order(&ids(&orders)).await;
     for order in &orders {
         let delivery = &demo.deliveries_of(order).await[0];
-        assert_eq!(delivery["status"], "delivered", "{delivery}");
+        assert_eq!(delivery.status, "delivered", "{delivery:?}");
         assert!(
             attempts(delivery).len() >= 2,
-            "retried after the outage: {delivery}"
+            "retried after the outage: {delivery:?}"
         );
     }
 }
@@ -79,10 +77,10 @@ async fn forced_redelivery_of_delivered_events_sends_no_second_email() {
     for order in &orders {
         let delivery = &demo.deliveries_of(order).await[0];
         demo.eventually("the first delivery is recorded as delivered", || async {
-            demo.deliveries_of(order).await[0]["status"] == "delivered"
+            demo.deliveries_of(order).await[0].status == "delivered"
         })
         .await;
-        let id = delivery["id"].as_str().unwrap();
+        let id = delivery.id;
         demo.admin_post(&format!("/deliveries/{id}/retry"), json!({}))
             .await;
     }
@@ -90,14 +88,10 @@ async fn forced_redelivery_of_delivered_events_sends_no_second_email() {
     for order in &orders {
         demo.eventually("the redelivery is answered", || async {
             let delivery = &demo.deliveries_of(order).await[0];
-            delivery["status"] == "delivered"
+            delivery.status == "delivered"
                 && attempts(delivery)
                     .iter()
-                    .filter(|a| {
-                        a["status_code"]
-                            .as_u64()
-                            .is_some_and(|s| (200..300).contains(&s))
-                    })
+                    .filter(|a| a.status_code.is_some_and(|s| (200..300).contains(&s)))
                     .count()
                     >= 2
         })
@@ -132,14 +126,8 @@ async fn rotating_the_secret_mid_stream_rejects_and_loses_nothing() {
 
     // 1. The sender rotates: from now on every webhook carries an old and a new signature.
     let endpoint = demo.endpoint_id().await;
-    let rotated = demo
-        .admin_post(&format!("/endpoints/{endpoint}/rotate-secret"), json!({}))
-        .await;
-    let new_secret = rotated["secret"]
-        .as_str()
-        .unwrap_or_else(|| demo.fail(&format!("rotation answered no secret: {rotated}")))
-        .to_owned();
-    let new_secret = Secret::parse(&new_secret).expect("a whsec_ secret");
+    let rotated = demo.rotate_secret(&endpoint).await;
+    let new_secret = Secret::parse(&rotated.secret).expect("a whsec_ secret");
     assert_ne!(new_secret, demo.secret);
 
     // 2. The receiver moves to the new secret only, restarting mid-stream.

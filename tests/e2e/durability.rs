@@ -34,7 +34,7 @@ async fn stream_orders(demo: Arc<Demo>, acked: Arc<AtomicUsize>) -> Vec<String> 
                 .try_create_order(Demo::order_body(&format!("customer-{i}@example.com")))
                 .await?;
             acked.fetch_add(1, Ordering::SeqCst);
-            Some(order["id"].as_str().unwrap().to_owned())
+            Some(order.id.to_string())
         });
     }
     while let Some(id) = tasks.join_next().await {

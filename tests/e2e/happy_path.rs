@@ -6,21 +6,18 @@ use crate::support::{read_json, Demo};
 async fn a_paid_order_produces_one_confirmation_email_with_its_details() {
     let demo = Demo::start().await;
     let order = demo.create_order(Demo::order_body("ada@example.com")).await;
-    let order_id = order["id"].as_str().expect("order id").to_owned();
+    let order_id = order.id.to_string();
 
     let all = demo
         .wait_for_one_sent_email_per_order(std::slice::from_ref(&order_id))
         .await;
-    let email = all
-        .iter()
-        .find(|n| n["order_id"] == order_id.as_str())
-        .unwrap();
-    assert_eq!(email["to"], "ada@example.com");
-    assert_eq!(email["event_type"], "order.paid");
+    let email = all.iter().find(|n| n.order_id == order_id).unwrap();
+    assert_eq!(email.to, "ada@example.com");
+    assert_eq!(email.event_type, "order.paid");
 
     let detail_url = demo
         .notifications
-        .url(&format!("/notifications/{}", email["id"].as_str().unwrap()));
+        .url(&format!("/notifications/{}", email.id));
     let detail = read_json(
         demo.http
             .get(detail_url)

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orders_service::api::orders::OrderResponse;
 use test_support::postgres::TestDatabase;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -201,7 +202,10 @@ impl Cluster {
             match sent {
                 Ok(response) if response.status().as_u16() == 201 => {
                     let order = read_json(response).await;
-                    return order["id"].as_str().unwrap().to_owned();
+                    return serde_json::from_value::<OrderResponse>(order.clone())
+                        .unwrap_or_else(|e| self.demo.fail(&format!("not an order ({e}): {order}")))
+                        .id
+                        .to_string();
                 }
                 // Busy or shedding load while a replica restarts: try the other one.
                 Ok(response) if response.status().as_u16() == 503 => {

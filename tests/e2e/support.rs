@@ -11,6 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use orders_service::api::deliveries::{AttemptResponse, DeliveryResponse};
+use orders_service::api::endpoints::{EndpointResponse, SecretResponse};
+use orders_service::api::orders::OrderResponse;
+use orders_service::api::Page;
 use serde_json::Value;
 use tempfile::TempDir;
 use test_support::poll_within;
@@ -18,6 +22,17 @@ use webhook_common::Secret;
 
 /// How long any single condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Reads a JSON `Value` as `$ty`, or fails the test (through `$demo`, with both logs) saying
+/// why. A macro, not a generic function: this package has `serde_json` but not `serde`, so
+/// the `DeserializeOwned` bound cannot be named here.
+macro_rules! typed {
+    ($demo:expr, $json:expr, $ty:ty) => {{
+        let json: Value = $json;
+        serde_json::from_value::<$ty>(json.clone())
+            .unwrap_or_else(|e| $demo.fail(&format!("not a {}: {e}: {json}", stringify!($ty))))
+    }};
+}
 
 /// Which service a process runs.
 #[derive(Clone, Copy, Debug)]
@@ -328,26 +343,30 @@ impl Demo {
                 request = request.bearer_auth(&self.admin_token);
             }
             let page = self.call(&format!("GET {url}"), request, 200..=200).await?;
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
+            // Both services page the same way (`webhook_common::pagination`).
+            let page = typed!(self, page, Page<Value>);
+            items.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
                 None => return Ok(items),
             }
         }
     }
 
     /// `POST /orders`; returns the created order.
-    pub async fn create_order(&self, body: Value) -> Value {
+    pub async fn create_order(&self, body: Value) -> OrderResponse {
         let request = self.http.post(self.orders.url("/orders")).json_body(&body);
-        self.call("POST /orders", request, 201..=201)
+        let order = self
+            .call("POST /orders", request, 201..=201)
             .await
-            .unwrap_or_else(|e| self.fail(&e))
+            .unwrap_or_else(|e| self.fail(&e));
+        typed!(self, order, OrderResponse)
     }
 
     /// `POST /orders` from a client that may lose its connection (the service is being
     /// killed): `Some(order)` when acknowledged with 201, `None` when the request failed in
     /// transit. Any other status fails the test.
-    pub async fn try_create_order(&self, body: Value) -> Option<Value> {
+    pub async fn try_create_order(&self, body: Value) -> Option<OrderResponse> {
         let response = self
             .http
             .post(self.orders.url("/orders"))
@@ -360,7 +379,7 @@ impl Demo {
         if status.as_u16() != 201 {
             self.fail(&format!("POST /orders answered {status}: {json}"));
         }
-        Some(json)
+        Some(typed!(self, json, OrderResponse))
     }
 
     /// Every order orders-service has committed, by id.
@@ -370,8 +389,8 @@ impl Demo {
             .await
             .unwrap_or_else(|e| self.fail(&e));
         orders
-            .iter()
-            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .into_iter()
+            .map(|o| typed!(self, o, OrderResponse).id.to_string())
             .collect()
     }
 
@@ -387,16 +406,25 @@ impl Demo {
 
     /// Every notification; `None` while notification-service cannot answer (restarting), so
     /// callers poll again rather than judge a partial list.
-    pub async fn notifications(&self) -> Option<Vec<Value>> {
-        self.all_pages(&self.notifications, "/notifications", true)
+    pub async fn notifications(&self) -> Option<Vec<Notification>> {
+        let all = self
+            .all_pages(&self.notifications, "/notifications", true)
             .await
-            .ok()
+            .ok()?;
+        Some(
+            all.iter()
+                .map(|n| Notification::from_json(n).unwrap_or_else(|e| self.fail(&e)))
+                .collect(),
+        )
     }
 
     /// Waits until every order in `order_ids` has exactly one *sent* notification and none
     /// has more than one; returns all notifications. On timeout, says which orders are missing
     /// or duplicated.
-    pub async fn wait_for_one_sent_email_per_order(&self, order_ids: &[String]) -> Vec<Value> {
+    pub async fn wait_for_one_sent_email_per_order(
+        &self,
+        order_ids: &[String],
+    ) -> Vec<Notification> {
         let deadline = Instant::now() + DEADLINE * 2;
         let mut last = String::from("notification-service never answered GET /notifications");
         loop {
@@ -426,6 +454,40 @@ impl Demo {
     }
 }
 
+/// A notification as `GET /notifications` lists it: the fields these tests read.
+///
+/// notification-service's own response type is private and only `Serialize`, and this
+/// package cannot derive `Deserialize` (it has no `serde` dependency), so the list items are
+/// read here, once; a missing field or a wrong type fails the test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub id: String,
+    pub order_id: String,
+    pub event_type: String,
+    pub to: String,
+    /// `queued`, `sent`, `failed` or `cancelled`.
+    pub status: String,
+}
+
+impl Notification {
+    /// Reads a list item; `Err` names the field that is missing or not a string.
+    pub fn from_json(item: &Value) -> Result<Notification, String> {
+        let field = |name: &str| {
+            item.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| format!("notification without a string {name:?}: {item}"))
+        };
+        Ok(Notification {
+            id: field("id")?,
+            order_id: field("order_id")?,
+            event_type: field("event_type")?,
+            to: field("to")?,
+            status: field("status")?,
+        })
+    }
+}
+
 /// What the notification list says about a set of orders.
 pub struct EmailReport {
     pub missing: Vec<String>,
@@ -434,13 +496,13 @@ pub struct EmailReport {
 }
 
 impl EmailReport {
-    pub fn new(order_ids: &[String], notifications: &[Value]) -> EmailReport {
+    pub fn new(order_ids: &[String], notifications: &[Notification]) -> EmailReport {
         let mut counts = std::collections::HashMap::<&str, usize>::new();
         let mut unsent = Vec::new();
         for n in notifications {
-            let id = n["order_id"].as_str().unwrap_or_default();
+            let id = n.order_id.as_str();
             *counts.entry(id).or_default() += 1;
-            if n["status"] != "sent" {
+            if n.status != "sent" {
                 unsent.push(id.to_owned());
             }
         }
@@ -504,33 +566,51 @@ impl Demo {
     }
 
     /// `GET /events/{id}` of an order's event: the event with its deliveries and attempts.
-    pub async fn event_of(&self, order: &Value) -> Value {
-        let event_id = order["event_id"]
-            .as_str()
-            .unwrap_or_else(|| self.fail(&format!("order without event_id: {order}")));
+    pub async fn event_of(&self, order: &OrderResponse) -> Value {
+        let event_id = order
+            .event_id
+            .unwrap_or_else(|| self.fail(&format!("order without event_id: {order:?}")));
         self.admin_get(&format!("/events/{event_id}")).await
     }
 
-    /// The deliveries of an order's event (one per subscribed endpoint).
-    pub async fn deliveries_of(&self, order: &Value) -> Vec<Value> {
-        self.event_of(order).await["deliveries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+    /// The deliveries of an order's event (one per subscribed endpoint), with their latest
+    /// attempts.
+    pub async fn deliveries_of(&self, order: &OrderResponse) -> Vec<DeliveryResponse> {
+        // orders-service's `EventDetail` is only `Serialize`; its deliveries are typed.
+        let mut event = self.event_of(order).await;
+        let deliveries = event
+            .get_mut("deliveries")
+            .map(Value::take)
+            .unwrap_or_else(|| self.fail(&format!("event without deliveries: {event}")));
+        typed!(self, deliveries, Vec<DeliveryResponse>)
     }
 
     /// The single endpoint subscribed from configuration.
     pub async fn endpoint_id(&self) -> String {
         let endpoints = self.admin_get("/endpoints").await;
-        let items = endpoints["items"].as_array().cloned().unwrap_or_default();
-        if items.len() != 1 {
-            self.fail(&format!("expected exactly one endpoint, got {endpoints}"));
+        let endpoints = typed!(self, endpoints, Page<EndpointResponse>);
+        match endpoints.items.as_slice() {
+            [only] => only.id.to_string(),
+            _ => self.fail(&format!(
+                "expected exactly one endpoint, got {:?}",
+                endpoints.items
+            )),
         }
-        items[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `POST /endpoints/{id}/rotate-secret`: the endpoint's new signing secret.
+    pub async fn rotate_secret(&self, endpoint_id: &str) -> SecretResponse {
+        let rotated = self
+            .admin_post(
+                &format!("/endpoints/{endpoint_id}/rotate-secret"),
+                serde_json::json!({}),
+            )
+            .await;
+        typed!(self, rotated, SecretResponse)
     }
 }
 
-/// The attempts of a delivery, as listed by `GET /events/{id}`.
-pub fn attempts(delivery: &Value) -> Vec<Value> {
-    delivery["attempts"].as_array().cloned().unwrap_or_default()
+/// The attempts of a delivery, as listed by `GET /events/{id}` (none elsewhere).
+pub fn attempts(delivery: &DeliveryResponse) -> &[AttemptResponse] {
+    delivery.attempts.as_deref().unwrap_or_default()
 }

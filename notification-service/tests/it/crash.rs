@@ -85,7 +85,7 @@ async fn sent_count(http: &reqwest::Client, base: &str) -> usize {
     all_notifications(http, base)
         .await
         .iter()
-        .filter(|n| n["status"] == "sent")
+        .filter(|n| n.status == Status::Sent)
         .count()
 }
 
@@ -172,11 +172,8 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
         .send()
         .await
         .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(
-            r.json::<serde_json::Value>().await.unwrap()["status"],
-            "duplicate"
-        );
+        let (status, answer) = read_answer(r).await;
+        assert_eq!((status, answer.status), (200, Outcome::Duplicate));
     }
     eventually("every email is sent", || async {
         (sent_count(&http, &service.base).await == 200).then_some(())
@@ -185,21 +182,18 @@ async fn after_kill_9_mid_stream_a_restart_sends_every_accepted_email_exactly_on
 
     let all = all_notifications(&http, &service.base).await;
     assert_eq!(all.len(), 200, "one notification per accepted delivery");
-    let webhook_ids: HashSet<&str> = all
-        .iter()
-        .map(|n| n["webhook_id"].as_str().unwrap())
-        .collect();
+    let webhook_ids: HashSet<&str> = all.iter().map(|n| n.webhook_id.as_str()).collect();
     let accepted: HashSet<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(webhook_ids, accepted, "none missing, none extra");
-    assert!(all.iter().all(|n| n["status"] == "sent"));
+    assert!(all.iter().all(|n| n.status == Status::Sent));
 
     // Delivery to the mail transport is at-least-once: only a send caught between the
     // transport's acceptance and our commit by the kill can be repeated, so at most the
     // jobs in flight at that moment (WORKER_CONCURRENCY = 2). Such repeats carry the same
     // Message-ID for downstream deduplication.
     let sends = simulated_sends(&[&log1, &log2]);
-    let ids: HashSet<&str> = all.iter().map(|n| n["id"].as_str().unwrap()).collect();
-    let logged: HashSet<&str> = sends.keys().map(String::as_str).collect();
+    let ids: HashSet<String> = all.iter().map(|n| n.id.to_string()).collect();
+    let logged: HashSet<String> = sends.keys().cloned().collect();
     assert_eq!(logged, ids, "every notification was handed to the mailer");
     let repeated = sends.values().filter(|c| **c > 1).count();
     eprintln!(
@@ -354,16 +348,13 @@ async fn a_kill_9_in_the_middle_of_group_commits_loses_no_acknowledged_webhook_a
         BURST,
         "one notification per webhook, nothing else"
     );
-    let webhook_ids: HashSet<&str> = all
-        .iter()
-        .map(|n| n["webhook_id"].as_str().unwrap())
-        .collect();
+    let webhook_ids: HashSet<&str> = all.iter().map(|n| n.webhook_id.as_str()).collect();
     let sent_ids: HashSet<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(webhook_ids, sent_ids, "none missing, none extra");
-    assert!(all.iter().all(|n| n["status"] == "sent"));
+    assert!(all.iter().all(|n| n.status == Status::Sent));
     let sends = simulated_sends(&[&log1, &log2]);
-    let ids: HashSet<&str> = all.iter().map(|n| n["id"].as_str().unwrap()).collect();
-    let logged: HashSet<&str> = sends.keys().map(String::as_str).collect();
+    let ids: HashSet<String> = all.iter().map(|n| n.id.to_string()).collect();
+    let logged: HashSet<String> = sends.keys().cloned().collect();
     assert_eq!(logged, ids, "every notification was handed to the mailer");
     let repeated: Vec<_> = sends.iter().filter(|(_, n)| **n != 1).collect();
     assert!(repeated.is_empty(), "sent more than once: {repeated:?}");

@@ -13,9 +13,8 @@ use crate::support::*;
 /// Asserts nothing at all was recorded: no notification, no dedup record, no email.
 async fn assert_nothing_recorded(app: &TestApp) {
     assert!(app.notifications().await.is_empty());
-    let (status, received) = app.admin_get("/webhooks/received").await;
-    assert_eq!(status, 200);
-    assert_eq!(received["items"], Value::Array(vec![]), "{received}");
+    let received = app.received().await;
+    assert!(received.is_empty(), "{received:?}");
     app.worker.drain().await.unwrap();
     assert!(app.mailer.sent().is_empty());
 }
@@ -197,16 +196,16 @@ async fn unknown_event_type_is_acknowledged_and_recorded_as_ignored() {
     let id = msg_id();
     let body =
         br#"{"type":"order.shipped","timestamp":"2026-01-02T03:04:05Z","data":{"carrier":"DHL"}}"#;
-    let r = app.deliver_bytes(&id, body, &[secret()]).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ignored");
+    let (status, answer) = app.submit_bytes(&id, body, &[secret()]).await;
+    assert_eq!((status, answer.status), (200, Outcome::Ignored));
 
-    let (_, received) = app.admin_get("/webhooks/received").await;
-    assert_eq!(received["items"][0]["webhook_id"], id.as_str());
-    assert_eq!(received["items"][0]["event_type"], "order.shipped");
-    assert_eq!(received["items"][0]["outcome"], "ignored");
-    let r = app.deliver_bytes(&id, body, &[secret()]).await;
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    let received = app.received().await;
+    let latest = received.first().expect("a received webhook");
+    assert_eq!(latest.webhook_id, id);
+    assert_eq!(latest.event_type, "order.shipped");
+    assert_eq!(latest.outcome, Outcome::Ignored);
+    let (_, answer) = app.submit_bytes(&id, body, &[secret()]).await;
+    assert_eq!(answer.status, Outcome::Duplicate);
     assert!(app.notifications().await.is_empty());
 }
 
@@ -215,19 +214,18 @@ async fn first_delivery_is_queued_and_a_retry_is_a_duplicate_with_one_email() {
     let app = TestApp::spawn().await;
     let id = msg_id();
     let event = paid(Uuid::now_v7(), now());
-    let r = app.deliver(&id, &event).await;
-    assert_eq!(r.status(), 202);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "queued");
-    let r = app.deliver(&id, &event).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    let (status, answer) = app.submit(&id, &event).await;
+    assert_eq!((status, answer.status), (202, Outcome::Queued));
+    assert!(answer.notification_id.is_some(), "{answer:?}");
+    let (status, answer) = app.submit(&id, &event).await;
+    assert_eq!((status, answer.status), (200, Outcome::Duplicate));
 
     assert_eq!(app.worker.drain().await.unwrap(), 1);
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].body.contains("25.00 EUR"), "{}", sent[0].body);
-    let r = app.deliver(&id, &event).await;
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    let (_, answer) = app.submit(&id, &event).await;
+    assert_eq!(answer.status, Outcome::Duplicate);
     assert_eq!(app.worker.drain().await.unwrap(), 0);
     assert_eq!(app.mailer.sent().len(), 1);
 }
@@ -241,10 +239,8 @@ async fn the_same_delivery_twenty_times_concurrently_yields_one_job_and_one_emai
     for _ in 0..20 {
         let (app, id, event) = (app.clone(), id.clone(), event.clone());
         tasks.spawn(async move {
-            let r = app.deliver(&id, &event).await;
-            let status = r.status().as_u16();
-            let body: Value = r.json().await.unwrap();
-            (status, body["status"].as_str().unwrap().to_owned())
+            let (status, answer) = app.submit(&id, &event).await;
+            (status, answer.status)
         });
     }
     let mut outcomes = Vec::new();
@@ -253,11 +249,11 @@ async fn the_same_delivery_twenty_times_concurrently_yields_one_job_and_one_emai
     }
     let queued = outcomes
         .iter()
-        .filter(|(s, o)| *s == 202 && o == "queued")
+        .filter(|(s, o)| *s == 202 && *o == Outcome::Queued)
         .count();
     let duplicates = outcomes
         .iter()
-        .filter(|(s, o)| *s == 200 && o == "duplicate")
+        .filter(|(s, o)| *s == 200 && *o == Outcome::Duplicate)
         .count();
     assert_eq!((queued, duplicates), (1, 19), "{outcomes:?}");
 
@@ -273,35 +269,32 @@ async fn a_payment_failure_older_than_the_payment_is_stale_and_sends_nothing() {
     let t = now();
     let r = app.deliver(&msg_id(), &paid(order, t)).await;
     assert_eq!(r.status(), 202);
-    let r = app
-        .deliver(
+    let (status, answer) = app
+        .submit(
             &msg_id(),
             &payment_failed(order, t - time::Duration::seconds(30)),
         )
         .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "stale");
+    assert_eq!((status, answer.status), (200, Outcome::Stale));
     // Paid is final: a later failure contradicts the confirmation too.
-    let r = app
-        .deliver(
+    let (_, answer) = app
+        .submit(
             &msg_id(),
             &payment_failed(order, t + time::Duration::seconds(30)),
         )
         .await;
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "stale");
+    assert_eq!(answer.status, Outcome::Stale);
 
     app.worker.drain().await.unwrap();
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].subject.contains("confirmed"), "{}", sent[0].subject);
-    let (_, received) = app.admin_get("/webhooks/received").await;
-    let outcomes: Vec<&str> = received["items"]
-        .as_array()
-        .unwrap()
+    let received = app.received().await;
+    let stale = received
         .iter()
-        .map(|i| i["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == "stale").count(), 2);
+        .filter(|r| r.outcome == Outcome::Stale)
+        .count();
+    assert_eq!(stale, 2, "{received:?}");
 }
 
 #[tokio::test]
@@ -319,17 +312,17 @@ async fn a_payment_arriving_after_a_queued_failure_cancels_the_failure_notice() 
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].subject.contains("confirmed"));
-    let statuses: Vec<String> = app
+    let statuses: Vec<(String, Status)> = app
         .notifications()
         .await
-        .iter()
-        .map(|n| format!("{} {}", n["event_type"], n["status"]))
+        .into_iter()
+        .map(|n| (n.event_type, n.status))
         .collect();
     assert_eq!(
         statuses,
         [
-            "\"order.paid\" \"sent\"",
-            "\"order.payment_failed\" \"cancelled\""
+            ("order.paid".to_owned(), Status::Sent),
+            ("order.payment_failed".to_owned(), Status::Cancelled)
         ]
     );
 }
@@ -341,13 +334,13 @@ async fn a_sent_failure_notice_is_followed_by_the_confirmation_when_payment_succ
     let t = now();
     app.deliver(&msg_id(), &payment_failed(order, t)).await;
     app.worker.drain().await.unwrap();
-    let r = app
-        .deliver(
+    let (_, answer) = app
+        .submit(
             &msg_id(),
             &payment_failed(order, t - time::Duration::seconds(1)),
         )
         .await;
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "stale");
+    assert_eq!(answer.status, Outcome::Stale);
     let r = app
         .deliver(&msg_id(), &paid(order, t + time::Duration::seconds(60)))
         .await;

@@ -37,10 +37,12 @@ async fn metrics_need_the_admin_token_and_count_webhooks_emails_and_requests_by_
     assert_eq!(anonymous.status(), 401);
 
     let id = msg_id();
-    let queued = app.deliver(&id, &paid(Uuid::now_v7(), now())).await;
-    assert_eq!(queued.status(), 202);
-    let notification: serde_json::Value = queued.json().await.unwrap();
-    let notification = notification["notification_id"].as_str().unwrap().to_owned();
+    let (status, queued) = app.submit(&id, &paid(Uuid::now_v7(), now())).await;
+    assert_eq!((status, queued.status), (202, Outcome::Queued));
+    let notification = queued
+        .notification_id
+        .expect("a queued answer names its job")
+        .to_string();
     let again = app.deliver(&id, &paid(Uuid::now_v7(), now())).await;
     assert_eq!(again.status(), 200);
     let forged = app

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{self, eventually, msg_id, paid, secret, TestApp};
+use crate::support::{self, eventually, msg_id, paid, read_answer, secret, Outcome, TestApp};
 
 /// A service whose email worker runs on its own, as under `run`, with handles to stop the
 /// worker and to close the database.
@@ -234,10 +234,12 @@ async fn the_email_jobs_log_lines_carry_the_trace_id_its_webhook_arrived_with() 
             None => request,
         };
         async move {
-            let r = request.send().await.unwrap();
-            assert_eq!(r.status(), 202);
-            let body: Value = r.json().await.unwrap();
-            body["notification_id"].as_str().unwrap().to_owned()
+            let (status, answer) = read_answer(request.send().await.unwrap()).await;
+            assert_eq!((status, answer.status), (202, Outcome::Queued));
+            answer
+                .notification_id
+                .expect("a queued answer names its job")
+                .to_string()
         }
     };
     let traced = send(Some(

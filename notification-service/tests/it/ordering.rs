@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,11 +13,11 @@ use notification_service::worker::run_cleanup;
 use crate::support::*;
 
 /// The notification of `event_type`, from the read API.
-async fn notification_of(app: &TestApp, event_type: &str) -> Value {
+async fn notification_of(app: &TestApp, event_type: &str) -> NotificationView {
     app.notifications()
         .await
         .into_iter()
-        .find(|n| n["event_type"] == event_type)
+        .find(|n| n.event_type == event_type)
         .unwrap_or_else(|| panic!("no {event_type} notification"))
 }
 
@@ -49,17 +48,17 @@ async fn a_failure_notice_whose_send_failed_while_the_order_was_paid_is_cancelle
 
     eventually("the confirmation is sent", || async {
         app.worker.run_once().await.unwrap();
-        (notification_of(&app, "order.paid").await["status"] == "sent").then_some(())
+        (notification_of(&app, "order.paid").await.status == Status::Sent).then_some(())
     })
     .await;
     app.worker.drain().await.unwrap();
     let confirmation = notification_of(&app, "order.paid").await;
     let sent = app.mailer.sent();
     assert_eq!(sent.len(), 1, "only the confirmation goes out: {sent:?}");
-    assert_eq!(sent[0].notification_id.to_string(), confirmation["id"]);
+    assert_eq!(sent[0].notification_id, confirmation.id);
     assert_eq!(
-        notification_of(&app, "order.payment_failed").await["status"],
-        "cancelled"
+        notification_of(&app, "order.payment_failed").await.status,
+        Status::Cancelled
     );
 }
 
@@ -97,11 +96,11 @@ async fn a_confirmation_waits_until_the_failure_notice_being_sent_is_done() {
     assert!(app.store.mark_sent(&held[0]).await.unwrap());
     eventually("the confirmation is sent", || async {
         app.worker.run_once().await.unwrap();
-        (notification_of(&app, "order.paid").await["status"] == "sent").then_some(())
+        (notification_of(&app, "order.paid").await.status == Status::Sent).then_some(())
     })
     .await;
     let failure = notification_of(&app, "order.payment_failed").await;
-    assert_eq!(failure["status"], "sent");
+    assert_eq!(failure.status, Status::Sent);
     assert_eq!(app.mailer.sent().len(), 1);
 }
 
@@ -125,12 +124,15 @@ async fn a_job_whose_worker_died_during_every_attempt_is_marked_failed_not_retri
     let n = eventually("the job is given up", || async {
         app.worker.run_once().await.unwrap();
         let n = notification_of(&app, "order.paid").await;
-        (n["status"] != "queued").then_some(n)
+        (n.status != Status::Queued).then_some(n)
     })
     .await;
-    assert_eq!(n["status"], "failed", "{n}");
-    assert_eq!(n["attempts"], 2);
-    assert!(n["last_error"].as_str().unwrap().contains("gave up"), "{n}");
+    assert_eq!(n.status, Status::Failed, "{n:?}");
+    assert_eq!(n.attempts, 2);
+    assert!(
+        n.last_error.as_deref().unwrap().contains("gave up"),
+        "{n:?}"
+    );
     assert!(app.mailer.sent().is_empty());
 }
 
@@ -161,12 +163,7 @@ async fn an_order_stays_paid_after_its_dedup_records_are_cleaned_up() {
         stop.clone(),
     ));
     eventually("the expired record is gone", || async {
-        let (_, received) = app.admin_get("/webhooks/received").await;
-        received["items"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-            .then_some(())
+        app.received().await.is_empty().then_some(())
     })
     .await;
     stop.cancel();
@@ -181,8 +178,8 @@ async fn an_order_stays_paid_after_its_dedup_records_are_cleaned_up() {
         paid(order, t + time::Duration::seconds(1)),
         payment_failed(order, t + time::Duration::seconds(2)),
     ] {
-        let r = app.deliver(&msg_id(), &event).await;
-        assert_eq!(r.json::<Value>().await.unwrap()["status"], "stale");
+        let (_, answer) = app.submit(&msg_id(), &event).await;
+        assert_eq!(answer.status, Outcome::Stale);
     }
     assert_eq!(app.notifications().await.len(), 1);
 }
@@ -217,7 +214,7 @@ async fn a_held_failure_notice_is_not_renewed_once_its_order_has_a_confirmation(
     // The confirmation waits for the failure notice's lease as it stood: that lease must
     // not grow, or the notice could still be on its way when the confirmation goes out.
     let failure = notification_of(&app, "order.payment_failed").await;
-    let failure_id: Uuid = failure["id"].as_str().unwrap().parse().unwrap();
+    let failure_id = failure.id;
     let renewed_ids: Vec<Uuid> = renewed.iter().map(|l| l.id).collect();
     assert_eq!(renewed.len(), 1, "{renewed:?}");
     assert!(!renewed_ids.contains(&failure_id), "{renewed:?}");

@@ -3,7 +3,6 @@
 //! the other's worker at once (its `LISTEN`), not at its next poll. Skipped without
 //! `TEST_DATABASE_URL`; the store's own suite covers the rest on both backends.
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -30,18 +29,10 @@ async fn two_replicas_on_one_database_record_a_webhook_once_and_wake_each_other(
     let worker = tokio::spawn(b.worker.clone().run(stop.clone()));
 
     let (id, event) = (msg_id(), paid(Uuid::now_v7(), now()));
-    let (x, y) = tokio::join!(a.deliver(&id, &event), b.deliver(&id, &event));
-    let mut answers = Vec::new();
-    for r in [x, y] {
-        let status = r.status().as_u16();
-        let body: Value = r.json().await.unwrap();
-        answers.push((status, body["status"].as_str().unwrap().to_owned()));
-    }
+    let (x, y) = tokio::join!(a.submit(&id, &event), b.submit(&id, &event));
+    let mut answers = [(x.0, x.1.status), (y.0, y.1.status)];
     answers.sort();
-    assert_eq!(
-        answers,
-        [(200, "duplicate".to_owned()), (202, "queued".to_owned())]
-    );
+    assert_eq!(answers, [(200, Outcome::Duplicate), (202, Outcome::Queued)]);
     eventually("B's worker has sent the email", || async {
         (b.mailer.sent().len() == 1).then_some(())
     })

@@ -333,11 +333,11 @@ async fn an_order_confirmation_reaches_the_smtp_server_with_a_stable_message_id(
         .unwrap()
         .unwrap();
     let notification = &app.notifications().await[0];
-    assert_eq!(notification["status"], "sent");
+    assert_eq!(notification.status, Status::Sent);
     assert_eq!(message.mail_from, "<notifications@shop.example>");
     assert_eq!(message.rcpt_to, ["<ada@example.com>"]);
     assert_eq!((message.auth, message.encrypted), (None, false));
-    let id = notification["id"].as_str().unwrap();
+    let id = notification.id;
     for needle in [
         format!("Message-ID: <{id}@notification-service>"),
         "Subject: Order ".to_owned(),

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::Parser as _;
 use notification_service::mailer::Mailer;
 use notification_service::{build_app, AppState, Config, EmailWorker, RecordingMailer, Store};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use tempfile::TempDir;
 use time::OffsetDateTime;
@@ -155,6 +157,23 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Posts `event` signed with the default secret under `webhook_id` and reads the answer
+    /// of an accepted delivery; fails the test on any other answer (use [`TestApp::deliver`]
+    /// to check a rejection).
+    pub async fn submit(&self, webhook_id: &str, event: &Event) -> (u16, IntakeAnswer) {
+        read_answer(self.deliver(webhook_id, event).await).await
+    }
+
+    /// [`TestApp::submit`] for a hand-made `body` signed with `secrets`.
+    pub async fn submit_bytes(
+        &self,
+        webhook_id: &str,
+        body: &[u8],
+        secrets: &[Secret],
+    ) -> (u16, IntakeAnswer) {
+        read_answer(self.deliver_bytes(webhook_id, body, secrets).await).await
+    }
+
     /// GET with the admin token; returns status and JSON body.
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         let r = self
@@ -168,32 +187,155 @@ impl TestApp {
         (status, r.json().await.unwrap())
     }
 
+    /// GET with the admin token, which must answer 200 with a body of type `T`.
+    pub async fn admin_get_ok<T: DeserializeOwned>(&self, path: &str) -> T {
+        let (status, body) = self.admin_get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("GET {path}: unexpected body ({e}): {body}"))
+    }
+
+    /// `GET /notifications?{query}`: one page.
+    pub async fn notifications_page(&self, query: &str) -> NotificationPage {
+        self.admin_get_ok(&format!("/notifications?{query}")).await
+    }
+
+    /// `GET /notifications/{id}`: one notification, with its email text.
+    pub async fn notification(&self, id: Uuid) -> NotificationView {
+        self.admin_get_ok(&format!("/notifications/{id}")).await
+    }
+
+    /// `GET /webhooks/received`: the latest deliveries, newest first.
+    pub async fn received(&self) -> Vec<ReceivedView> {
+        self.admin_get_ok::<ReceivedList>("/webhooks/received")
+            .await
+            .items
+    }
+
     /// Every notification, newest first, following cursors.
-    pub async fn notifications(&self) -> Vec<Value> {
+    pub async fn notifications(&self) -> Vec<NotificationView> {
         all_notifications(&self.http, &self.base).await
     }
 }
 
 /// Every notification of the service at `base`, following `next_cursor`.
-pub async fn all_notifications(http: &reqwest::Client, base: &str) -> Vec<Value> {
+pub async fn all_notifications(http: &reqwest::Client, base: &str) -> Vec<NotificationView> {
     let mut items = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page: Value = http
+        let r = http
             .get(format!("{base}/notifications?limit=200&cursor={cursor}"))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        items.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = next.to_owned(),
+        assert_eq!(r.status(), 200, "GET /notifications");
+        let page: NotificationPage = r.json().await.unwrap();
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = next,
             None => return items,
         }
     }
+}
+
+/// Reads the answer to an accepted delivery (200 or 202), failing the test on any other.
+pub async fn read_answer(r: reqwest::Response) -> (u16, IntakeAnswer) {
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert!(
+        status == 200 || status == 202,
+        "delivery answered {status}: {body}"
+    );
+    let answer = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("delivery answered {status} with ({e}): {body}"));
+    (status, answer)
+}
+
+// The service's response types are private and only `Serialize`, so the tests read the wire
+// format into these. A missing field or a changed type fails the read, and so the test.
+
+/// What the intake did with a delivery (`status` of its answer, `outcome` of
+/// `GET /webhooks/received`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Queued,
+    Duplicate,
+    Ignored,
+    Stale,
+}
+
+/// The answer to an accepted delivery.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IntakeAnswer {
+    pub status: Outcome,
+    /// Only with [`Outcome::Queued`].
+    pub notification_id: Option<Uuid>,
+}
+
+/// Where a notification is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Queued,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+/// A notification as `GET /notifications` and `GET /notifications/{id}` show it.
+#[derive(Debug, Clone, Deserialize)]
+#[allow(
+    dead_code,
+    reason = "every field is read so that the wire format is checked, whether or not a test looks at it"
+)]
+pub struct NotificationView {
+    pub id: Uuid,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub order_id: Uuid,
+    pub to: String,
+    pub subject: String,
+    pub status: Status,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    /// The email's text: on `GET /notifications/{id}` only.
+    pub body: Option<String>,
+}
+
+/// A page of `GET /notifications`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotificationPage {
+    pub items: Vec<NotificationView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A delivery as `GET /webhooks/received` shows it.
+#[derive(Debug, Clone, Deserialize)]
+#[allow(
+    dead_code,
+    reason = "every field is read so that the wire format is checked, whether or not a test looks at it"
+)]
+pub struct ReceivedView {
+    pub webhook_id: String,
+    pub event_type: String,
+    pub order_id: Option<String>,
+    pub outcome: Outcome,
+    #[serde(with = "time::serde::rfc3339")]
+    pub event_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// The body of `GET /webhooks/received`.
+#[derive(Debug, Clone, Deserialize)]
+struct ReceivedList {
+    items: Vec<ReceivedView>,
 }
 
 /// A fresh webhook id.

@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use notification_service::mailer::SimulatedMailer;
 use notification_service::worker::run_cleanup;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::support::*;
 
-async fn only_notification(app: &TestApp) -> Value {
+async fn only_notification(app: &TestApp) -> NotificationView {
     let all = app.notifications().await;
     assert_eq!(all.len(), 1, "{all:?}");
     all.into_iter().next().unwrap()
@@ -24,11 +23,11 @@ async fn transient_send_failures_are_retried_with_backoff_until_sent() {
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     assert_eq!(app.worker.run_once().await.unwrap(), 1);
     let n = only_notification(&app).await;
-    assert_eq!(
-        (n["status"].as_str(), n["attempts"].as_u64()),
-        (Some("queued"), Some(1))
+    assert_eq!((n.status, n.attempts), (Status::Queued, 1), "{n:?}");
+    assert!(
+        n.last_error.as_deref().unwrap().contains("transient"),
+        "{n:?}"
     );
-    assert!(n["last_error"].as_str().unwrap().contains("transient"));
 
     eventually("the retries have succeeded", || async {
         app.worker.run_once().await.unwrap();
@@ -36,8 +35,8 @@ async fn transient_send_failures_are_retried_with_backoff_until_sent() {
     })
     .await;
     let n = only_notification(&app).await;
-    assert_eq!(n["status"], "sent");
-    assert_eq!(n["attempts"], 3);
+    assert_eq!(n.status, Status::Sent);
+    assert_eq!(n.attempts, 3);
     assert_eq!(app.mailer.sent().len(), 1);
 }
 
@@ -48,10 +47,13 @@ async fn a_permanent_failure_marks_the_notification_failed_and_visible() {
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     app.worker.drain().await.unwrap();
     let n = only_notification(&app).await;
-    assert_eq!(n["status"], "failed");
-    assert_eq!(n["attempts"], 1);
-    assert!(n["last_error"].as_str().unwrap().contains("permanent"));
-    assert_eq!(n["sent_at"], Value::Null);
+    assert_eq!(n.status, Status::Failed);
+    assert_eq!(n.attempts, 1);
+    assert!(
+        n.last_error.as_deref().unwrap().contains("permanent"),
+        "{n:?}"
+    );
+    assert_eq!(n.sent_at, None);
     assert!(app.mailer.sent().is_empty());
 }
 
@@ -63,10 +65,10 @@ async fn after_the_last_allowed_attempt_the_notification_is_failed() {
     let n = eventually("the notification has failed", || async {
         app.worker.run_once().await.unwrap();
         let n = only_notification(&app).await;
-        (n["status"] == "failed").then_some(n)
+        (n.status == Status::Failed).then_some(n)
     })
     .await;
-    assert_eq!(n["attempts"], 2);
+    assert_eq!(n.attempts, 2);
     assert_eq!(app.worker.drain().await.unwrap(), 0);
 }
 
@@ -91,7 +93,7 @@ async fn the_background_worker_sends_new_jobs_and_stops_on_shutdown() {
         .notifications()
         .await
         .iter()
-        .all(|n| n["status"] == "sent"));
+        .all(|n| n.status == Status::Sent));
 }
 
 #[tokio::test]
@@ -103,7 +105,7 @@ async fn shutdown_releases_a_job_whose_send_does_not_finish_in_the_grace_period(
     app.deliver(&msg_id(), &paid(Uuid::now_v7(), now())).await;
     eventually("the job is claimed", || async {
         let n = only_notification(&app).await;
-        (n["attempts"] == 1).then_some(())
+        (n.attempts == 1).then_some(())
     })
     .await;
     stop.cancel();
@@ -113,8 +115,8 @@ async fn shutdown_releases_a_job_whose_send_does_not_finish_in_the_grace_period(
         .unwrap();
 
     let n = only_notification(&app).await;
-    assert_eq!(n["status"], "queued");
-    assert_eq!(n["attempts"], 0, "the unfinished attempt is refunded");
+    assert_eq!(n.status, Status::Queued);
+    assert_eq!(n.attempts, 0, "the unfinished attempt is refunded");
     let reclaimed = app
         .store
         .claim_due(10, Duration::from_secs(60), 8)
@@ -188,12 +190,11 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
         stop.clone(),
     ));
     eventually("the expired record is gone", || async {
-        let (_, received) = app.admin_get("/webhooks/received").await;
-        let ids: Vec<String> = received["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["webhook_id"].as_str().unwrap().to_owned())
+        let ids: Vec<String> = app
+            .received()
+            .await
+            .into_iter()
+            .map(|r| r.webhook_id)
             .collect();
         (ids == [fresh.clone()]).then_some(())
     })
@@ -205,8 +206,8 @@ async fn expired_dedup_records_are_cleaned_up_and_a_late_redelivery_is_still_a_d
         .unwrap();
 
     // The notification itself still remembers the delivery.
-    let r = app.deliver(&old, &old_event).await;
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "duplicate");
+    let (_, answer) = app.submit(&old, &old_event).await;
+    assert_eq!(answer.status, Outcome::Duplicate);
     assert_eq!(app.notifications().await.len(), 2);
 }
 
@@ -240,8 +241,8 @@ async fn a_database_hiccup_after_a_send_is_ridden_out_without_a_second_email() {
 
     assert_eq!(app.worker.run_once().await.unwrap(), 1);
     let n = only_notification(&app).await;
-    assert_eq!(n["status"], "sent", "{n}");
-    assert_eq!(n["attempts"], 1);
+    assert_eq!(n.status, Status::Sent, "{n:?}");
+    assert_eq!(n.attempts, 1);
     assert_eq!(app.mailer.sent().len(), 1);
     assert_eq!(app.worker.drain().await.unwrap(), 0);
     assert_eq!(app.mailer.sent().len(), 1, "no second email");
@@ -261,7 +262,7 @@ async fn the_worker_records_its_work_while_requests_hold_every_request_connectio
         .unwrap();
     assert_eq!(claimed, 1);
     drop(taken);
-    assert_eq!(only_notification(&app).await["status"], "sent");
+    assert_eq!(only_notification(&app).await.status, Status::Sent);
     assert_eq!(app.mailer.sent().len(), 1);
 }
 
@@ -305,7 +306,7 @@ async fn a_live_worker_renews_its_lease_so_an_outage_longer_than_the_lease_sends
         1
     );
     let n = only_notification(&app).await;
-    assert_eq!(n["status"], "sent", "{n}");
-    assert_eq!(n["attempts"], 1);
+    assert_eq!(n.status, Status::Sent, "{n:?}");
+    assert_eq!(n.attempts, 1);
     assert_eq!(app.mailer.sent().len(), 1, "no second email");
 }
