@@ -209,7 +209,7 @@ pub(crate) fn duration_ms(d: Duration) -> i64 {
 }
 
 /// Where a notification is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NotificationStatus {
     /// Waiting to be sent, or being sent, or waiting for a retry.

@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 use webhook_common::error_body::ErrorBody;
@@ -22,39 +22,41 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A notification as the API shows it.
-#[derive(Serialize, utoipa::ToSchema)]
+/// Public, and `Deserialize`, so that clients in Rust (the tests among them) read the
+/// wire format into the type the service writes it from.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = Notification)]
-struct Item {
+pub struct Item {
     /// The notification's id.
-    id: Uuid,
+    pub id: Uuid,
     /// The `webhook-id` of the delivery that queued it.
-    webhook_id: String,
+    pub webhook_id: String,
     /// e.g. `order.paid`.
-    event_type: String,
+    pub event_type: String,
     /// The order it is about.
-    order_id: Uuid,
+    pub order_id: Uuid,
     /// The recipient.
-    to: String,
+    pub to: String,
     /// The email's subject.
-    subject: String,
+    pub subject: String,
     /// `queued`, `sent`, `failed` or `cancelled`.
     #[schema(value_type = String, pattern = "^(queued|sent|failed|cancelled)$")]
-    status: NotificationStatus,
+    pub status: NotificationStatus,
     /// Sending attempts so far.
-    attempts: u32,
+    pub attempts: u32,
     /// What went wrong last.
-    last_error: Option<String>,
+    pub last_error: Option<String>,
     /// RFC 3339.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
-    created_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
     /// RFC 3339: when it was handed to the mail transport.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
-    sent_at: Option<OffsetDateTime>,
+    pub sent_at: Option<OffsetDateTime>,
     /// The email's text (on `GET /notifications/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<String>,
+    pub body: Option<String>,
 }
 
 impl Item {
@@ -77,13 +79,13 @@ impl Item {
 }
 
 /// A page of notifications.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = NotificationPage)]
-struct Page {
+pub struct Page {
     /// This page, newest first.
-    items: Vec<Item>,
+    pub items: Vec<Item>,
     /// Pass it back as `cursor` for the next page; `null` on the last.
-    next_cursor: Option<String>,
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /notifications?cursor=&limit=`.

@@ -274,46 +274,13 @@ pub struct IntakeAnswer {
     pub notification_id: Option<Uuid>,
 }
 
+/// What `GET /notifications` and `GET /notifications/{id}` answer, read into the types the
+/// service writes them from.
+pub use notification_service::api::notifications::{
+    Item as NotificationView, Page as NotificationPage,
+};
 /// Where a notification is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Queued,
-    Sent,
-    Failed,
-    Cancelled,
-}
-
-/// A notification as `GET /notifications` and `GET /notifications/{id}` show it.
-#[derive(Debug, Clone, Deserialize)]
-#[allow(
-    dead_code,
-    reason = "every field is read so that the wire format is checked, whether or not a test looks at it"
-)]
-pub struct NotificationView {
-    pub id: Uuid,
-    pub webhook_id: String,
-    pub event_type: String,
-    pub order_id: Uuid,
-    pub to: String,
-    pub subject: String,
-    pub status: Status,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub sent_at: Option<OffsetDateTime>,
-    /// The email's text: on `GET /notifications/{id}` only.
-    pub body: Option<String>,
-}
-
-/// A page of `GET /notifications`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct NotificationPage {
-    pub items: Vec<NotificationView>,
-    pub next_cursor: Option<String>,
-}
+pub use notification_service::domain::NotificationStatus as Status;
 
 /// A delivery as `GET /webhooks/received` shows it.
 #[derive(Debug, Clone, Deserialize)]
