@@ -191,22 +191,8 @@ pub fn url_with_database(url: &str, database: &str) -> anyhow::Result<String> {
     })
 }
 
-/// `url` with its password, if any, replaced by `***`: for messages.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    match authority[..at].split_once(':') {
-        Some((user, _password)) => format!("{}{user}:***{}", &url[..scheme_end], &rest[at..]),
-        None => url.to_owned(),
-    }
-}
+/// `url` with any `user:password@` hidden, for messages: the one redaction of the workspace.
+pub use webhook_common::config::redact_url as redact;
 
 /// Connections the services may open: the server's limit less the superuser reserve, the
 /// connections already open and loadgen's own.
@@ -298,9 +284,9 @@ mod tests {
     fn passwords_are_hidden_in_messages() {
         assert_eq!(
             redact("postgres://u:secret@h:5432/db?sslmode=require"),
-            "postgres://u:***@h:5432/db?sslmode=require"
+            "postgres://<redacted>@h:5432/db?sslmode=require"
         );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://<redacted>@h/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact("not a url"), "not a url");
         // An '@' in the options is not the authority's.

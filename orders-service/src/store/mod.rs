@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+pub use webhook_common::config::redact_url;
 use webhook_common::readiness::Database;
 use webhook_common::Secret;
 
@@ -274,29 +275,6 @@ fn millis(d: Duration) -> i64 {
 
 fn parse_uuid(text: &str) -> anyhow::Result<Uuid> {
     Uuid::parse_str(text).with_context(|| format!("bad UUID {text:?} in the database"))
-}
-
-/// `url` with the password (if any) replaced by `***`, for messages and logs: a PostgreSQL
-/// URL may carry one.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    match authority[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
 }
 
 impl Store {
@@ -672,25 +650,6 @@ impl TryFrom<AttemptRow> for Attempt {
 
 #[cfg(test)]
 mod url_tests {
-    use super::redact_url;
-
-    #[test]
-    fn a_password_in_a_database_url_is_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cr%40t@db:5432/orders?sslmode=require"),
-            "postgres://app:***@db:5432/orders?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://app@db/orders"),
-            "postgres://app@db/orders"
-        );
-        assert_eq!(
-            redact_url("sqlite://data/orders.db"),
-            "sqlite://data/orders.db"
-        );
-        assert_eq!(redact_url("mysql://u:p@h/d"), "mysql://u:***@h/d");
-    }
-
     /// An unknown scheme stops startup with a message naming the setting and both accepted
     /// forms, and never the password.
     #[tokio::test]
