@@ -2,7 +2,7 @@
 //! says where it listens in a log line (it binds port 0 itself), is stopped with SIGTERM then
 //! SIGKILL, and is killed when dropped (`kill_on_drop`), so loadgen leaves no orphan even when
 //! it fails or panics (only a SIGKILL of loadgen itself cannot be caught). Also reads the
-//! processes' memory from `/proc`.
+//! processes' memory and CPU time from `/proc`.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -15,6 +15,8 @@ use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::cpu::{self, CpuUse, MachineCpu};
 
 /// Longest wait for a child to say where it listens and to answer its health check.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -353,8 +355,22 @@ pub struct Monitor {
     /// Per process: label, pid and the largest `VmHWM` seen (KiB). Written only by the
     /// sampling task; read after it has been stopped and joined.
     peaks: Arc<Vec<(String, u32, AtomicU64)>>,
+    /// Each process's CPU time when sampling started, in `peaks`' order.
+    cpu_at_start: Vec<Option<Duration>>,
+    /// loadgen's own CPU time, and the machine's, when sampling started.
+    own_cpu_at_start: Option<Duration>,
+    machine_at_start: Option<MachineCpu>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a [`Monitor`] saw over its window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampled {
+    /// Each process's peak RSS (label, KiB); a process that is gone keeps its last sample.
+    pub peak_rss: Vec<(String, u64)>,
+    /// CPU spent by each process, loadgen and the machine from start to finish.
+    pub cpu: CpuUse,
 }
 
 impl Monitor {
@@ -367,6 +383,12 @@ impl Monitor {
         answered: Arc<AtomicU64>,
         report_every: Duration,
     ) -> Monitor {
+        let cpu_at_start = processes
+            .iter()
+            .map(|(_, pid)| cpu::process_cpu(*pid))
+            .collect();
+        let own_cpu_at_start = cpu::process_cpu(std::process::id());
+        let machine_at_start = cpu::machine_cpu();
         let peaks: Arc<Vec<(String, u32, AtomicU64)>> = Arc::new(
             processes
                 .into_iter()
@@ -382,25 +404,52 @@ impl Monitor {
         ));
         Monitor {
             peaks,
+            cpu_at_start,
+            own_cpu_at_start,
+            machine_at_start,
             stop,
             task: Some(task),
         }
     }
 
-    /// Stops sampling, reads `VmHWM` one last time and returns the peak RSS of each process
-    /// (label, KiB); a process that is gone keeps its last sample.
-    pub async fn finish(mut self) -> Vec<(String, u64)> {
+    /// Stops sampling, reads `VmHWM` and the CPU times one last time, and returns the peak RSS
+    /// of each process and the CPU spent since [`Monitor::start`].
+    pub async fn finish(mut self) -> Sampled {
+        // Read before waiting for the sampling task, so the window ends now.
+        let machine = cpu::machine_cpu()
+            .zip(self.machine_at_start)
+            .map(|(end, start)| end.since(start));
+        let spent =
+            |start: Option<Duration>, pid: u32| Some(cpu::process_cpu(pid)?.saturating_sub(start?));
+        let mut by_process: Vec<(String, Option<Duration>)> = self
+            .peaks
+            .iter()
+            .zip(&self.cpu_at_start)
+            .map(|((label, pid, _), start)| (label.clone(), spent(*start, *pid)))
+            .collect();
+        by_process.push((
+            "loadgen".to_owned(),
+            spent(self.own_cpu_at_start, std::process::id()),
+        ));
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        self.peaks
+        let peak_rss = self
+            .peaks
             .iter()
             .map(|(label, pid, peak)| {
                 let last = proc_status_kib(*pid, "VmHWM").unwrap_or(0);
                 (label.clone(), last.max(peak.load(Ordering::Relaxed)))
             })
-            .collect()
+            .collect();
+        Sampled {
+            peak_rss,
+            cpu: CpuUse {
+                by_process,
+                machine,
+            },
+        }
     }
 }
 

@@ -21,6 +21,7 @@ mod balancer;
 mod baseline;
 mod cli;
 mod collect;
+mod cpu;
 mod driver;
 mod fleet;
 mod postgres;

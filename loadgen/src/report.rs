@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::collect::{Reconciled, SendCheck};
 use crate::driver::{Driven, Load, Tally};
+use crate::fleet::Sampled;
 use crate::stats::{per_second, ratio, Percentiles};
 
 /// End-to-end latency legs, from the services' own timestamps.
@@ -97,6 +98,20 @@ pub struct RunReport {
     pub peak_rss_max_kib: BTreeMap<String, u64>,
     /// Peak RSS of each process, KiB, by process (`orders-service#2` with several replicas).
     pub peak_rss_kib_by_process: BTreeMap<String, u64>,
+    /// CPU time each process spent during the run, ms, by process, loadgen's own as
+    /// `loadgen`: from the first order to the last email (backlog: from the receiver's start).
+    /// Only loadgen's for services loadgen did not start.
+    pub cpu_ms_by_process: BTreeMap<String, f64>,
+    /// CPU time per email sent, µs, by service (replicas summed) and `loadgen`.
+    pub cpu_us_per_email: BTreeMap<String, f64>,
+    /// The whole machine's busy CPU time per email sent, µs, over the same window: every
+    /// process that ran meanwhile, PostgreSQL's backends included. On a noisy machine this
+    /// moves much less than the rate, so it is the figure that tells whether the work got
+    /// cheaper.
+    pub machine_cpu_us_per_email: Option<f64>,
+    /// The share of the machine's CPU time that was busy over the same window, 0 to 1: well
+    /// below 1, the run was bound by waiting (fsync, concurrency), not by the cores.
+    pub machine_busy_share: Option<f64>,
     /// Where the services stored their data: `sqlite`, `postgres`, or `none` (the baseline).
     pub backend: String,
     /// Replicas of each service loadgen started; `null` for services it did not start.
@@ -119,8 +134,9 @@ impl RunReport {
         tally: &Tally,
         reconciled: &Reconciled,
         timed_out: bool,
-        peak_rss: Vec<(String, u64)>,
+        sampled: Sampled,
     ) -> RunReport {
+        let Sampled { peak_rss, cpu } = sampled;
         let accepted = tally.accepted.len() as u64;
         let emails_span = reconciled.last_sent_us.map(|last| {
             Duration::from_micros(u64::try_from(last - driven.started_us).unwrap_or(0))
@@ -166,6 +182,16 @@ impl RunReport {
                 kib.iter().copied().max().unwrap_or(0)
             }),
             peak_rss_kib_by_process: peak_rss.into_iter().collect(),
+            cpu_ms_by_process: cpu
+                .by_process
+                .iter()
+                .filter_map(|(process, spent)| Some((process.clone(), ms(*spent.as_ref()?))))
+                .collect(),
+            cpu_us_per_email: cpu_per_email(&cpu.by_process, reconciled.emails_sent),
+            machine_cpu_us_per_email: cpu
+                .machine
+                .and_then(|m| us_per(m.busy, reconciled.emails_sent)),
+            machine_busy_share: cpu.machine.and_then(|m| m.busy_share()),
             backlog: None,
             ..RunReport::default()
         }
@@ -345,6 +371,26 @@ impl RunReport {
                 ));
             }
         }
+        metrics.push(Metric::new(
+            "machine_cpu_us_per_email",
+            "CPU per email, whole machine".into(),
+            Unit::Us,
+            self.machine_cpu_us_per_email,
+        ));
+        for (service, us) in &self.cpu_us_per_email {
+            metrics.push(Metric::new(
+                &format!("cpu_us_per_email.{service}"),
+                format!("CPU per email, {service}"),
+                Unit::Us,
+                Some(*us),
+            ));
+        }
+        metrics.push(Metric::new(
+            "machine_busy_share",
+            "machine busy".into(),
+            Unit::Share,
+            self.machine_busy_share,
+        ));
         if !self.peak_rss_kib.is_empty() {
             // The one memory figure comparable across targets with different processes.
             metrics.push(Metric::new(
@@ -362,6 +408,10 @@ impl RunReport {
 enum Unit {
     Rate,
     Ms,
+    /// Microseconds (of CPU time).
+    Us,
+    /// A share, 0 to 1, shown as a percentage.
+    Share,
     KiB,
 }
 
@@ -399,6 +449,8 @@ impl Metric {
             (None, _) => "n/a".to_owned(),
             (Some(v), Unit::Rate) => fmt_rate(v),
             (Some(v), Unit::Ms) => format!("{} ms", fmt_ms(v)),
+            (Some(v), Unit::Us) => format!("{} µs", fmt_ms(v)),
+            (Some(v), Unit::Share) => format!("{:.0} %", v * 100.0),
             (Some(v), Unit::KiB) => fmt_kib(v as u64),
         }
     }
@@ -630,6 +682,31 @@ fn rss_per_service(peaks: &[(String, u64)], combine: fn(&[u64]) -> u64) -> BTree
         .collect()
 }
 
+/// CPU time per email, µs, by service (its replicas' times summed); a process whose time
+/// could not be read leaves its service out rather than under-count it.
+fn cpu_per_email(by_process: &[(String, Option<Duration>)], emails: u64) -> BTreeMap<String, f64> {
+    let mut by_service: BTreeMap<&str, Option<Duration>> = BTreeMap::new();
+    for (process, spent) in by_process {
+        let sum = by_service
+            .entry(service_of(process))
+            .or_insert(Some(Duration::ZERO));
+        *sum = sum.zip(*spent).map(|(a, b)| a + b);
+    }
+    by_service
+        .into_iter()
+        .filter_map(|(service, spent)| Some((service.to_owned(), us_per(spent?, emails)?)))
+        .collect()
+}
+
+/// `spent` per email, µs; `None` without emails.
+fn us_per(spent: Duration, emails: u64) -> Option<f64> {
+    (emails > 0).then(|| spent.as_secs_f64() * 1e6 / emails as f64)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// A progress line on stderr.
 pub fn progress(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "loadgen: {message}");
@@ -696,6 +773,7 @@ fn fmt_statuses(statuses: &BTreeMap<String, u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::CpuUse;
 
     fn run(label: &str, accepted_per_s: f64, p50: f64) -> RunReport {
         let p = Percentiles {
@@ -1066,7 +1144,10 @@ mod tests {
             &tally,
             &reconciled,
             false,
-            vec![("orders-service".into(), 1_024)],
+            Sampled {
+                peak_rss: vec![("orders-service".into(), 1_024)],
+                cpu: CpuUse::default(),
+            },
         );
         assert_eq!((report.sent, report.accepted), (2, 1));
         assert_eq!(report.orders_accepted_per_s, Some(2.0));
@@ -1075,5 +1156,76 @@ mod tests {
         assert_eq!(report.api_latency_ms.unwrap().max, 4.0);
         assert_eq!(report.e2e_ms.created_to_sent.unwrap().max, 30.0);
         assert!(!report.passed());
+    }
+    #[test]
+    fn cpu_is_reported_per_email_by_service_and_for_the_whole_machine() {
+        use crate::cpu::MachineCpu;
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        let cpu = CpuUse {
+            by_process: vec![
+                ("orders-service#1".into(), secs(3)),
+                ("orders-service#2".into(), secs(1)),
+                ("notification-service#1".into(), secs(2)),
+                // One replica could not be read: its service is left out, not under-counted.
+                ("notification-service#2".into(), None),
+                ("loadgen".into(), secs(1)),
+            ],
+            machine: Some(MachineCpu {
+                busy: Duration::from_secs(9),
+                idle: Duration::from_secs(3),
+            }),
+        };
+        let mut report = RunReport::build(
+            "services",
+            &Load::Closed {
+                orders: 1_000,
+                concurrency: 8,
+            },
+            &Driven::default(),
+            &Tally::default(),
+            &Reconciled {
+                emails_sent: 1_000,
+                ..Reconciled::default()
+            },
+            false,
+            Sampled {
+                peak_rss: Vec::new(),
+                cpu,
+            },
+        );
+        report.set_backend("sqlite", Some(2));
+        assert_eq!(report.cpu_ms_by_process["orders-service#1"], 3_000.0);
+        assert!(!report
+            .cpu_ms_by_process
+            .contains_key("notification-service#2"));
+        assert_eq!(
+            report.cpu_us_per_email,
+            BTreeMap::from([
+                ("loadgen".to_owned(), 1_000.0),
+                ("orders-service".to_owned(), 4_000.0),
+            ])
+        );
+        assert_eq!(report.machine_cpu_us_per_email, Some(9_000.0));
+        assert_eq!(report.machine_busy_share, Some(0.75));
+
+        let mut baseline = report.clone();
+        baseline.label = "baseline".into();
+        baseline.machine_cpu_us_per_email = Some(1_000.0);
+        let whole = Report {
+            scenario: "throughput",
+            main: report,
+            references: vec![baseline],
+        };
+        let table = whole.table();
+        assert!(
+            table.contains("CPU per email, whole machine:")
+                && table.contains("9,000 µs (9.00 × baseline 1,000 µs)"),
+            "{table}"
+        );
+        assert!(table.contains("machine busy:"), "{table}");
+        assert_eq!(whole.ratios()["baseline"]["machine_cpu_us_per_email"], 9.0);
+        let json: serde_json::Value = serde_json::from_str(&whole.json_line()).unwrap();
+        assert_eq!(json["cpu_us_per_email"]["orders-service"], 4_000.0);
+        assert_eq!(json["machine_busy_share"], 0.75);
     }
 }

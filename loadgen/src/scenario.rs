@@ -608,7 +608,7 @@ impl Ctx<'_> {
             deadline,
         )
         .await?;
-        let peak_rss = monitor.finish().await;
+        let sampled = monitor.finish().await;
         let reconciled = reconcile(&accepted, &tally.acknowledged, &observed);
         let mut report = RunReport::build(
             &target.label,
@@ -617,7 +617,7 @@ impl Ctx<'_> {
             &tally,
             &reconciled,
             timed_out,
-            peak_rss,
+            sampled,
         );
         report.set_backend(target.backend, target.replicas);
         Ok((report, observed))
@@ -766,6 +766,7 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
     let peak_during = pileup_monitor
         .finish()
         .await
+        .peak_rss
         .into_iter()
         .map(|(_, kib)| kib)
         .max();
@@ -815,7 +816,7 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
         deadline,
     )
     .await;
-    let peak_rss = drain_monitor.finish().await;
+    let sampled = drain_monitor.finish().await;
     sink.close().await;
     let (observed, timed_out) = waited?;
     let notifications = services.notifications.clone();
@@ -829,7 +830,7 @@ async fn backlog(ctx: &Ctx<'_>, args: &BacklogArgs) -> anyhow::Result<Report> {
         &tally,
         &reconciled,
         timed_out,
-        peak_rss,
+        sampled,
     );
     main.set_backend(ctx.backend(), Some(ctx.replicas));
     main.record_sends(ctx.count_sends(&notifications, &observed));
