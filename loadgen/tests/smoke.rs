@@ -89,6 +89,23 @@ fn assert_clean_run(json: &serde_json::Value, context: &str) {
     assert_eq!(json["not_sent_on_schedule"], 0, "{context}");
     assert_eq!(json["ok"], true, "{context}");
     assert!(context.contains("lost emails:"), "{context}");
+    // The CPU the run cost, read from /proc: every process loadgen started, and loadgen.
+    for process in ["orders-service", "notification-service", "loadgen"] {
+        assert!(
+            json["cpu_us_per_email"][process].as_f64() > Some(0.0),
+            "{process}\n{context}"
+        );
+    }
+    assert!(
+        json["machine_cpu_us_per_email"].as_f64() > Some(0.0),
+        "{context}"
+    );
+    let busy = json["machine_busy_share"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&busy), "{context}");
+    assert!(
+        context.contains("CPU per email, whole machine:"),
+        "{context}"
+    );
 }
 
 #[test]
