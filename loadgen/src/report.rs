@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::collect::{Reconciled, SendCheck};
 use crate::driver::{Driven, Load, Tally};
 use crate::fleet::Sampled;
-use crate::stats::{per_second, ratio, Percentiles};
+use crate::stats::{micros_per, per_second, ratio, Percentiles};
 
 /// End-to-end latency legs, from the services' own timestamps.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -190,7 +190,7 @@ impl RunReport {
             cpu_us_per_email: cpu_per_email(&cpu.by_process, reconciled.emails_sent),
             machine_cpu_us_per_email: cpu
                 .machine
-                .and_then(|m| us_per(m.busy, reconciled.emails_sent)),
+                .and_then(|m| micros_per(m.busy, reconciled.emails_sent)),
             machine_busy_share: cpu.machine.and_then(|m| m.busy_share()),
             backlog: None,
             ..RunReport::default()
@@ -694,13 +694,8 @@ fn cpu_per_email(by_process: &[(String, Option<Duration>)], emails: u64) -> BTre
     }
     by_service
         .into_iter()
-        .filter_map(|(service, spent)| Some((service.to_owned(), us_per(spent?, emails)?)))
+        .filter_map(|(service, spent)| Some((service.to_owned(), micros_per(spent?, emails)?)))
         .collect()
-}
-
-/// `spent` per email, µs; `None` without emails.
-fn us_per(spent: Duration, emails: u64) -> Option<f64> {
-    (emails > 0).then(|| spent.as_secs_f64() * 1e6 / emails as f64)
 }
 
 fn ms(d: Duration) -> f64 {

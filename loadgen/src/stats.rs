@@ -75,6 +75,11 @@ pub fn per_second(count: u64, elapsed: Duration) -> Option<f64> {
     (secs > 0.0).then(|| count as f64 / secs)
 }
 
+/// `spent` per item, µs (CPU time per email); `None` without items.
+pub fn micros_per(spent: Duration, count: u64) -> Option<f64> {
+    (count > 0).then(|| spent.as_secs_f64() * 1e6 / count as f64)
+}
+
 /// `value / reference`, or `None` when that means nothing (a missing value, or a reference
 /// that is zero, negative or not finite).
 pub fn ratio(value: Option<f64>, reference: Option<f64>) -> Option<f64> {
@@ -147,6 +152,8 @@ mod tests {
     fn rates_need_time() {
         assert_eq!(per_second(500, Duration::from_millis(250)), Some(2_000.0));
         assert_eq!(per_second(500, Duration::ZERO), None);
+        assert_eq!(micros_per(Duration::from_millis(3), 4), Some(750.0));
+        assert_eq!(micros_per(Duration::from_millis(3), 0), None);
     }
 
     #[test]

@@ -89,13 +89,18 @@ fn assert_clean_run(json: &serde_json::Value, context: &str) {
     assert_eq!(json["not_sent_on_schedule"], 0, "{context}");
     assert_eq!(json["ok"], true, "{context}");
     assert!(context.contains("lost emails:"), "{context}");
-    // The CPU the run cost, read from /proc: every process loadgen started, and loadgen.
-    for process in ["orders-service", "notification-service", "loadgen"] {
+    // The CPU the run cost, read from /proc: each service (hundreds of ms in a debug build),
+    // and loadgen's own, which a short run may round to zero clock ticks.
+    for service in ["orders-service", "notification-service"] {
         assert!(
-            json["cpu_us_per_email"][process].as_f64() > Some(0.0),
-            "{process}\n{context}"
+            json["cpu_us_per_email"][service].as_f64() > Some(0.0),
+            "{service}\n{context}"
         );
     }
+    assert!(
+        json["cpu_us_per_email"]["loadgen"].as_f64() >= Some(0.0),
+        "{context}"
+    );
     assert!(
         json["machine_cpu_us_per_email"].as_f64() > Some(0.0),
         "{context}"
