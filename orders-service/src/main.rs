@@ -4,6 +4,12 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use orders_service::Config;
 
+/// mimalloc, not glibc's malloc: under load glibc's `malloc`/`free` were the largest single
+/// item of the services' user-space CPU, and mimalloc runs the same work in about 9 % fewer
+/// instructions (README "Benchmarks").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Kept until `main` returns: dropping it flushes the OTLP exporter, if any.
