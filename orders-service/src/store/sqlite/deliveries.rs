@@ -678,6 +678,12 @@ mod tests {
                 text.contains("deliveries_endpoint_due") || name == "busy",
                 "{name}: not served by deliveries_endpoint_due:\n{text}"
             );
+            // Counting live leases reads index entries only, never the rows (migration 0006).
+            assert!(
+                name != "busy"
+                    || text.contains("USING COVERING INDEX deliveries_endpoint (endpoint_id=? AND status=? AND lease_expires_at>?)"),
+                "{name}: not counted from the deliveries_endpoint index alone:\n{text}"
+            );
         }
         store.close().await;
     }
