@@ -189,8 +189,9 @@ pub struct DeliveryJob {
     pub payload: bytes::Bytes,
     /// The endpoint.
     pub endpoint_id: Uuid,
-    /// Where to POST.
-    pub url: String,
+    /// Where to POST, parsed once per endpoint when the claim is read (see
+    /// `Claimed::from_rows`), not again for each attempt.
+    pub url: reqwest::Url,
     /// The current secret, then the previous one while its rotation grace lasts.
     pub secrets: Vec<Secret>,
 }

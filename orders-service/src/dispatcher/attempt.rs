@@ -154,7 +154,7 @@ fn prepare_request(
     let traceparent = TraceParent::for_message(&job.msg_id);
     let request = signed_request(
         client,
-        job.url.as_str(),
+        job.url.clone(),
         &job.secrets,
         &job.msg_id,
         job.payload.clone(),
@@ -163,11 +163,9 @@ fn prepare_request(
     Ok(PreparedRequest { request, clock })
 }
 
-/// The guard's refusal of `url` when its host is a forbidden IP literal. A URL that does not
-/// parse is left for the client to reject.
-fn refused_literal(url: &str) -> Option<ssrf::ForbiddenTarget> {
-    let url = reqwest::Url::parse(url).ok()?;
-    let addr = ssrf::literal_ip(&url)?;
+/// The guard's refusal of `url` when its host is a forbidden IP literal.
+fn refused_literal(url: &reqwest::Url) -> Option<ssrf::ForbiddenTarget> {
+    let addr = ssrf::literal_ip(url)?;
     ssrf::check_addr(&addr.to_string(), addr).err()
 }
 
@@ -402,7 +400,7 @@ mod tests {
             msg_id: "msg_test".to_owned(),
             payload: bytes::Bytes::from_static(b"{}"),
             endpoint_id: uuid::Uuid::new_v4(),
-            url: url.to_owned(),
+            url: url.parse().expect("a valid test URL"),
             secrets: Vec::new(),
         }
     }
@@ -577,7 +575,7 @@ mod tests {
         // Host names are left to the guard's resolver.
         let named = job(0, 0, "http://localhost:8080/hook");
         assert!(prepare_request(&client, &named, true, clock).is_ok());
-        assert!(refused_literal("http://93.184.215.14/").is_none());
+        assert!(refused_literal(&"http://93.184.215.14/".parse().unwrap()).is_none());
     }
 
     #[test]

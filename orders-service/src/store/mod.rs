@@ -138,9 +138,24 @@ impl Claimed {
             jobs: Vec::with_capacity(rows.len()),
             unloadable: Vec::new(),
         };
+        // The rows of one endpoint share its `EndpointRow`: its URL and secrets are parsed
+        // once per claim, not once per delivery.
+        let mut parsed: Option<(Arc<EndpointRow>, Result<ParsedEndpoint, String>)> = None;
         for row in rows {
             let id = row.id.clone();
-            match row.into_job(token, now) {
+            let endpoint = match &parsed {
+                Some((of, endpoint)) if Arc::ptr_eq(of, &row.endpoint) => endpoint,
+                _ => {
+                    let endpoint =
+                        ParsedEndpoint::parse(&row.endpoint, now).map_err(|e| format!("{e:#}"));
+                    &parsed.insert((row.endpoint.clone(), endpoint)).1
+                }
+            };
+            let job = match endpoint {
+                Ok(endpoint) => row.into_job(token, endpoint),
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            };
+            match job {
                 Ok(job) => claimed.jobs.push(job),
                 Err(e) => match parse_uuid(&id) {
                     Ok(id) => claimed.unloadable.push((id, e)),
@@ -177,9 +192,17 @@ struct ClaimedRow {
     endpoint: Arc<EndpointRow>,
 }
 
-impl ClaimedRow {
-    fn into_job(self, claim_token: Uuid, now: i64) -> anyhow::Result<DeliveryJob> {
-        let endpoint = &*self.endpoint;
+/// What every attempt to an endpoint needs, parsed from its [`EndpointRow`].
+struct ParsedEndpoint {
+    url: reqwest::Url,
+    /// The current secret, then the previous one while its grace period lasts at `now`.
+    secrets: Vec<Secret>,
+}
+
+impl ParsedEndpoint {
+    fn parse(endpoint: &EndpointRow, now: i64) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(&endpoint.url)
+            .context("the endpoint's URL in the database does not parse")?;
         let mut secrets = vec![Secret::parse(&endpoint.secret)
             .context("the endpoint's signing secret in the database does not parse")?];
         if let (Some(previous), Some(expires)) = (
@@ -192,6 +215,12 @@ impl ClaimedRow {
                 )?);
             }
         }
+        Ok(ParsedEndpoint { url, secrets })
+    }
+}
+
+impl ClaimedRow {
+    fn into_job(self, claim_token: Uuid, endpoint: &ParsedEndpoint) -> anyhow::Result<DeliveryJob> {
         Ok(DeliveryJob {
             delivery_id: parse_uuid(&self.id)?,
             claim_token,
@@ -201,7 +230,7 @@ impl ClaimedRow {
             payload: self.payload.into(),
             endpoint_id: parse_uuid(&self.endpoint_id)?,
             url: endpoint.url.clone(),
-            secrets,
+            secrets: endpoint.secrets.clone(),
         })
     }
 }

@@ -217,7 +217,7 @@ async fn an_order_claims_its_own_delivery_only_below_the_per_endpoint_cap() {
     assert_eq!(claimed.jobs.len(), 1);
     assert!(claimed.unloadable.is_empty());
     let job = &claimed.jobs[0];
-    assert_eq!(job.url, "http://127.0.0.1:9/webhook");
+    assert_eq!(job.url.as_str(), "http://127.0.0.1:9/webhook");
     assert_eq!(job.secrets.len(), 1);
     assert_eq!(job.attempts, 0);
     assert_eq!(&job.payload[..], br#"{"type":"order.paid"}"#);
