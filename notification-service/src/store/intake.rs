@@ -9,7 +9,11 @@
 //! 4. write: the backend applies the ruling (a stale mark, or [`Queueing`]'s statements).
 //!
 //! The backends differ only in how steps 2 and 4 reach the database and in what makes the
-//! read-modify-write of an order atomic (see each backend's `intake.rs`).
+//! read-modify-write of an order atomic (see each backend's `intake.rs`). SQLite, whose
+//! writer holds the write lock for the whole batch, reads the order and rules before it
+//! inserts the dedup record, so the record is written once with its final outcome;
+//! PostgreSQL inserts it first (with [`PreparedWebhook::first_outcome`]), because the unique
+//! insert is what serialises two replicas receiving the same webhook.
 
 use super::{
     decide, to_ms, IncomingWebhook, IntakeOutcome, OrderEmail, OrderEventKind, OrderState,
@@ -27,9 +31,9 @@ pub(super) struct PreparedWebhook<'a> {
     pub event_at: i64,
     /// The order (as text) of a handled event; `None` for a type this service ignores.
     pub order_id: Option<String>,
-    /// The outcome its dedup record is inserted with: final (`ignored`) for an ignored type,
-    /// otherwise `pending`, set by the ruling in the same transaction, so `pending` is never
-    /// seen committed.
+    /// The outcome PostgreSQL's intake inserts the dedup record with: final (`ignored`) for
+    /// an ignored type, otherwise `pending`, set by the ruling in the same transaction, so
+    /// `pending` is never seen committed.
     pub first_outcome: &'static str,
 }
 
@@ -86,8 +90,10 @@ pub(super) struct Queueing {
     pub state: OrderState,
     /// When the email job becomes claimable (its `next_attempt_at`).
     pub due_at: i64,
-    /// A confirmation: the order's queued failure notices that no worker holds are
-    /// cancelled.
+    /// A confirmation of an order that had a failure notice queued: the order's queued
+    /// failure notices that no worker holds are cancelled. (An order without a
+    /// `last_failure_at` has no failure notice: its state is written with every notice and
+    /// is not purged while one is queued, so the update is skipped.)
     pub cancels_notices: bool,
 }
 
@@ -123,7 +129,7 @@ pub(super) fn rule(
     Ruling::Queue(Queueing {
         state,
         due_at,
-        cancels_notices: is_payment,
+        cancels_notices: is_payment && snapshot.state.last_failure_at.is_some(),
     })
 }
 
@@ -161,7 +167,25 @@ mod tests {
         };
         assert_eq!(ruling, Ruling::Queue(want));
         let free = rule(snapshot(None, None), OrderEventKind::Paid, NOW - 1, NOW);
-        assert!(matches!(free, Ruling::Queue(q) if q.due_at == NOW));
+        assert!(matches!(free, Ruling::Queue(q) if q.due_at == NOW && q.cancels_notices));
+    }
+
+    #[test]
+    fn a_confirmation_of_an_order_that_never_failed_has_no_notice_to_cancel() {
+        let never_failed = OrderSnapshot {
+            state: OrderState::default(),
+            notice_lease_expires_at: None,
+        };
+        let ruling = rule(never_failed, OrderEventKind::Paid, NOW - 1, NOW);
+        let want = Queueing {
+            state: OrderState {
+                paid_at: Some(NOW - 1),
+                last_failure_at: None,
+            },
+            due_at: NOW,
+            cancels_notices: false,
+        };
+        assert_eq!(ruling, Ruling::Queue(want));
     }
 
     #[test]

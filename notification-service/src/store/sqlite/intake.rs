@@ -1,10 +1,13 @@
 //! Recording a verified webhook: the dedup record, the order's state and the email job, as
 //! one write of the group commit.
 //!
-//! The steps of `store::intake` run on the writer's thread, back to back: [`RECORD`] inserts
-//! the dedup record, [`STATE`] reads what the ordering rule needs, `rule` decides in Rust,
-//! and the ruling is applied ([`STALE`], or the statements of a queued email). A duplicate,
-//! or an event type this service does not handle, stops after the first.
+//! The steps of `store::intake` run on the writer's thread, back to back. Here the order is
+//! read ([`STATE`]) and the ruling made (`rule`, in Rust) before the dedup record is inserted
+//! ([`RECORD`]), so that the record is written once, with its final outcome, and never
+//! updated in the same transaction: the writer's `BEGIN IMMEDIATE` holds SQLite's write lock
+//! for the whole batch, so nothing can change between the read and the insert. A duplicate
+//! (the insert changes no row) stops there with nothing written; so does an event type this
+//! service does not handle, after its record.
 
 use rusqlite::{params, Connection};
 use uuid::Uuid;
@@ -20,9 +23,8 @@ use crate::store::{now_ms, IncomingWebhook, IntakeOutcome, OrderEmail, OrderStat
 /// notification outlives it); changes one row for a first delivery, none for a duplicate.
 ///
 /// `?1` webhook id, `?2` event type, `?3` order id (NULL for unhandled types), `?4` event
-/// time, `?5` now, `?6` the outcome recorded: final for an unhandled type (`ignored`),
-/// otherwise `pending` until the ruling sets it, in the same transaction, so `pending` is
-/// never seen committed.
+/// time, `?5` now, `?6` the outcome recorded, final: `ignored` for an unhandled type, else
+/// what the ruling made of it (`queued` or `stale`).
 const RECORD: &str = "INSERT INTO received_webhooks
          (webhook_id, event_type, order_id, event_at, outcome, received_at)
      SELECT ?1, ?2, ?3, ?4, ?6, ?5
@@ -30,18 +32,16 @@ const RECORD: &str = "INSERT INTO received_webhooks
      ON CONFLICT (webhook_id) DO NOTHING";
 
 /// The order `?1`'s state, and until when a worker holds a failure notice of it (a lease is
-/// live while `lease_expires_at >= now`, `?2`, as the claim reads it).
+/// live while `lease_expires_at >= now`, `?2`, as the claim reads it). An order without a
+/// `last_failure_at` has no failure notice (see `Queueing::cancels_notices`), so the
+/// notices are looked up only for one that has (SQLite evaluates `CASE` lazily).
 const STATE: &str = "SELECT state.paid_at, state.last_failure_at,
-            (SELECT MAX(lease_expires_at) FROM notifications
-             WHERE order_id = ?1 AND event_type = 'order.payment_failed'
-               AND status = 'queued' AND lease_expires_at >= ?2) AS notice_lease_expires_at
+            CASE WHEN state.last_failure_at IS NOT NULL THEN
+                (SELECT MAX(lease_expires_at) FROM notifications
+                 WHERE order_id = ?1 AND event_type = 'order.payment_failed'
+                   AND status = 'queued' AND lease_expires_at >= ?2)
+            END AS notice_lease_expires_at
      FROM (SELECT 1) AS one LEFT JOIN order_states AS state ON state.order_id = ?1";
-
-/// The outcome of a stale event.
-const STALE: &str = "UPDATE received_webhooks SET outcome = 'stale' WHERE webhook_id = ?1";
-
-/// The outcome of an event that [`decide`](crate::store::decide) lets through.
-const QUEUED: &str = "UPDATE received_webhooks SET outcome = 'queued' WHERE webhook_id = ?1";
 
 /// The order `?1`'s new state: `paid_at` `?2`, `last_failure_at` `?3`, at `?4`.
 const SET_STATE: &str = "INSERT INTO order_states (order_id, paid_at, last_failure_at, updated_at)
@@ -98,30 +98,50 @@ fn record_in(conn: &Connection, webhook: &IncomingWebhook) -> rusqlite::Result<I
     // use the clock the claims use.
     let now = now_ms();
     let webhook = PreparedWebhook::prepare(webhook);
-    if !insert_record(conn, &webhook, now)? {
-        return Ok(IntakeOutcome::Duplicate);
-    }
     let Some((email, order_id)) = webhook.handled() else {
-        return Ok(IntakeOutcome::Ignored);
+        return Ok(
+            if insert_record(conn, &webhook, IntakeOutcome::Ignored, now)? {
+                IntakeOutcome::Ignored
+            } else {
+                IntakeOutcome::Duplicate
+            },
+        );
     };
     let snapshot = read_order(conn, order_id, now)?;
     match rule(snapshot, email.kind, webhook.event_at, now) {
-        Ruling::Stale => {
-            conn.prepare_cached(STALE)?
-                .execute([&webhook.webhook.webhook_id])?;
-            Ok(IntakeOutcome::Stale)
-        }
+        Ruling::Stale => Ok(
+            if insert_record(conn, &webhook, IntakeOutcome::Stale, now)? {
+                IntakeOutcome::Stale
+            } else {
+                IntakeOutcome::Duplicate
+            },
+        ),
         Ruling::Queue(queueing) => {
-            let notification_id = queue_email(conn, &webhook, email, order_id, queueing, now)?;
-            Ok(IntakeOutcome::Queued { notification_id })
+            let notification_id = Uuid::now_v7();
+            let queued = IntakeOutcome::Queued { notification_id };
+            if !insert_record(conn, &webhook, queued, now)? {
+                return Ok(IntakeOutcome::Duplicate);
+            }
+            queue_email(
+                conn,
+                &webhook,
+                email,
+                order_id,
+                queueing,
+                notification_id,
+                now,
+            )?;
+            Ok(queued)
         }
     }
 }
 
-/// Inserts the dedup record ([`RECORD`]); `false` for a duplicate.
+/// Inserts the dedup record ([`RECORD`]) with the outcome it ends with; `false` for a
+/// duplicate, which writes nothing.
 fn insert_record(
     conn: &Connection,
     webhook: &PreparedWebhook<'_>,
+    outcome: IntakeOutcome,
     now: i64,
 ) -> rusqlite::Result<bool> {
     let recorded = conn.prepare_cached(RECORD)?.execute(params![
@@ -130,7 +150,7 @@ fn insert_record(
         webhook.order_id,
         webhook.event_at,
         now,
-        webhook.first_outcome
+        outcome.recorded_as()
     ])?;
     Ok(recorded == 1)
 }
@@ -149,18 +169,17 @@ fn read_order(conn: &Connection, order_id: &str, now: i64) -> rusqlite::Result<O
         })
 }
 
-/// Writes a queued email of `order_id`: the dedup record's outcome, the order's state, the
-/// cancelled failure notices of a confirmation, and the job; returns the job's id.
+/// Writes a queued email of `order_id` as job `id`: the order's state, the cancelled
+/// failure notices of a confirmation, and the job.
 fn queue_email(
     conn: &Connection,
     webhook: &PreparedWebhook<'_>,
     email: &OrderEmail,
     order_id: &str,
     queueing: Queueing,
+    id: Uuid,
     now: i64,
-) -> rusqlite::Result<Uuid> {
-    conn.prepare_cached(QUEUED)?
-        .execute([&webhook.webhook.webhook_id])?;
+) -> rusqlite::Result<()> {
     let state = queueing.state;
     conn.prepare_cached(SET_STATE)?.execute(params![
         order_id,
@@ -172,7 +191,6 @@ fn queue_email(
         conn.prepare_cached(CANCEL_NOTICES)?
             .execute(params![order_id, now])?;
     }
-    let id = Uuid::now_v7();
     conn.prepare_cached(QUEUE)?.execute(params![
         id.to_string(),
         webhook.webhook.webhook_id,
@@ -185,5 +203,5 @@ fn queue_email(
         now,
         webhook.webhook.trace_id
     ])?;
-    Ok(id)
+    Ok(())
 }
