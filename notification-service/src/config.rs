@@ -78,7 +78,7 @@ const ONE_S: Duration = Duration::from_secs(1);
 #[command(name = "notification-service", version, about)]
 #[command(args = renamed_args(RENAMES))]
 #[command(mut_arg("max_body_bytes", default_value("262144")))]
-#[command(mut_arg("max_concurrent_requests", default_value("64")))]
+#[command(mut_arg("max_concurrent_requests", default_value("128")))]
 pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8001")]
@@ -114,8 +114,8 @@ pub struct Config {
     pub webhook_tolerance: Duration,
 
     /// The HTTP settings both services have: `MAX_BODY_BYTES` (here 262144 by default),
-    /// `REQUEST_TIMEOUT`, `MAX_CONCURRENT_REQUESTS` (here 64: webhook deliveries handled at
-    /// once), `HEADER_READ_TIMEOUT`, `MAX_CONNECTIONS` and `SHUTDOWN_GRACE` (how long
+    /// `REQUEST_TIMEOUT`, `MAX_CONCURRENT_REQUESTS` (here 128: webhook deliveries handled at
+    /// once, twice the 64 that orders-service attempts at once to one endpoint by default), `HEADER_READ_TIMEOUT`, `MAX_CONNECTIONS` and `SHUTDOWN_GRACE` (how long
     /// in-flight sends may finish on shutdown before they are released; up to 1h).
     #[command(flatten)]
     pub http: HttpSettings,
@@ -189,10 +189,12 @@ pub struct Config {
     pub mailer_delay: Duration,
 
     /// Emails sent at the same time, at most (1 to 256). Each one in flight holds a task and
-    /// (with SMTP) a connection, nothing else; 32 keeps a slow SMTP server from stalling the
-    /// queue while staying under common per-client connection limits (Postfix: 50).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
-    pub worker_concurrency: usize,
+    /// (with SMTP) a connection, nothing else. Unset: 32 with `SMTP_URL`, which keeps a slow
+    /// SMTP server from stalling the queue while staying under common per-client connection
+    /// limits (Postfix: 50); 64 with the simulated mailer, whose sends cost nothing, so the
+    /// queue keeps up with 128 webhooks at a time (`MAX_CONCURRENT_REQUESTS`).
+    #[arg(long, env = "WORKER_CONCURRENCY", value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub worker_concurrency: Option<usize>,
 
     /// Jobs claimed from the database per round trip, at most (1 to 1000). A claim takes no
     /// more jobs than there are free sending slots, so with the defaults this cap does not
@@ -315,6 +317,15 @@ pub fn tls_mode(tls: &Tls) -> &'static str {
 pub fn tls_is_guaranteed(tls: &Tls) -> bool {
     matches!(tls, Tls::Required(_) | Tls::Wrapper(_))
 }
+
+/// `WORKER_CONCURRENCY` when unset and `SMTP_URL` is set: one connection per send, under
+/// Postfix's default limit of 50 connections per client.
+pub const DEFAULT_WORKER_CONCURRENCY_SMTP: usize = 32;
+
+/// `WORKER_CONCURRENCY` when unset and emails are simulated: a send costs nothing, and half
+/// of the default `MAX_CONCURRENT_REQUESTS` keeps the queue up with the intake (with 32 the
+/// queue fell behind by up to half a second at full load, README "Benchmarks").
+pub const DEFAULT_WORKER_CONCURRENCY_SIMULATED: usize = 64;
 
 /// Knobs of the email worker.
 #[derive(Debug, Clone)]
@@ -563,8 +574,12 @@ impl Config {
                 "must not be shorter than WORKER_RETRY_BASE",
             ));
         }
+        let default_concurrency = match mailer {
+            MailerSettings::Simulated { .. } => DEFAULT_WORKER_CONCURRENCY_SIMULATED,
+            MailerSettings::Smtp { .. } => DEFAULT_WORKER_CONCURRENCY_SMTP,
+        };
         let worker = WorkerSettings {
-            concurrency: self.worker_concurrency,
+            concurrency: self.worker_concurrency.unwrap_or(default_concurrency),
             batch_size: self.worker_batch_size,
             lease: self.worker_lease,
             max_attempts: self.worker_max_attempts,
@@ -985,7 +1000,17 @@ mod tests {
         assert_eq!(s.rate_limit.burst.get(), 60);
         assert!(matches!(s.mailer, MailerSettings::Simulated { .. }));
         assert_eq!(s.dedup_retention, Duration::from_secs(7 * 24 * 3600));
-        assert_eq!((s.worker.concurrency, s.worker.batch_size), (32, 64));
+        assert_eq!((s.worker.concurrency, s.worker.batch_size), (64, 64));
+        // With SMTP, each send is a connection: the default stays under Postfix's 50.
+        let smtp = parse(&["--smtp-url", "smtp://mailpit:1025"]).unwrap();
+        assert_eq!(smtp.worker.concurrency, DEFAULT_WORKER_CONCURRENCY_SMTP);
+        let set = parse(&[
+            "--smtp-url",
+            "smtp://mailpit:1025",
+            "--worker-concurrency",
+            "40",
+        ]);
+        assert_eq!(set.unwrap().worker.concurrency, 40);
         // A crashed worker's jobs are retried within 15 s; a live one renews every 3 s.
         assert_eq!(s.worker.lease, Duration::from_secs(15));
         assert_eq!(s.worker.renew_interval(), Duration::from_secs(3));
@@ -1366,7 +1391,7 @@ mod tests {
         assert_eq!(s.serve_limits.max_connections, 1024);
         assert_eq!(s.serve_limits.max_connections_per_client, 128);
         assert_eq!(s.request_timeout, Duration::from_secs(10));
-        assert_eq!(s.max_concurrent_requests, 64);
+        assert_eq!(s.max_concurrent_requests, 128);
         assert_eq!(s.max_body_bytes, 256 * 1024);
         assert_eq!(s.worker.shutdown_grace, Duration::from_secs(10));
         assert_eq!(s.worker.retry_base, Duration::from_secs(2));

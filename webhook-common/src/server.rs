@@ -73,7 +73,7 @@ pub struct ServeLimits {
 /// The default of [`ServeLimits::max_connections_per_client`]: 128.
 ///
 /// Twice the largest connection pool the project's own clients keep towards one service by
-/// default (the load driver's 64 clients, the orders dispatcher's 32 deliveries per endpoint,
+/// default (the load driver's 64 clients, the orders dispatcher's 64 deliveries per endpoint,
 /// a browser's 6), so that a client churning its pool (a connection it has closed is counted
 /// until the server notices the close) stays clear of it; and an eighth of the default global
 /// cap of 1024, so that no fewer than 8 addresses can take every slot.
