@@ -367,9 +367,11 @@ impl WorkerSettings {
 }
 
 impl Default for WorkerSettings {
+    /// The settings' defaults with `SMTP_URL` set (the simulated mailer's concurrency is
+    /// [`DEFAULT_WORKER_CONCURRENCY_SIMULATED`]).
     fn default() -> Self {
         WorkerSettings {
-            concurrency: 32,
+            concurrency: DEFAULT_WORKER_CONCURRENCY_SMTP,
             batch_size: 64,
             lease: Duration::from_secs(15),
             max_attempts: 8,

@@ -67,9 +67,10 @@ pub enum IntakeOutcome {
 }
 
 impl IntakeOutcome {
-    /// The `received_webhooks.outcome` it is recorded as. The row of a handled event is
-    /// inserted as `pending` and set to one of these in the same write, so `pending` is never
-    /// seen committed; an unhandled one is inserted as `ignored` at once.
+    /// The `received_webhooks.outcome` it is recorded as. SQLite inserts the row with its
+    /// outcome at once; PostgreSQL inserts the row of a handled event as `pending` and sets
+    /// it to one of these in the same write, so `pending` is never seen committed; an
+    /// unhandled one is inserted as `ignored` at once on both.
     /// (The comment in migration 0001 calls the rule `decide_outcome`: it is [`decide`]; the
     /// applied migration is left unedited because sqlx refuses a changed checksum.)
     pub(crate) fn recorded_as(&self) -> &'static str {

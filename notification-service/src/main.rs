@@ -7,7 +7,7 @@ use clap::Parser as _;
 use notification_service::{run, Config};
 
 /// mimalloc, not glibc's malloc: under load glibc's `malloc`/`free` were the largest single
-/// item of the services' user-space CPU, and mimalloc runs the same work in about 9 % fewer
+/// item of the services' user-space CPU, and mimalloc runs the same work in about 8 % fewer
 /// instructions (README "Benchmarks").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

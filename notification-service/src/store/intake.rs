@@ -3,7 +3,8 @@
 //! 1. prepare: [`PreparedWebhook::prepare`] turns a verified webhook into the values the
 //!    statements bind (no I/O);
 //! 2. record: the backend inserts the dedup record (a duplicate stops here, and so does an
-//!    event type this service ignores) and reads the order as [`OrderSnapshot`];
+//!    event type this service ignores) and reads the order as [`OrderSnapshot`] (SQLite
+//!    reads the order first and inserts the record after step 3, see below);
 //! 3. decide: [`rule`] applies the ordering rule ([`decide`]) to the snapshot, giving a
 //!    [`Ruling`] (no I/O);
 //! 4. write: the backend applies the ruling (a stale mark, or [`Queueing`]'s statements).
