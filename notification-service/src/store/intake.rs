@@ -13,12 +13,10 @@
 //! read-modify-write of an order atomic (see each backend's `intake.rs`). SQLite, whose
 //! writer holds the write lock for the whole batch, reads the order and rules before it
 //! inserts the dedup record, so the record is written once with its final outcome;
-//! PostgreSQL inserts it first (with [`PreparedWebhook::first_outcome`]), because the unique
+//! PostgreSQL inserts it first (as `pending` until the ruling), because the unique
 //! insert is what serialises two replicas receiving the same webhook.
 
-use super::{
-    decide, to_ms, IncomingWebhook, IntakeOutcome, OrderEmail, OrderEventKind, OrderState,
-};
+use super::{decide, to_ms, IncomingWebhook, OrderEmail, OrderEventKind, OrderState};
 use crate::domain::MAX_RECORDED_TYPE_LEN;
 
 /// A verified webhook as the intake's statements bind it.
@@ -32,10 +30,6 @@ pub(super) struct PreparedWebhook<'a> {
     pub event_at: i64,
     /// The order (as text) of a handled event; `None` for a type this service ignores.
     pub order_id: Option<String>,
-    /// The outcome PostgreSQL's intake inserts the dedup record with: final (`ignored`) for
-    /// an ignored type, otherwise `pending`, set by the ruling in the same transaction, so
-    /// `pending` is never seen committed.
-    pub first_outcome: &'static str,
 }
 
 impl<'a> PreparedWebhook<'a> {
@@ -50,10 +44,6 @@ impl<'a> PreparedWebhook<'a> {
                 .collect(),
             event_at: to_ms(webhook.event_at),
             order_id: webhook.email.as_ref().map(|e| e.order_id.to_string()),
-            first_outcome: match webhook.email {
-                None => IntakeOutcome::Ignored.recorded_as(),
-                Some(_) => "pending",
-            },
         }
     }
 

@@ -124,6 +124,16 @@ async fn record_in(
     }
 }
 
+/// The outcome the dedup record is inserted with: final (`ignored`) for an event type this
+/// service ignores, otherwise `pending`, which the ruling sets in the same transaction, so
+/// `pending` is never seen committed.
+fn first_outcome(webhook: &PreparedWebhook<'_>) -> &'static str {
+    match webhook.webhook.email {
+        None => IntakeOutcome::Ignored.recorded_as(),
+        Some(_) => "pending",
+    }
+}
+
 /// Inserts the dedup record ([`RECORD`]); `false` for a duplicate.
 async fn insert_record(
     tx: &mut PgConnection,
@@ -135,7 +145,7 @@ async fn insert_record(
         .bind(&webhook.order_id)
         .bind(webhook.event_at)
         .bind(now_ms())
-        .bind(webhook.first_outcome)
+        .bind(first_outcome(webhook))
         .execute(&mut *tx)
         .await?
         .rows_affected();
