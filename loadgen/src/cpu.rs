@@ -133,16 +133,10 @@ mod tests {
     }
 
     #[test]
-    fn this_process_and_this_machine_have_used_cpu() {
+    fn this_process_and_this_machine_can_be_read() {
         if cfg!(target_os = "linux") {
-            // Burn a little so even a coarse tick counter moves.
-            let started = std::time::Instant::now();
-            let mut x = 0u64;
-            while started.elapsed() < Duration::from_millis(30) {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-            }
-            std::hint::black_box(x);
             assert!(process_cpu(std::process::id()).is_some());
+            assert_eq!(process_cpu(u32::MAX), None);
             let machine = machine_cpu().unwrap();
             assert!(machine.busy > Duration::ZERO);
         }

@@ -1152,6 +1152,7 @@ mod tests {
         assert_eq!(report.e2e_ms.created_to_sent.unwrap().max, 30.0);
         assert!(!report.passed());
     }
+
     #[test]
     fn cpu_is_reported_per_email_by_service_and_for_the_whole_machine() {
         use crate::cpu::MachineCpu;
