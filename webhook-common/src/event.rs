@@ -544,6 +544,36 @@ mod tests {
         assert!(serde_json::from_str::<Event>(bad_ts).is_err());
     }
 
+    /// The domain rules of the check (validator's regex, run by whichever engine the regex
+    /// crate's features give it): labels of letters, digits and inner hyphens, at most 63
+    /// characters each; an IP literal in brackets.
+    #[test]
+    fn customer_emails_follow_the_domain_rules() {
+        let label63 = "a".repeat(63);
+        for good in [
+            "ada@example.com",
+            "ada@ex-ample.co.uk",
+            "ADA@EXAMPLE.COM",
+            "ada@localhost",
+            "ada@[127.0.0.1]",
+            &format!("ada@{label63}.com"),
+        ] {
+            assert!(customer_email_is_valid(good), "{good}");
+        }
+        for bad in [
+            "ada@-example.com",
+            "ada@example-.com",
+            "ada@exa_mple.com",
+            "ada@example..com",
+            "ada@.example.com",
+            "ada@",
+            "@example.com",
+            &format!("ada@{label63}a.com"),
+        ] {
+            assert!(!customer_email_is_valid(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn validation_reports_each_bad_field_under_data() {
         let mut bad = paid();
