@@ -205,3 +205,158 @@ fn queue_email(
     ])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = SqliteStore::connect(&url, &url).await.unwrap();
+        (dir, store)
+    }
+
+    /// The opcodes of `sql` (bound to nothing: `EXPLAIN` only compiles it).
+    async fn opcodes(store: &SqliteStore, sql: &str) -> Vec<String> {
+        sqlx::query(&format!("EXPLAIN {sql}"))
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, 1))
+            .collect()
+    }
+
+    /// The dedup record, the email job and a job's change of status check `outcome` and
+    /// `status` in place: a `CHECK (... IN (...))` of more than two values made SQLite build
+    /// a temporary table for each of them (migration 0005). The rules themselves still hold.
+    #[tokio::test]
+    async fn the_status_checks_need_no_temporary_table_and_still_refuse_unknown_values() {
+        let (_dir, store) = store().await;
+        super::super::MIGRATOR.run(store.pool()).await.unwrap();
+        for sql in [
+            RECORD,
+            QUEUE,
+            "UPDATE notifications SET status = 'sent', sent_at = ?3 \
+             WHERE id = ?1 AND claim_token = ?2 AND status = 'queued'",
+        ] {
+            let ops = opcodes(&store, sql).await;
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: builds a temporary table: {ops:?}"
+            );
+        }
+        let job = |id: &str, status: &str| {
+            sqlx::query(
+                "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient, \
+                 subject, body, status, attempts, next_attempt_at, created_at) \
+                 VALUES (?1, ?1, 'order.paid', 'o', 'a@example.com', 's', 'b', ?2, 0, 0, 0)",
+            )
+            .bind(id.to_owned())
+            .bind(status.to_owned())
+        };
+        let err = job("x", "delivered")
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        for status in ["queued", "sent", "failed", "cancelled"] {
+            job(status, status).execute(store.pool()).await.unwrap();
+        }
+        let record = |id: &str, outcome: &str| {
+            sqlx::query(
+                "INSERT INTO received_webhooks (webhook_id, event_type, event_at, outcome, \
+                 received_at) VALUES (?1, 'order.paid', 0, ?2, 0)",
+            )
+            .bind(id.to_owned())
+            .bind(outcome.to_owned())
+        };
+        let err = record("x", "sent").execute(store.pool()).await.unwrap_err();
+        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        for outcome in ["pending", "queued", "ignored", "stale"] {
+            record(outcome, outcome)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        store.close().await;
+    }
+
+    /// Migration 0005 rebuilds `notifications` and `received_webhooks`: a database written
+    /// before it keeps every row, leases and due times included.
+    #[tokio::test]
+    async fn rebuilding_the_tables_keeps_every_row() {
+        let (_dir, store) = store().await;
+        let before = sqlx::migrate::Migrator {
+            migrations: super::super::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(store.pool()).await.unwrap();
+        for sql in [
+            "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient, subject,
+                 body, status, attempts, next_attempt_at, claim_token, lease_expires_at,
+                 last_error, created_at, sent_at, trace_id)
+             VALUES ('n1', 'w1', 'order.paid', 'o1', 'a@example.com', 's', 'b', 'queued', 1,
+                     100, 'token', 200, 'boom', 5, NULL, 'trace'),
+                    ('n2', 'w2', 'order.paid', 'o2', 'a@example.com', 's', 'b', 'sent', 1,
+                     100, NULL, NULL, NULL, 5, 6, NULL)",
+            "INSERT INTO received_webhooks (webhook_id, event_type, order_id, event_at, outcome,
+                 received_at)
+             VALUES ('w1', 'order.paid', 'o1', 1, 'queued', 2),
+                    ('w3', 'order.shipped', NULL, 1, 'ignored', 2)",
+        ] {
+            sqlx::query(sql).execute(store.pool()).await.unwrap();
+        }
+        super::super::MIGRATOR.run(store.pool()).await.unwrap();
+
+        type Job = (
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        );
+        let jobs: Vec<Job> = sqlx::query_as(
+            "SELECT id, status, due_at, claim_token, trace_id, sent_at FROM notifications
+             ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            jobs,
+            [
+                (
+                    "n1".into(),
+                    "queued".into(),
+                    Some(201),
+                    Some("token".into()),
+                    Some("trace".into()),
+                    None
+                ),
+                ("n2".into(), "sent".into(), None, None, None, Some(6)),
+            ]
+        );
+        let records: Vec<(String, String)> =
+            sqlx::query_as("SELECT webhook_id, outcome FROM received_webhooks ORDER BY webhook_id")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            records,
+            [
+                ("w1".into(), "queued".into()),
+                ("w3".into(), "ignored".into())
+            ]
+        );
+        store.close().await;
+    }
+}

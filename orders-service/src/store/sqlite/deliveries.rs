@@ -687,4 +687,157 @@ mod tests {
         }
         store.close().await;
     }
+
+    /// The opcodes of `sql` (bound to nothing: `EXPLAIN` only compiles it).
+    async fn opcodes(pool: &sqlx::SqlitePool, sql: &str) -> Vec<String> {
+        sqlx::query(&format!("EXPLAIN {sql}"))
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get::<String, _>(row, 1))
+            .collect()
+    }
+
+    /// Writing a delivery and changing its status check `status` in place: a `CHECK (status
+    /// IN (...))` of more than two values made SQLite build a temporary table for every such
+    /// statement (migration 0007). The rule itself still holds.
+    #[tokio::test]
+    async fn the_status_check_needs_no_temporary_table_and_still_refuses_unknown_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("c.db").display()))
+                .await
+                .unwrap();
+        store.migrate().await.unwrap();
+        for sql in [
+            "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
+             next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5)",
+            "UPDATE deliveries SET status = ?1, updated_at = ?2 WHERE id = ?3",
+        ] {
+            let ops = opcodes(&store.pool, sql).await;
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: builds a temporary table: {ops:?}"
+            );
+        }
+        sqlx::query(
+            "INSERT INTO endpoints (id, url, secret, event_types, created_at, updated_at) \
+             VALUES ('e', 'http://127.0.0.1:9/', 'whsec_x', '[]', 0, 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO events (id, msg_id, event_type, payload, created_at) \
+             VALUES ('v', 'msg_v', 'order.paid', x'7b7d', 0)",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let insert = |status: &'static str| {
+            sqlx::query(
+                "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
+                 next_attempt_at, created_at, updated_at) VALUES (?1, 'v', 'e', ?1, 0, 0, 0, 0)",
+            )
+            .bind(status)
+        };
+        let err = insert("sent").execute(&store.pool).await.unwrap_err();
+        assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
+        for status in ["pending", "in_flight", "delivered", "failed"] {
+            sqlx::query("DELETE FROM deliveries")
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            insert(status).execute(&store.pool).await.unwrap();
+        }
+        store.close().await;
+    }
+
+    /// Migration 0007 rebuilds `deliveries`, which `delivery_attempts` references with ON
+    /// DELETE CASCADE: a database written before it keeps every delivery (with its lease and
+    /// due time) and every attempt, and its foreign keys are enforced again afterwards.
+    #[tokio::test]
+    async fn rebuilding_deliveries_keeps_every_delivery_and_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("m.db").display()))
+                .await
+                .unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: super::super::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 7)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&store.pool).await.unwrap();
+        for sql in [
+            "INSERT INTO endpoints (id, url, secret, event_types, created_at, updated_at) \
+             VALUES ('e', 'http://127.0.0.1:9/', 'whsec_x', '[]', 0, 0)",
+            "INSERT INTO events (id, msg_id, event_type, payload, created_at) \
+             VALUES ('v', 'msg_v', 'order.paid', x'7b7d', 0)",
+            "INSERT INTO events (id, msg_id, event_type, payload, created_at) \
+             VALUES ('w', 'msg_w', 'order.paid', x'7b7d', 0)",
+            "INSERT INTO deliveries (id, event_id, endpoint_id, status, attempts, \
+             next_attempt_at, lease_expires_at, claim_token, created_at, updated_at, retry_base) \
+             VALUES ('d1', 'v', 'e', 'in_flight', 1, 5, 99, 'token', 0, 0, 1), \
+                    ('d2', 'w', 'e', 'pending', 2, 7, NULL, NULL, 0, 0, 0)",
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, outcome) \
+             VALUES ('d1', 1, 0, 3, 'retry'), ('d2', 1, 0, 3, 'retry'), ('d2', 2, 0, 3, 'retry')",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.unwrap();
+        }
+        store.migrate().await.unwrap();
+
+        type Row = (String, String, Option<i64>, i64, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, status, due_at, retry_base, claim_token FROM deliveries ORDER BY id",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "d1".into(),
+                    "in_flight".into(),
+                    Some(99),
+                    1,
+                    Some("token".into())
+                ),
+                ("d2".into(), "pending".into(), Some(7), 0, None),
+            ]
+        );
+        let attempts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_attempts")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(attempts, 3);
+        // Enforced again: an attempt of no delivery is refused, and removing the endpoint
+        // still cascades to its deliveries and their attempts.
+        let orphan = sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, \
+             outcome) VALUES ('nope', 1, 0, 0, 'retry')",
+        )
+        .execute(&store.pool)
+        .await;
+        assert!(orphan.is_err(), "{orphan:?}");
+        sqlx::query("DELETE FROM endpoints")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let left: (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM deliveries), (SELECT COUNT(*) FROM delivery_attempts)",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(left, (0, 0));
+        store.close().await;
+    }
 }
