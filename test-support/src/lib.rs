@@ -10,10 +10,13 @@
 //!   calls them with its own routes and series.
 //! - [`receiver`]: a scriptable webhook receiver that verifies every signature (Standard
 //!   Webhooks) and answers what the test scripted; [`ports`]: free and re-bindable ports.
+//! - [`migrations`]: a database at an earlier release's schema, and what SQLite compiles a
+//!   statement into.
 
 pub mod admin_auth;
 pub mod logging;
 pub mod metrics;
+pub mod migrations;
 pub mod openapi;
 pub mod poll;
 pub mod ports;

@@ -301,22 +301,7 @@ const CLAIM_RENAME: &str = "claim vocabulary";
 /// `migrator`'s migrations before the claim rename: the schema a database written by the
 /// previous release has.
 pub(crate) fn before_the_rename(migrator: &Migrator) -> Migrator {
-    let rename = migrator
-        .migrations
-        .iter()
-        .find(|m| m.description == CLAIM_RENAME)
-        .expect("the claim rename is a migration")
-        .version;
-    let migrations: Vec<_> = migrator
-        .migrations
-        .iter()
-        .filter(|m| m.version < rename)
-        .cloned()
-        .collect();
-    Migrator {
-        migrations: migrations.into(),
-        ..Migrator::DEFAULT
-    }
+    test_support::migrations::migrations_before(migrator, CLAIM_RENAME)
 }
 
 /// Generates, for each scenario `async fn name(db: &TestDb)`, the tests `sqlite::name` and

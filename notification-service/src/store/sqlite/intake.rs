@@ -217,17 +217,6 @@ mod tests {
         (dir, store)
     }
 
-    /// The opcodes of `sql` (bound to nothing: `EXPLAIN` only compiles it).
-    async fn opcodes(store: &SqliteStore, sql: &str) -> Vec<String> {
-        sqlx::query(&format!("EXPLAIN {sql}"))
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| sqlx::Row::get::<String, _>(row, 1))
-            .collect()
-    }
-
     /// The dedup record, the email job and a job's change of status check `outcome` and
     /// `status` in place: a `CHECK (... IN (...))` of more than two values made SQLite build
     /// a temporary table for each of them (migration 0005). The rules themselves still hold.
@@ -241,7 +230,7 @@ mod tests {
             "UPDATE notifications SET status = 'sent', sent_at = ?3 \
              WHERE id = ?1 AND claim_token = ?2 AND status = 'queued'",
         ] {
-            let ops = opcodes(&store, sql).await;
+            let ops = test_support::migrations::sqlite_opcodes(store.pool(), sql).await;
             assert!(
                 !ops.iter().any(|op| op == "OpenEphemeral"),
                 "{sql}: builds a temporary table: {ops:?}"
@@ -288,16 +277,8 @@ mod tests {
     #[tokio::test]
     async fn rebuilding_the_tables_keeps_every_row() {
         let (_dir, store) = store().await;
-        let before = sqlx::migrate::Migrator {
-            migrations: super::super::MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < 5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
+        let before =
+            test_support::migrations::migrations_before(&super::super::MIGRATOR, "checks in place");
         before.run(store.pool()).await.unwrap();
         for sql in [
             "INSERT INTO notifications (id, webhook_id, event_type, order_id, recipient, subject,

@@ -688,17 +688,6 @@ mod tests {
         store.close().await;
     }
 
-    /// The opcodes of `sql` (bound to nothing: `EXPLAIN` only compiles it).
-    async fn opcodes(pool: &sqlx::SqlitePool, sql: &str) -> Vec<String> {
-        sqlx::query(&format!("EXPLAIN {sql}"))
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| sqlx::Row::get::<String, _>(row, 1))
-            .collect()
-    }
-
     /// Writing a delivery and changing its status check `status` in place: a `CHECK (status
     /// IN (...))` of more than two values made SQLite build a temporary table for every such
     /// statement (migration 0007). The rule itself still holds.
@@ -715,7 +704,7 @@ mod tests {
              next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5, ?5)",
             "UPDATE deliveries SET status = ?1, updated_at = ?2 WHERE id = ?3",
         ] {
-            let ops = opcodes(&store.pool, sql).await;
+            let ops = test_support::migrations::sqlite_opcodes(&store.pool, sql).await;
             assert!(
                 !ops.iter().any(|op| op == "OpenEphemeral"),
                 "{sql}: builds a temporary table: {ops:?}"
@@ -764,16 +753,8 @@ mod tests {
             SqliteStore::connect(&format!("sqlite://{}", dir.path().join("m.db").display()))
                 .await
                 .unwrap();
-        let before = sqlx::migrate::Migrator {
-            migrations: super::super::MIGRATOR
-                .migrations
-                .iter()
-                .filter(|m| m.version < 7)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
+        let before =
+            test_support::migrations::migrations_before(&super::super::MIGRATOR, "checks in place");
         before.run(&store.pool).await.unwrap();
         for sql in [
             "INSERT INTO endpoints (id, url, secret, event_types, created_at, updated_at) \
